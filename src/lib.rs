@@ -1,0 +1,2 @@
+//! rulekeeper: keeps a service's rules file in step with an upstream source.
+pub mod cli;
