@@ -1,2 +1,18 @@
-//! rulekeeper: keeps a service's rules file in step with an upstream source.
+//! rulekeeper keeps a service's rules file in step with an upstream source: fetch,
+//! validate, atomic swap keeping `.prev`, restart, verify, roll back. See
+//! docs/architecture.md for the map.
+
 pub mod cli;
+pub mod config;
+pub mod cycle;
+pub mod exec;
+pub mod install;
+pub mod logging;
+pub mod powersync;
+pub mod restart;
+pub mod source;
+pub mod state;
+pub mod status;
+pub mod supervisor;
+pub mod validate;
+pub mod verify;

@@ -1,6 +1,6 @@
 //! rulekeeper's one integration test binary: black-box tests against real processes,
 //! real files and real sockets on 127.0.0.1. `util` is the shared harness.
-mod util;
 mod alerts;
 mod nix;
 mod powersync_offline;
+mod util;

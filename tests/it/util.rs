@@ -24,7 +24,9 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
         panic!("required tool `{name}` is not on PATH (RULEKEEPER_REQUIRE_TOOLS=1)");
     }
-    eprintln!("\n!!!!!!!! SKIPPED: tool `{name}` is not installed; this test did not run !!!!!!!!\n");
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: tool `{name}` is not installed; this test did not run !!!!!!!!\n"
+    );
     None
 }
 

@@ -1,0 +1,161 @@
+//! Putting content in place crash-safely. A candidate is written to a temp file in the live
+//! file's directory and fsynced; installing keeps the old live content as `<name>.prev`
+//! (itself replaced atomically), renames the candidate over the live path and fsyncs the
+//! directory. At every instant the live path holds a complete old or complete new file.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::state::fsync_dir;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct InstallError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+fn ierr<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
+    move |source| InstallError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Prefix of rulekeeper's temp files next to a live file, so stale ones can be found.
+fn temp_prefix(live: &Path) -> String {
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.rk-")
+}
+
+fn dir_of(live: &Path) -> &Path {
+    live.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `<live>.prev`
+pub fn prev_path(live: &Path) -> PathBuf {
+    let mut s = live.as_os_str().to_owned();
+    s.push(".prev");
+    PathBuf::from(s)
+}
+
+/// Reads the live file; `None` when it does not exist.
+pub fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ierr("cannot read", path)(e)),
+    }
+}
+
+/// A fully written, fsynced file beside the live one, not yet in place. Dropping it
+/// removes it.
+#[derive(Debug)]
+pub struct Candidate {
+    tmp: tempfile::NamedTempFile,
+}
+
+impl Candidate {
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
+/// Writes `content` to a temp file in the live file's directory with the target's mode.
+pub fn stage(live: &Path, content: &[u8], mode: u32) -> Result<Candidate, InstallError> {
+    let dir = dir_of(live);
+    std::fs::create_dir_all(dir).map_err(ierr("cannot create directory", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(live))
+        .tempfile_in(dir)
+        .map_err(ierr("cannot create a temp file in", dir))?;
+    tmp.write_all(content)
+        .map_err(ierr("cannot write", tmp.path()))?;
+    let f = tmp.as_file();
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(ierr("cannot set the mode of", live))?;
+    f.sync_all().map_err(ierr("cannot fsync", live))?;
+    Ok(Candidate { tmp })
+}
+
+/// Installs `candidate` at `live`. When `prev` is given it becomes `<live>.prev` first.
+pub fn install(
+    candidate: Candidate,
+    live: &Path,
+    prev: Option<&[u8]>,
+    mode: u32,
+) -> Result<(), InstallError> {
+    if let Some(old) = prev {
+        let p = prev_path(live);
+        let staged = stage(live, old, mode)?;
+        staged
+            .tmp
+            .persist(&p)
+            .map_err(|e| ierr("cannot rename into place", &p)(e.error))?;
+    }
+    candidate
+        .tmp
+        .persist(live)
+        .map_err(|e| ierr("cannot rename into place", live)(e.error))?;
+    let dir = dir_of(live);
+    fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
+    Ok(())
+}
+
+/// Removes temp files a crashed run left next to the live file. They are never the live
+/// file, so removing them is always safe.
+pub fn remove_stale_temps(live: &Path) {
+    let dir = dir_of(live);
+    let prefix = temp_prefix(live);
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                tracing::warn!(path = %e.path().display(), error = %err, "cannot remove stale temp file");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_keeps_prev_and_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("rules.yaml");
+        std::fs::write(&live, b"old").unwrap();
+        let c = stage(&live, b"new", 0o640).unwrap();
+        install(c, &live, Some(b"old"), 0o640).unwrap();
+        assert_eq!(std::fs::read(&live).unwrap(), b"new");
+        assert_eq!(std::fs::read(prev_path(&live)).unwrap(), b"old");
+        let m = std::fs::metadata(&live).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(m, 0o640);
+        // nothing else left behind
+        let n = std::fs::read_dir(d.path()).unwrap().count();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn dropped_candidate_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("rules.yaml");
+        drop(stage(&live, b"x", 0o644).unwrap());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+}

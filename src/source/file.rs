@@ -1,0 +1,56 @@
+//! The `file` source: a path on this host (another checkout, a mounted volume). Always read
+//! whole; the content hash does the "unchanged" work.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use super::{FetchError, Fetched};
+use crate::config::Target;
+
+pub struct FileSource {
+    path: PathBuf,
+    max_bytes: u64,
+}
+
+impl FileSource {
+    pub fn new(target: &Target) -> Self {
+        FileSource {
+            path: PathBuf::from(target.source.path.clone().unwrap_or_default()),
+            max_bytes: target.max_bytes,
+        }
+    }
+
+    pub async fn fetch(&self) -> Result<Fetched, FetchError> {
+        let path = self.path.clone();
+        let max = self.max_bytes;
+        tokio::task::spawn_blocking(move || read_capped_file(&path, max))
+            .await
+            .map_err(|e| FetchError::new("io", format!("reader task failed: {e}")))?
+    }
+}
+
+fn read_capped_file(path: &std::path::Path, max: u64) -> Result<Fetched, FetchError> {
+    let f = std::fs::File::open(path).map_err(|e| {
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            "not_found"
+        } else {
+            "io"
+        };
+        FetchError::new(reason, format!("cannot open {}: {e}", path.display()))
+    })?;
+    let mut body = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| FetchError::new("io", format!("cannot read {}: {e}", path.display())))?;
+    if body.len() as u64 > max {
+        return Err(FetchError::new(
+            "too_large",
+            format!("{} is over max_bytes ({max})", path.display()),
+        ));
+    }
+    Ok(Fetched::Content {
+        body,
+        token: None,
+        revision: None,
+    })
+}

@@ -1,0 +1,341 @@
+//! HTTP-based sources: the Forgejo/Gitea, GitHub and GitLab raw-file APIs and plain `http`.
+//! All are conditional (ETag, else Last-Modified), capped at `max_bytes`, and only follow
+//! redirects that stay on the same origin, so a token is never sent to another host.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::StatusCode;
+
+use super::{read_secret, FetchError, Fetched};
+use crate::config::{SourceKind, Target};
+
+pub struct ForgeSource {
+    kind: SourceKind,
+    client: reqwest::Client,
+    url: url::Url,
+    /// Forgejo/Gitea/GitHub: where to ask for the last commit touching the file.
+    commits_url: Option<url::Url>,
+    token_file: Option<PathBuf>,
+    max_bytes: u64,
+}
+
+/// Builds the shared HTTP client for a source: system roots plus an optional private CA.
+pub fn client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, FetchError> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("rulekeeper/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt
+                .previous()
+                .first()
+                .map(|first| first.origin() == attempt.url().origin())
+                .unwrap_or(false);
+            if attempt.previous().len() >= 5 || !same_origin {
+                attempt.stop()
+            } else {
+                attempt.follow()
+            }
+        }));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).map_err(|e| {
+            FetchError::new(
+                "config",
+                format!("cannot read ca_file {}: {e}", ca.display()),
+            )
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            FetchError::new(
+                "config",
+                format!("ca_file {} is not PEM: {e}", ca.display()),
+            )
+        })?;
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build()
+        .map_err(|e| FetchError::new("config", format!("cannot build HTTP client: {e}")))
+}
+
+fn parse_base(base: &str) -> Result<url::Url, FetchError> {
+    let mut u =
+        url::Url::parse(base).map_err(|e| FetchError::new("config", format!("base_url: {e}")))?;
+    // Treat base_url as a directory even without a trailing slash (forge behind a sub-path).
+    if !u.path().ends_with('/') {
+        let p = format!("{}/", u.path());
+        u.set_path(&p);
+    }
+    Ok(u)
+}
+
+fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
+    let mut p = u
+        .path_segments_mut()
+        .map_err(|_| FetchError::new("config", "base URL cannot have a path"))?;
+    p.pop_if_empty();
+    for s in segs {
+        p.push(s);
+    }
+    drop(p);
+    Ok(())
+}
+
+impl ForgeSource {
+    pub fn new(target: &Target) -> Result<Self, FetchError> {
+        let s = &target.source;
+        let client = client(s.timeout, s.ca_file.as_deref())?;
+        let repo = s.repo.clone().unwrap_or_default();
+        let path = s.path.clone().unwrap_or_default();
+        let git_ref = s.git_ref.clone();
+        let path_segs: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let (url, commits_url) = match s.kind {
+            SourceKind::Forgejo | SourceKind::Gitea => {
+                let base = parse_base(s.base_url.as_deref().unwrap_or_default())?;
+                let (owner, name) = repo.split_once('/').unwrap_or((&repo, ""));
+                let mut u = base.clone();
+                push_segments(&mut u, &["api", "v1", "repos", owner, name, "raw"])?;
+                push_segments(&mut u, &path_segs)?;
+                let mut c = base;
+                push_segments(&mut c, &["api", "v1", "repos", owner, name, "commits"])?;
+                {
+                    let mut q = c.query_pairs_mut();
+                    if let Some(r) = &git_ref {
+                        q.append_pair("sha", r);
+                    }
+                    q.append_pair("path", &path)
+                        .append_pair("limit", "1")
+                        .append_pair("stat", "false")
+                        .append_pair("verification", "false")
+                        .append_pair("files", "false");
+                }
+                if let Some(r) = &git_ref {
+                    u.query_pairs_mut().append_pair("ref", r);
+                }
+                (u, Some(c))
+            }
+            SourceKind::Github => {
+                let base = parse_base(s.base_url.as_deref().unwrap_or("https://api.github.com"))?;
+                let (owner, name) = repo.split_once('/').unwrap_or((&repo, ""));
+                let mut u = base.clone();
+                push_segments(&mut u, &["repos", owner, name, "contents"])?;
+                push_segments(&mut u, &path_segs)?;
+                let mut c = base;
+                push_segments(&mut c, &["repos", owner, name, "commits"])?;
+                {
+                    let mut q = c.query_pairs_mut();
+                    if let Some(r) = &git_ref {
+                        q.append_pair("sha", r);
+                    }
+                    q.append_pair("path", &path).append_pair("per_page", "1");
+                }
+                if let Some(r) = &git_ref {
+                    u.query_pairs_mut().append_pair("ref", r);
+                }
+                (u, Some(c))
+            }
+            SourceKind::Gitlab => {
+                let base = parse_base(s.base_url.as_deref().unwrap_or_default())?;
+                let mut u = base;
+                // GitLab wants the project path and file path each as one encoded segment.
+                push_segments(
+                    &mut u,
+                    &[
+                        "api",
+                        "v4",
+                        "projects",
+                        &repo,
+                        "repository",
+                        "files",
+                        &path,
+                        "raw",
+                    ],
+                )?;
+                u.query_pairs_mut()
+                    .append_pair("ref", git_ref.as_deref().unwrap_or("HEAD"));
+                (u, None)
+            }
+            _ => {
+                let u = url::Url::parse(s.url.as_deref().unwrap_or_default())
+                    .map_err(|e| FetchError::new("config", format!("url: {e}")))?;
+                (u, None)
+            }
+        };
+        Ok(ForgeSource {
+            kind: s.kind,
+            client,
+            url,
+            commits_url,
+            token_file: s.token_file.clone(),
+            max_bytes: target.max_bytes,
+        })
+    }
+
+    fn auth_headers(&self) -> Result<HeaderMap, FetchError> {
+        let mut h = HeaderMap::new();
+        let Some(tf) = &self.token_file else {
+            return Ok(h);
+        };
+        let tok = read_secret(tf)?;
+        let (name, value) = match self.kind {
+            SourceKind::Forgejo | SourceKind::Gitea => (
+                reqwest::header::AUTHORIZATION,
+                format!("token {}", tok.expose()),
+            ),
+            SourceKind::Gitlab => (
+                HeaderName::from_static("private-token"),
+                tok.expose().to_string(),
+            ),
+            _ => (
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", tok.expose()),
+            ),
+        };
+        let mut v = HeaderValue::from_str(&value).map_err(|_| {
+            FetchError::new(
+                "token",
+                format!(
+                    "token file {} holds characters not allowed in a header",
+                    tf.display()
+                ),
+            )
+        })?;
+        v.set_sensitive(true);
+        h.insert(name, v);
+        Ok(h)
+    }
+
+    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+        let mut req = self
+            .client
+            .get(self.url.clone())
+            .headers(self.auth_headers()?);
+        if self.kind == SourceKind::Github {
+            req = req
+                .header("Accept", "application/vnd.github.raw+json")
+                .header("X-GitHub-Api-Version", "2022-11-28");
+        }
+        if let Some(c) = cond {
+            if let Some(etag) = c.strip_prefix("etag:") {
+                req = req.header(reqwest::header::IF_NONE_MATCH, etag);
+            } else if let Some(lm) = c.strip_prefix("lm:") {
+                req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+            }
+        }
+        let resp = req.send().await.map_err(|e| classify(&e))?;
+        let status = resp.status();
+        if status == StatusCode::NOT_MODIFIED && cond.is_some() {
+            return Ok(Fetched::NotModified);
+        }
+        if !status.is_success() {
+            let reason = match status {
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth",
+                StatusCode::NOT_FOUND => "not_found",
+                s if s.is_server_error() => "server_error",
+                _ => "http_status",
+            };
+            return Err(FetchError::new(
+                reason,
+                format!("GET {} answered {status}", self.url),
+            ));
+        }
+        let token = header_str(resp.headers(), "etag")
+            .map(|e| format!("etag:{e}"))
+            .or_else(|| header_str(resp.headers(), "last-modified").map(|l| format!("lm:{l}")));
+        let mut revision = header_str(resp.headers(), "x-gitlab-last-commit-id")
+            .or_else(|| header_str(resp.headers(), "x-gitlab-commit-id"));
+        let body = read_capped(resp, self.max_bytes, &self.url).await?;
+        if revision.is_none() {
+            revision = self.last_commit().await;
+        }
+        Ok(Fetched::Content {
+            body,
+            token,
+            revision,
+        })
+    }
+
+    /// The commit that last touched the file, when the forge can tell. Best effort: a
+    /// failure here only costs the revision label, never the apply.
+    async fn last_commit(&self) -> Option<String> {
+        let u = self.commits_url.as_ref()?;
+        let headers = self.auth_headers().ok()?;
+        let resp = match self.client.get(u.clone()).headers(headers).send().await {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) => {
+                tracing::debug!(status = %r.status(), "commits API did not answer; no revision");
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(error = %classify(&e), "commits API unreachable; no revision");
+                return None;
+            }
+        };
+        let bytes = read_capped(resp, 1024 * 1024, u).await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let sha = v.get(0)?.get("sha")?.as_str()?;
+        if sha.len() >= 7 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Some(sha.to_string())
+        } else {
+            None
+        }
+    }
+}
+
+fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .filter(|s| !s.is_empty())
+}
+
+/// Turns a transport error into a reason label and a message without the query string.
+fn classify(e: &reqwest::Error) -> FetchError {
+    let reason = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_redirect() {
+        "redirect"
+    } else {
+        "transport"
+    };
+    let mut msg = e.to_string();
+    if let Some(u) = e.url() {
+        // reqwest's message embeds the URL; keep it, the token is never in the URL.
+        msg = format!("{msg} ({})", u.path());
+    }
+    FetchError::new(reason, msg)
+}
+
+/// Reads a body, failing as soon as it exceeds `max` bytes (without reading the rest).
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    max: u64,
+    url: &url::Url,
+) -> Result<Vec<u8>, FetchError> {
+    if let Some(len) = resp.content_length() {
+        if len > max {
+            return Err(FetchError::new(
+                "too_large",
+                format!("{url} is {len} bytes, over max_bytes ({max})"),
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+        if (out.len() + chunk.len()) as u64 > max {
+            return Err(FetchError::new(
+                "too_large",
+                format!("{url} is over max_bytes ({max})"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}

@@ -1,0 +1,195 @@
+//! The `git` source: any remote the system `git` reaches (ssh with the service's keys,
+//! https, git://). `git ls-remote` says where the ref points; only when that moved does a
+//! shallow fetch into a cache under `state_dir` run, and the file is read from that commit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{FetchError, Fetched};
+use crate::config::Target;
+use crate::exec;
+
+pub struct GitSource {
+    url: String,
+    git_ref: String,
+    path: String,
+    cache: PathBuf,
+    timeout: Duration,
+    max_bytes: u64,
+}
+
+const ENV: &[(&str, &str)] = &[
+    ("GIT_TERMINAL_PROMPT", "0"),
+    ("GIT_ASKPASS", "/bin/false"),
+    ("LC_ALL", "C"),
+];
+
+/// Removes `user:password@` from a URL for messages.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl GitSource {
+    pub fn new(target: &Target, cache: PathBuf) -> Self {
+        let s = &target.source;
+        GitSource {
+            url: s.url.clone().unwrap_or_default(),
+            git_ref: s.git_ref.clone().unwrap_or_else(|| "HEAD".to_string()),
+            path: s.path.clone().unwrap_or_default(),
+            cache,
+            timeout: s.timeout,
+            max_bytes: target.max_bytes,
+        }
+    }
+
+    async fn git(&self, args: &[&str], in_cache: bool) -> Result<exec::Output, FetchError> {
+        self.git_keep(args, in_cache, None).await
+    }
+
+    async fn git_keep(
+        &self,
+        args: &[&str],
+        in_cache: bool,
+        stdout_max: Option<usize>,
+    ) -> Result<exec::Output, FetchError> {
+        let mut argv: Vec<String> = vec!["git".into()];
+        if in_cache {
+            argv.push("-C".into());
+            argv.push(self.cache.display().to_string());
+        }
+        argv.extend(args.iter().map(|s| s.to_string()));
+        let out = exec::run_keep(&argv, self.timeout, None, ENV, stdout_max)
+            .await
+            .map_err(|e| match e {
+                exec::ExecError::Timeout { .. } => {
+                    FetchError::new("timeout", format!("git {} timed out", args[0]))
+                }
+                other => FetchError::new("git", other.to_string()),
+            })?;
+        if !out.success {
+            let msg = out.summary().replace(&self.url, &redact(&self.url));
+            return Err(FetchError::new(
+                "git",
+                format!(
+                    "git {} on {} failed ({}): {msg}",
+                    args[0],
+                    redact(&self.url),
+                    out.status_text()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The commit the configured ref points at upstream.
+    async fn remote_commit(&self) -> Result<String, FetchError> {
+        if self.url.starts_with('-') {
+            return Err(FetchError::new("config", "git url must not start with `-`"));
+        }
+        let out = self
+            .git(&["ls-remote", "--", &self.url, &self.git_ref], false)
+            .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut best: Option<(u8, String)> = None;
+        for line in text.lines() {
+            let Some((sha, name)) = line.split_once('\t') else {
+                continue;
+            };
+            let rank = if name == self.git_ref {
+                0
+            } else if name == format!("refs/heads/{}", self.git_ref) {
+                1
+            } else if name == format!("refs/tags/{}^{{}}", self.git_ref) {
+                2
+            } else if name == format!("refs/tags/{}", self.git_ref) {
+                3
+            } else {
+                continue;
+            };
+            if best.as_ref().map(|(r, _)| rank < *r).unwrap_or(true) {
+                best = Some((rank, sha.to_string()));
+            }
+        }
+        best.map(|(_, s)| s).ok_or_else(|| {
+            FetchError::new(
+                "not_found",
+                format!("ref `{}` not found on {}", self.git_ref, redact(&self.url)),
+            )
+        })
+    }
+
+    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+        let commit = self.remote_commit().await?;
+        if cond == Some(format!("rev:{commit}").as_str()) {
+            return Ok(Fetched::NotModified);
+        }
+        if !self.cache.join("HEAD").exists() {
+            std::fs::create_dir_all(&self.cache).map_err(|e| {
+                FetchError::new("io", format!("cannot create {}: {e}", self.cache.display()))
+            })?;
+            self.git(&["init", "--quiet", "--bare"], true).await?;
+        }
+        let refspec = if self.git_ref == "HEAD" {
+            "HEAD".to_string()
+        } else {
+            self.git_ref.clone()
+        };
+        self.git(
+            &[
+                "fetch",
+                "--quiet",
+                "--depth",
+                "1",
+                "--no-tags",
+                "--",
+                &self.url,
+                &refspec,
+            ],
+            true,
+        )
+        .await?;
+        let out = self
+            .git(&["rev-parse", "FETCH_HEAD^{commit}"], true)
+            .await?;
+        let fetched = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let spec = format!("{fetched}:{}", self.path.trim_start_matches('/'));
+        let size = self
+            .git(&["cat-file", "-s", &spec], true)
+            .await
+            .map_err(|e| {
+                FetchError::new("not_found", format!("{} (is `path` right?)", e.message))
+            })?;
+        let size: u64 = String::from_utf8_lossy(&size.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(u64::MAX);
+        if size > self.max_bytes {
+            return Err(FetchError::new(
+                "too_large",
+                format!(
+                    "{} at {fetched} is {size} bytes, over max_bytes ({})",
+                    self.path, self.max_bytes
+                ),
+            ));
+        }
+        let blob = self
+            .git_keep(
+                &["cat-file", "blob", &spec],
+                true,
+                Some(self.max_bytes as usize),
+            )
+            .await?;
+        Ok(Fetched::Content {
+            body: blob.stdout,
+            token: Some(format!("rev:{fetched}")),
+            revision: Some(fetched),
+        })
+    }
+}

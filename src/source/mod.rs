@@ -1,0 +1,111 @@
+//! Fetching upstream content. Each kind answers the same question: "has the content moved
+//! since the validator I remembered, and if so what is it now?" Fetches are conditional,
+//! size-capped and time-limited; tokens are read from files and never appear in errors.
+
+mod file;
+mod forge;
+mod git;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::config::{SourceKind, Target};
+
+/// What a fetch found.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The remembered validator still holds: upstream has not moved.
+    NotModified,
+    /// New (or unconditionally fetched) content.
+    Content {
+        body: Vec<u8>,
+        /// Validator to send next time (see `state::SourceMemo::token`).
+        token: Option<String>,
+        /// The commit (or other revision) upstream reports for this content.
+        revision: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    /// Short label for `rulekeeper_fetch_failures_total{reason}`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl FetchError {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        FetchError {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret read from a file. Its Debug and Display never show the value.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Reads a secret file (trailing newline trimmed). Errors name the file, never the content.
+pub fn read_secret(path: &Path) -> Result<Secret, FetchError> {
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        FetchError::new(
+            "token",
+            format!("cannot read token file {}: {e}", path.display()),
+        )
+    })?;
+    let s = raw.trim().to_string();
+    if s.is_empty() {
+        return Err(FetchError::new(
+            "token",
+            format!("token file {} is empty", path.display()),
+        ));
+    }
+    Ok(Secret(s))
+}
+
+/// A ready-to-use source for one target (HTTP client built once, with its CA).
+pub struct Source {
+    inner: Inner,
+}
+
+enum Inner {
+    Forge(forge::ForgeSource),
+    Git(git::GitSource),
+    File(file::FileSource),
+}
+
+impl Source {
+    /// Builds the source; `cache_dir` is where the git kind keeps its clone.
+    pub fn new(target: &Target, cache_dir: PathBuf) -> Result<Self, FetchError> {
+        let s = &target.source;
+        let inner = match s.kind {
+            SourceKind::File => Inner::File(file::FileSource::new(target)),
+            SourceKind::Git => Inner::Git(git::GitSource::new(target, cache_dir)),
+            _ => Inner::Forge(forge::ForgeSource::new(target)?),
+        };
+        Ok(Source { inner })
+    }
+
+    /// Fetches; `cond` is the remembered validator (None: fetch unconditionally).
+    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+        match &self.inner {
+            Inner::Forge(f) => f.fetch(cond).await,
+            Inner::Git(g) => g.fetch(cond).await,
+            Inner::File(f) => f.fetch().await,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! What rulekeeper persists per target (applied content, pending apply, quarantine, hold,
+//! the source's conditional-fetch memo, last outcome) and the lock files that keep the
+//! daemon and CLI commands from interleaving. State files are replaced atomically, so a
+//! crash leaves either the old or the new record.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The content that was last applied and verified (or found already in place).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Applied {
+    pub sha256: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Written before the swap, cleared once the outcome is committed. Its presence at start
+/// means the previous run died mid-cycle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    /// sha256 of the content being installed.
+    pub new_sha256: String,
+    /// sha256 of the live file before the swap (None: there was no live file).
+    pub prev_sha256: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    pub stage: PendingStage,
+    pub started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PendingStage {
+    /// New content is being installed, restarted and verified.
+    Applying,
+    /// Verification failed; `.prev` is being restored.
+    RollingBack,
+}
+
+/// A content hash that must not be applied again while upstream still serves it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantine {
+    pub sha256: String,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What the source said last time, so the next fetch can be conditional.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SourceMemo {
+    /// Opaque validator: `etag:<v>`, `lm:<date>`, or `rev:<commit>`.
+    pub token: String,
+    /// sha256 of the content the token stands for.
+    pub sha256: String,
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetState {
+    #[serde(default)]
+    pub applied: Option<Applied>,
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    #[serde(default)]
+    pub quarantine: Option<Quarantine>,
+    #[serde(default)]
+    pub hold: bool,
+    #[serde(default)]
+    pub source: Option<SourceMemo>,
+    #[serde(default)]
+    pub last_success: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_outcome: Option<String>,
+    #[serde(default)]
+    pub last_outcome_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The revision upstream reported last (may differ from applied when held/quarantined).
+    #[serde(default)]
+    pub upstream_revision: Option<String>,
+}
+
+/// A target's directory under `state_dir`.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn new(state_dir: &Path, target: &str) -> Self {
+        Store {
+            dir: state_dir.join("targets").join(target),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    pub fn ensure_dir(&self) -> Result<(), StateError> {
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
+    }
+
+    /// Loads the state; a missing file is the empty state.
+    pub fn load(&self) -> Result<TargetState, StateError> {
+        let path = self.file();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TargetState::default()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Replaces the state file atomically (temp, fsync, rename, fsync dir).
+    pub fn save(&self, st: &TargetState) -> Result<(), StateError> {
+        self.ensure_dir()?;
+        let path = self.file();
+        let json = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".state.json.")
+            .tempfile_in(&self.dir)
+            .map_err(io_err(&path))?;
+        tmp.write_all(&json).map_err(io_err(&path))?;
+        tmp.as_file().sync_all().map_err(io_err(&path))?;
+        tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
+        fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(())
+    }
+
+    /// Where the git source keeps its cache.
+    pub fn git_cache(&self) -> PathBuf {
+        self.dir.join("git")
+    }
+
+    /// Takes this target's lock, waiting for another holder (daemon or CLI) to finish.
+    pub fn lock(&self) -> Result<LockGuard, StateError> {
+        self.ensure_dir()?;
+        lock_file(&self.dir.join("lock"))
+    }
+}
+
+/// Holds an exclusive `flock` until dropped.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+}
+
+/// Takes an exclusive lock on `path` (created if needed), blocking until it is free.
+pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    file.lock().map_err(io_err(path))?;
+    Ok(LockGuard { _file: file })
+}
+
+/// The lock that serialises restart + verify of one systemd unit across targets.
+pub fn unit_lock(state_dir: &Path, unit: &str) -> Result<LockGuard, StateError> {
+    let dir = state_dir.join("units");
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let safe: String = unit
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    lock_file(&dir.join(format!("{safe}.lock")))
+}
+
+/// fsyncs a directory so a rename inside it is durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_missing_is_default() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path(), "t");
+        assert_eq!(s.load().unwrap(), TargetState::default());
+        let st = TargetState {
+            hold: true,
+            ..Default::default()
+        };
+        s.save(&st).unwrap();
+        assert_eq!(s.load().unwrap(), st);
+    }
+
+    #[test]
+    fn corrupt_is_an_error_naming_the_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path(), "t");
+        s.ensure_dir().unwrap();
+        fs::write(s.dir().join("state.json"), b"{nope").unwrap();
+        let e = s.load().unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+    }
+}

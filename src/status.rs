@@ -1,0 +1,131 @@
+//! What `rulekeeper status` and `GET /status` show per target: read from the persisted
+//! state and the live file on disk. Never includes a token, secret or file content.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::cycle::sha256_hex;
+use crate::state::Store;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub path: String,
+    pub live_sha256: Option<String>,
+    pub applied_sha256: Option<String>,
+    pub revision: Option<String>,
+    pub upstream_revision: Option<String>,
+    pub applied_at: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_outcome: Option<String>,
+    pub last_outcome_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub quarantined_sha256: Option<String>,
+    pub held: bool,
+    pub pending: bool,
+}
+
+pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
+    cfg.targets
+        .values()
+        .map(|t| {
+            let st = Store::new(&cfg.state_dir, &t.name)
+                .load()
+                .unwrap_or_else(|e| {
+                    tracing::warn!(target_name = %t.name, error = %e, "cannot read state");
+                    Default::default()
+                });
+            let live = std::fs::read(&t.path).ok().map(|b| sha256_hex(&b));
+            TargetStatus {
+                target: t.name.clone(),
+                path: t.path.display().to_string(),
+                live_sha256: live,
+                applied_sha256: st.applied.as_ref().map(|a| a.sha256.clone()),
+                revision: st.applied.as_ref().and_then(|a| a.revision.clone()),
+                upstream_revision: st.upstream_revision.clone(),
+                applied_at: st.applied.as_ref().map(|a| a.at),
+                last_success: st.last_success,
+                last_outcome: st.last_outcome.clone(),
+                last_outcome_at: st.last_outcome_at,
+                last_error: st.last_error.clone(),
+                quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
+                held: st.hold,
+                pending: st.pending.is_some(),
+            }
+        })
+        .collect()
+}
+
+fn ago(t: Option<DateTime<Utc>>) -> String {
+    match t {
+        None => "never".into(),
+        Some(t) => {
+            let secs = (Utc::now() - t).num_seconds().max(0) as u64;
+            format!(
+                "{} ago",
+                humantime::format_duration(std::time::Duration::from_secs(secs))
+            )
+        }
+    }
+}
+
+fn short(s: &Option<String>) -> String {
+    s.as_deref()
+        .map(|s| s.chars().take(12).collect())
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn print(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let all = collect(cfg);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
+        "TARGET",
+        "SHA256",
+        "REVISION",
+        "LAST OUTCOME",
+        "WHEN",
+        "LAST SUCCESS",
+        "QUARANTINE",
+        "HELD"
+    );
+    for s in &all {
+        let mut sha = short(&s.live_sha256);
+        if s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some() {
+            sha.push('*');
+        }
+        println!(
+            "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
+            s.target,
+            sha,
+            short(&s.revision),
+            s.last_outcome.as_deref().unwrap_or("-"),
+            ago(s.last_outcome_at),
+            ago(s.last_success),
+            short(&s.quarantined_sha256),
+            if s.held { "yes" } else { "no" },
+        );
+    }
+    for s in &all {
+        if let Some(e) = &s.last_error {
+            println!("{}: last error: {e}", s.target);
+        }
+        if s.pending {
+            println!(
+                "{}: an apply was interrupted; the next cycle finishes it",
+                s.target
+            );
+        }
+    }
+    if all
+        .iter()
+        .any(|s| s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some())
+    {
+        println!("* the live file differs from what rulekeeper applied (drift; the next cycle converges it)");
+    }
+    Ok(())
+}
