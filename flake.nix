@@ -35,7 +35,5 @@
           module = self.nixosModules.default;
         };
       });
-
-      formatter = forAllSystems (pkgs: pkgs.nixfmt-rfc-style);
     };
 }

@@ -19,7 +19,8 @@ rustPlatform.buildRustPackage {
 
   # Only what cargo needs: the manifest, the lock file and the sources. tests/ is included
   # because Cargo.toml declares the `it` test target by path and cargo refuses a manifest
-  # whose declared target is missing, even for `cargo build`.
+  # whose declared target is missing, even for `cargo build`. If src/ ever embeds files from
+  # elsewhere (include_str!, a build.rs), add them here.
   src = lib.fileset.toSource {
     root = ../.;
     fileset = lib.fileset.unions [

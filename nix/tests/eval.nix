@@ -406,8 +406,8 @@ let
     (check "MemoryDenyWriteExecute without node" sc.MemoryDenyWriteExecute)
     (checkEq "wantedBy" unit.wantedBy [ "multi-user.target" ])
     (check "after network-online" (builtins.elem "network-online.target" unit.after))
-    (checkEq "managed unit after rulekeeper" managed.after [ "rulekeeper.service" ])
-    (checkEq "managed unit wants rulekeeper" managed.wants [ "rulekeeper.service" ])
+    (checkEq "managed unit after rulekeeper" (managed.after or null) [ "rulekeeper.service" ])
+    (checkEq "managed unit wants rulekeeper" (managed.wants or null) [ "rulekeeper.service" ])
     (check "managed unit does not require rulekeeper" (!(managed ? requires) && !(managed ? bindsTo)))
     (checkEq "only rulekeeper + the managed unit are touched" (builtins.attrNames ps.systemd.services) [
       "podman-powersync"

@@ -555,7 +555,8 @@ fn prometheus_rules_have_the_six_alerts_with_severity_and_annotations() {
     }
     assert_eq!(
         alerts["RulekeeperRollbackFailed"]["labels"]["severity"].as_str(),
-        Some("critical")
+        Some("critical"),
+        "RulekeeperRollbackFailed must be critical (Pushover emergency)"
     );
     // the operator commands of DESIGN.md's CLI are all mentioned somewhere
     let all: String = alerts

@@ -4,3 +4,6 @@ mod alerts;
 mod nix;
 mod powersync_offline;
 mod util;
+
+mod cycle;
+mod forge;

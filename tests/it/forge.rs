@@ -1,0 +1,234 @@
+//! A small fake forge speaking the documented raw-file APIs of Forgejo/Gitea
+//! (`/api/v1/repos/O/R/raw/PATH?ref=`, `Authorization: token T`, commits API), GitHub
+//! (`/repos/O/R/contents/PATH`, `Accept: application/vnd.github.raw+json`, Bearer), GitLab
+//! (`/api/v4/projects/ID/repository/files/PATH/raw?ref=`, `PRIVATE-TOKEN`) and plain HTTP
+//! (`/plain/...`), with ETag/304. Every request is logged for assertions.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, Response};
+
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub status: u16,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct State {
+    pub content: Option<Vec<u8>>,
+    pub commit: String,
+    pub token: String,
+    /// When set, every request gets this status (e.g. 503: forge down).
+    pub fail_with: Option<u16>,
+    pub log: Vec<Req>,
+}
+
+pub struct FakeForge {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+}
+
+fn etag_of(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("\"{}\"", &hex::encode(sha2::Sha256::digest(b))[..16])
+}
+
+impl FakeForge {
+    pub fn start(token: &str) -> FakeForge {
+        let state = Arc::new(Mutex::new(State {
+            content: None,
+            commit: "0".repeat(40),
+            token: token.to_string(),
+            fail_with: None,
+            log: Vec::new(),
+        }));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forge");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+                loop {
+                    let Ok((tcp, _)) = l.accept().await else {
+                        continue;
+                    };
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| {
+                            let st = st.clone();
+                            async move { Ok::<_, Infallible>(handle(&st, req).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        FakeForge { addr, state }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Publishes new content under a new commit.
+    pub fn set(&self, content: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.content = Some(content.as_bytes().to_vec());
+        s.commit = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(content.as_bytes()))[..40].to_string()
+        };
+    }
+
+    pub fn commit(&self) -> String {
+        self.state.lock().unwrap().commit.clone()
+    }
+
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.state.lock().unwrap().fail_with = status;
+    }
+
+    pub fn log(&self) -> Vec<Req> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.state.lock().unwrap().log.clear();
+    }
+
+    /// Requests for file content (not the commits API), with their statuses.
+    pub fn content_requests(&self) -> Vec<Req> {
+        self.log()
+            .into_iter()
+            .filter(|r| !r.path.contains("/commits"))
+            .collect()
+    }
+}
+
+fn resp(status: u16, body: Vec<u8>, headers: &[(&str, String)]) -> Response<Full<Bytes>> {
+    let mut b = Response::builder().status(status);
+    for (k, v) in headers {
+        b = b.header(*k, v);
+    }
+    b.body(Full::new(Bytes::from(body))).expect("response")
+}
+
+async fn handle(
+    st: &Arc<Mutex<State>>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let _ = req.into_body().collect().await;
+    let mut s = st.lock().unwrap();
+    let r = Req {
+        method,
+        path: path.clone(),
+        query,
+        headers,
+        status: 0,
+    };
+    let out = route(&s, &r);
+    let mut r = r;
+    r.status = out.status().as_u16();
+    s.log.push(r);
+    out
+}
+
+fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
+    if let Some(code) = s.fail_with {
+        return resp(code, b"down".to_vec(), &[]);
+    }
+    let p = &r.path;
+    let (auth_ok, kind) = if p.starts_with("/api/v1/repos/") {
+        (
+            r.header("authorization") == Some(&format!("token {}", s.token)),
+            "forgejo",
+        )
+    } else if p.starts_with("/repos/") {
+        (
+            r.header("authorization") == Some(&format!("Bearer {}", s.token)),
+            "github",
+        )
+    } else if p.starts_with("/api/v4/projects/") {
+        (
+            r.header("private-token") == Some(s.token.as_str()),
+            "gitlab",
+        )
+    } else if p.starts_with("/plain/") {
+        (
+            s.token.is_empty() || r.header("authorization") == Some(&format!("Bearer {}", s.token)),
+            "plain",
+        )
+    } else {
+        return resp(404, b"no route".to_vec(), &[]);
+    };
+    if !auth_ok {
+        return resp(401, b"{\"message\":\"token is required\"}".to_vec(), &[]);
+    }
+    if p.ends_with("/commits") {
+        let body = format!("[{{\"sha\":\"{}\"}}]", s.commit);
+        return resp(
+            200,
+            body.into_bytes(),
+            &[("content-type", "application/json".into())],
+        );
+    }
+    let well_formed = match kind {
+        "forgejo" => p.contains("/raw/"),
+        "github" => {
+            p.contains("/contents/")
+                && r.header("accept") == Some("application/vnd.github.raw+json")
+        }
+        "gitlab" => {
+            p.contains("/repository/files/") && p.ends_with("/raw") && r.query.contains("ref=")
+        }
+        _ => true,
+    };
+    if !well_formed {
+        return resp(400, b"bad request".to_vec(), &[]);
+    }
+    let Some(content) = &s.content else {
+        return resp(404, b"not found".to_vec(), &[]);
+    };
+    let etag = etag_of(content);
+    if r.header("if-none-match") == Some(etag.as_str()) {
+        return resp(304, Vec::new(), &[("etag", etag)]);
+    }
+    let mut h = vec![("etag", etag)];
+    if kind == "gitlab" {
+        h.push(("x-gitlab-last-commit-id", s.commit.clone()));
+    }
+    resp(200, content.clone(), &h)
+}
