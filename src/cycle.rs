@@ -122,6 +122,9 @@ pub struct Report {
     pub held: bool,
     #[serde(skip)]
     pub phases: Vec<(Phase, Duration)>,
+    /// The target's persisted state after the cycle (for gauges).
+    #[serde(skip)]
+    pub state: TargetState,
 }
 
 impl Report {
@@ -140,6 +143,7 @@ impl Report {
             quarantined: false,
             held: false,
             phases: Vec::new(),
+            state: TargetState::default(),
         }
     }
 
@@ -218,7 +222,10 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     .await;
     rep.phases.push((Phase::Total, started.elapsed()));
     rep.held = st.hold;
-    rep.quarantined = rep.outcome == Outcome::Quarantined;
+    rep.quarantined = match (&st.quarantine, &st.upstream_sha256) {
+        (Some(q), Some(up)) => &q.sha256 == up,
+        _ => false,
+    };
     if rep.live_sha256.is_none() {
         rep.live_sha256 = st.applied.as_ref().map(|a| a.sha256.clone());
     }
@@ -236,6 +243,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         }
     }
     ctx.store.save(&st)?;
+    rep.state = st;
     res.map(|()| rep)
 }
 
@@ -354,6 +362,7 @@ impl Runner<'_, '_> {
         };
         loop {
             self.st.upstream_revision = up.revision.clone();
+            self.st.upstream_sha256 = Some(up.sha.clone());
             if live_sha.as_deref() == Some(up.sha.as_str()) {
                 return self.in_sync(&up, live.as_deref());
             }

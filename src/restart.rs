@@ -106,12 +106,14 @@ pub async fn restart(cfg: &Restart) -> Result<Restarted, RestartError> {
             Ok(Restarted::Command)
         }
         RestartKind::Systemd(unit) => {
-            let was_active = is_active(&unit, cfg.timeout).await?;
-            let out = systemctl(&["try-restart", "--", &unit], cfg.timeout).await?;
-            must(out, &format!("systemctl try-restart {unit}"))?;
-            if !was_active {
+            // try-restart of an inactive unit is a no-op, so skip the call: at boot the
+            // managed unit's start job waits (After=) for rulekeeper's own start, and a
+            // try-restart job merged into it would block until our restart timeout.
+            if !is_active(&unit, cfg.timeout).await? {
                 return Ok(Restarted::NotActive { unit });
             }
+            let out = systemctl(&["try-restart", "--", &unit], cfg.timeout).await?;
+            must(out, &format!("systemctl try-restart {unit}"))?;
             let st = unit_state(&unit, cfg.timeout).await?;
             Ok(Restarted::Systemd {
                 unit,

@@ -103,6 +103,9 @@ pub struct TargetState {
     /// The revision upstream reported last (may differ from applied when held/quarantined).
     #[serde(default)]
     pub upstream_revision: Option<String>,
+    /// sha256 of the content upstream served last time it was asked.
+    #[serde(default)]
+    pub upstream_sha256: Option<String>,
 }
 
 /// A target's directory under `state_dir`.

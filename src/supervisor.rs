@@ -1,5 +1,484 @@
-//! The daemon (placeholder until issue 3 lands).
-use crate::config::Config;
-pub fn run(_cfg: Config) -> anyhow::Result<i32> {
-    anyhow::bail!("`run` is not implemented yet")
+//! The daemon (`rulekeeper run`): owns time. Boot (every target ends with a usable live file
+//! before READY=1), one loop per target (interval with jitter, backoff on fetch failures,
+//! coalescing triggers), the watchdog, STATUS=, signals, and recording each cycle's report
+//! into metrics. The cycle itself lives in `cycle`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::{Config, Target};
+use crate::cycle::{self, Ctx, Outcome, Report, Stop, Trigger};
+use crate::install;
+use crate::metrics::Metrics;
+use crate::notify;
+use crate::server::webhook::Secrets;
+use crate::source::Source;
+use crate::state::Store;
+
+/// One target's loop, as the rest of the daemon sees it.
+struct LoopHandle {
+    trigger: Notify,
+    /// Milliseconds since `Shared::epoch` until which the loop counts as alive.
+    deadline_ms: AtomicU64,
+    in_sync: AtomicBool,
+}
+
+/// State shared by the loops, the HTTP server and the watchdog.
+pub struct Shared {
+    pub cfg: Config,
+    pub metrics: Metrics,
+    pub secrets: Secrets,
+    loops: BTreeMap<String, LoopHandle>,
+    ready: AtomicBool,
+    epoch: Instant,
+    last_cycle: Mutex<String>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Every loop has made progress within its deadline (and boot is over).
+    pub fn alive(&self) -> bool {
+        if !self.is_ready() {
+            return false;
+        }
+        let now = self.now_ms();
+        self.loops
+            .values()
+            .all(|l| l.deadline_ms.load(Ordering::SeqCst) >= now)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Asks for an earlier cycle; triggers during a cycle coalesce into one more.
+    pub fn trigger(&self, target: &str) {
+        if let Some(l) = self.loops.get(target) {
+            l.trigger.notify_one();
+        }
+    }
+
+    /// The revision of the content applied to `target`, from its persisted state.
+    pub fn applied_revision(&self, target: &str) -> Option<String> {
+        Store::new(&self.cfg.state_dir, target)
+            .load()
+            .ok()
+            .and_then(|s| s.applied)
+            .and_then(|a| a.revision)
+    }
+
+    fn set_deadline(&self, target: &str, within: Duration) {
+        if let Some(l) = self.loops.get(target) {
+            let d = self.now_ms() + within.as_millis() as u64;
+            l.deadline_ms.store(d, Ordering::SeqCst);
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let n = self.loops.len();
+        let ok = self
+            .loops
+            .values()
+            .filter(|l| l.in_sync.load(Ordering::SeqCst))
+            .count();
+        let last = self
+            .last_cycle
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        if last.is_empty() {
+            format!("{ok} of {n} targets in sync")
+        } else {
+            format!("{ok} of {n} targets in sync; last cycle {last}")
+        }
+    }
+
+    /// Records a finished cycle: metrics, log line, STATUS=.
+    fn record(&self, rep: &Report) {
+        self.metrics.record(rep);
+        if let Some(l) = self.loops.get(&rep.target) {
+            l.in_sync.store(rep.success, Ordering::SeqCst);
+        }
+        let total = rep
+            .phases
+            .iter()
+            .find(|(p, _)| *p == cycle::Phase::Total)
+            .map(|(_, d)| d.as_millis() as u64)
+            .unwrap_or(0);
+        let reason = rep.reason.as_deref().unwrap_or("");
+        let sha = rep.live_sha256.as_deref().unwrap_or("");
+        let revision = rep.revision.as_deref().unwrap_or("");
+        match rep.outcome {
+            Outcome::Unchanged => {
+                tracing::debug!(target_name = %rep.target, outcome = "unchanged", sha256 = sha, revision, duration_ms = total, "cycle")
+            }
+            Outcome::Applied | Outcome::Held | Outcome::Quarantined => {
+                tracing::info!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
+            }
+            Outcome::RollbackFailed => {
+                tracing::error!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
+            }
+            _ => {
+                tracing::warn!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
+            }
+        }
+        if let Ok(mut l) = self.last_cycle.lock() {
+            *l = format!(
+                "{} ({} {})",
+                chrono::Local::now().format("%H:%M:%S"),
+                rep.target,
+                rep.outcome.as_str()
+            );
+        }
+        if self.is_ready() {
+            notify::status(&self.status_line());
+        }
+    }
+}
+
+/// The longest a healthy cycle of `t` can take (every stage at its time limit, plus a
+/// rollback), with slack for waiting on a lock held by another target of the same unit.
+fn cycle_budget(t: &Target) -> Duration {
+    let psync =
+        |p: &Option<crate::config::PowerSyncApi>| p.as_ref().map(|p| p.timeout).unwrap_or_default();
+    let one = t.source.timeout * 2
+        + t.validate.timeout * 2
+        + psync(&t.validate.powersync_api)
+        + (t.restart.timeout
+            + t.verify.timeout
+            + psync(&t.verify.powersync_api)
+            + Duration::from_secs(30))
+            * 2;
+    one * 2 + Duration::from_secs(60)
+}
+
+fn jittered(interval: Duration) -> Duration {
+    use rand::Rng;
+    let f: f64 = rand::rng().random_range(0.9..1.1);
+    interval.mul_f64(f)
+}
+
+/// Delay before retrying after `failures` consecutive fetch failures: doubling from a
+/// few seconds, capped at the interval.
+fn backoff(interval: Duration, failures: u32) -> Duration {
+    let base = Duration::from_secs(5).min(interval);
+    let d = base.saturating_mul(1u32 << failures.min(16));
+    jittered(d.min(interval))
+}
+
+/// Entry point of `rulekeeper run`.
+pub fn run(cfg: Config) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(daemon(cfg))
+}
+
+async fn daemon(cfg: Config) -> anyhow::Result<i32> {
+    let metrics = Metrics::new()?;
+    let mut sources = BTreeMap::new();
+    let mut loops = BTreeMap::new();
+    for t in cfg.targets.values() {
+        let store = Store::new(&cfg.state_dir, &t.name);
+        store
+            .ensure_dir()
+            .with_context(|| format!("target `{}`: state directory", t.name))?;
+        let st = store
+            .load()
+            .with_context(|| format!("target `{}`", t.name))?;
+        let live = install::read(&t.path)
+            .ok()
+            .flatten()
+            .map(|b| cycle::sha256_hex(&b));
+        metrics.init_target(&t.name, &st, live.as_deref());
+        if t.webhook.is_some() {
+            metrics.init_webhook(&t.name);
+        }
+        let src = Source::new(t, store.git_cache())
+            .map_err(|e| anyhow::anyhow!("{}: target `{}`: {e}", cfg.file.display(), t.name))?;
+        sources.insert(t.name.clone(), src);
+        loops.insert(
+            t.name.clone(),
+            LoopHandle {
+                trigger: Notify::new(),
+                deadline_ms: AtomicU64::new(u64::MAX),
+                in_sync: AtomicBool::new(false),
+            },
+        );
+    }
+    let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
+        format!(
+            "{}: key `listen`: cannot listen on {}",
+            cfg.file.display(),
+            cfg.listen
+        )
+    })?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
+
+    let secrets = Secrets::new(&cfg);
+    let shared = Arc::new(Shared {
+        cfg,
+        metrics,
+        secrets,
+        loops,
+        ready: AtomicBool::new(false),
+        epoch: Instant::now(),
+        last_cycle: Mutex::new(String::new()),
+    });
+    let sources = Arc::new(sources);
+    let stop = Stop::default();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    tokio::spawn(crate::server::serve(
+        listener,
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
+    tokio::spawn(signals(shared.clone(), stop.clone(), shutdown_tx));
+
+    notify::status("starting: first fetch of every target");
+    match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
+        Boot::Ready => {}
+        Boot::ShutDown => return Ok(0),
+        Boot::Failed(names) => {
+            let msg = format!(
+                "no usable rules file for target(s) {} within startup_timeout",
+                names.join(", ")
+            );
+            tracing::error!("{msg}");
+            notify::status(&format!("failed: {msg}"));
+            return Ok(1);
+        }
+    }
+    // From here, every loop counts as alive until its first deadline passes.
+    for (name, t) in &shared.cfg.targets {
+        shared.set_deadline(name, t.interval.mul_f64(1.1) + cycle_budget(t));
+    }
+    shared.ready.store(true, Ordering::SeqCst);
+    notify::ready(&shared.status_line());
+    tracing::info!("ready");
+
+    let mut tasks = Vec::new();
+    for name in shared.cfg.targets.keys() {
+        tasks.push(tokio::spawn(target_loop(
+            shared.clone(),
+            sources.clone(),
+            name.clone(),
+            stop.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    if let Some(period) = notify::watchdog_period() {
+        tokio::spawn(watchdog(shared.clone(), period, shutdown_rx.clone()));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(0)
+}
+
+enum Boot {
+    Ready,
+    ShutDown,
+    Failed(Vec<String>),
+}
+
+/// First cycle of every target, concurrently. A target with a usable live file is ready
+/// after one try whatever upstream says; one without retries until `startup_timeout`.
+async fn boot(
+    shared: &Arc<Shared>,
+    sources: &Arc<BTreeMap<String, Source>>,
+    stop: &Stop,
+    mut shutdown: watch::Receiver<bool>,
+) -> Boot {
+    let deadline = Instant::now() + shared.cfg.startup_timeout;
+    let mut set = tokio::task::JoinSet::new();
+    for name in shared.cfg.targets.keys() {
+        let (shared, sources, stop, name) =
+            (shared.clone(), sources.clone(), stop.clone(), name.clone());
+        set.spawn(async move {
+            let t = &shared.cfg.targets[&name];
+            let mut failures = 0u32;
+            loop {
+                match run_one(&shared, &sources, t, &stop).await {
+                    Some(rep) if rep.usable => return (name, true),
+                    _ => {}
+                }
+                if stop.requested() {
+                    return (name, false);
+                }
+                let wait = Duration::from_secs(1 << failures.min(3));
+                failures += 1;
+                if Instant::now() + wait >= deadline {
+                    return (name, false);
+                }
+                tracing::warn!(target_name = %name, retry_in = ?wait, "no usable rules file yet; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    let mut tick = tokio::time::interval_at(
+        Instant::now() + Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                None => break,
+                Some(Ok((_, true))) => {}
+                Some(Ok((name, false))) => failed.push(name),
+                Some(Err(e)) => failed.push(format!("(task failed: {e})")),
+            },
+            _ = tick.tick() => {
+                // A slow first fetch: keep systemd's start timeout ahead of us.
+                notify::extend_timeout(Duration::from_secs(15));
+            }
+            _ = shutdown.changed() => {
+                set.abort_all();
+                return Boot::ShutDown;
+            }
+        }
+    }
+    if stop.requested() {
+        return Boot::ShutDown;
+    }
+    if failed.is_empty() {
+        Boot::Ready
+    } else {
+        failed.sort();
+        Boot::Failed(failed)
+    }
+}
+
+/// Runs one poll cycle and records it. None when the cycle itself errored.
+async fn run_one(
+    shared: &Shared,
+    sources: &BTreeMap<String, Source>,
+    t: &Target,
+    stop: &Stop,
+) -> Option<Report> {
+    let source = sources.get(&t.name)?;
+    let ctx = Ctx {
+        target: t,
+        source,
+        store: Store::new(&shared.cfg.state_dir, &t.name),
+        state_dir: shared.cfg.state_dir.clone(),
+        stop: stop.clone(),
+    };
+    shared.set_deadline(&t.name, cycle_budget(t));
+    match cycle::run(&ctx, Trigger::Poll).await {
+        Ok(rep) => {
+            shared.record(&rep);
+            Some(rep)
+        }
+        Err(cycle::CycleError::Aborted) => {
+            tracing::info!(target_name = %t.name, "cycle stopped before the swap (shutting down)");
+            None
+        }
+        Err(e) => {
+            tracing::error!(target_name = %t.name, error = %e, "cycle failed");
+            None
+        }
+    }
+}
+
+async fn target_loop(
+    shared: Arc<Shared>,
+    sources: Arc<BTreeMap<String, Source>>,
+    name: String,
+    stop: Stop,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let t = &shared.cfg.targets[&name];
+    let Some(handle) = shared.loops.get(&name) else {
+        return;
+    };
+    let mut failures = 0u32;
+    let mut delay = jittered(t.interval);
+    loop {
+        shared.set_deadline(&name, delay + cycle_budget(t));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = handle.trigger.notified() => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        let rep = run_one(&shared, &sources, t, &stop).await;
+        if *shutdown.borrow() {
+            break;
+        }
+        let fetch_failed = rep
+            .as_ref()
+            .map(|r| r.outcome == Outcome::FetchFailed)
+            .unwrap_or(true);
+        if fetch_failed {
+            delay = backoff(t.interval, failures);
+            failures = failures.saturating_add(1);
+        } else {
+            failures = 0;
+            delay = jittered(t.interval);
+        }
+    }
+    // Parked: count as alive while the process shuts down.
+    shared.set_deadline(&name, Duration::from_secs(3600));
+}
+
+/// Pings WATCHDOG=1 at half the period, only while every loop is alive.
+async fn watchdog(shared: Arc<Shared>, period: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if shared.alive() {
+            notify::watchdog();
+        } else {
+            tracing::error!("a target loop is stuck; withholding the watchdog ping");
+        }
+    }
+}
+
+async fn signals(shared: Arc<Shared>, stop: Stop, shutdown: watch::Sender<bool>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading webhook secrets");
+                shared.secrets.reload();
+            }
+        }
+    }
+    tracing::info!("stopping: letting in-flight cycles finish (or stop before their swap)");
+    notify::stopping();
+    stop.request();
+    let _ = shutdown.send(true);
 }

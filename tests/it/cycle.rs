@@ -312,7 +312,11 @@ fn systemd_restarter_active_and_not_active() {
     assert!(o.stdout.contains("verification skipped"), "{}", o.all());
     assert_eq!(env.starts(), 0);
     let calls = std::fs::read_to_string(env.systemd.join("calls.log")).unwrap();
-    assert!(calls.contains("try-restart fake.service"), "{calls}");
+    assert!(calls.contains("is-active fake.service"), "{calls}");
+    assert!(
+        !calls.contains("try-restart"),
+        "no restart job while the unit is down: {calls}"
+    );
 
     // active: restarted through try-restart, verified with the same InvocationID
     env.start_service();
@@ -320,6 +324,8 @@ fn systemd_restarter_active_and_not_active() {
     let o = env.once();
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(!o.stdout.contains("skipped"), "{}", o.all());
+    let calls = std::fs::read_to_string(env.systemd.join("calls.log")).unwrap();
+    assert!(calls.contains("try-restart fake.service"), "{calls}");
     assert_eq!(
         env.start_log().last().map(String::as_str),
         Some("start # v2")

@@ -1,0 +1,279 @@
+//! rulekeeper's own state as Prometheus metrics (DESIGN.md "Metrics"). The record side
+//! (`record`, `init_target`) is called by the supervisor after each cycle; the read side
+//! (`render`) by the HTTP server. Every label set a target will ever use is created at start,
+//! so `increase()` in alerts sees the first event.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::cycle::{Outcome, Report};
+use crate::state::TargetState;
+
+/// Reasons a fetch can fail, created up front per target.
+pub const FETCH_REASONS: &[&str] = &[
+    "timeout",
+    "connect",
+    "transport",
+    "redirect",
+    "auth",
+    "not_found",
+    "server_error",
+    "http_status",
+    "too_large",
+    "token",
+    "git",
+    "io",
+    "config",
+    "protocol",
+];
+
+/// Results of webhook requests.
+pub const WEBHOOK_RESULTS: &[&str] = &[
+    "triggered",
+    "unchanged",
+    "ignored",
+    "unauthorized",
+    "not_configured",
+    "too_large",
+    "bad_request",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    rules_info: GaugeVec,
+    last_success: GaugeVec,
+    last_apply: GaugeVec,
+    rollbacks: IntCounterVec,
+    cycles: IntCounterVec,
+    fetch_failures: IntCounterVec,
+    quarantined: IntGaugeVec,
+    drift: IntCounterVec,
+    durations: HistogramVec,
+    webhook: IntCounterVec,
+    held: IntGaugeVec,
+    /// The (sha256, revision) each target's rules_info series carries now.
+    info_labels: Mutex<HashMap<String, (String, String)>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, MetricsError> {
+        let registry = Registry::new();
+        let build = GaugeVec::new(
+            Opts::new("rulekeeper_build_info", "rulekeeper build; always 1"),
+            &["version"],
+        )?;
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+        registry.register(Box::new(build))?;
+        let m = Metrics {
+            rules_info: GaugeVec::new(
+                Opts::new("rulekeeper_rules_info", "The live rules file now; always 1"),
+                &["target", "sha256", "revision"],
+            )?,
+            last_success: GaugeVec::new(
+                Opts::new(
+                    "rulekeeper_last_success_timestamp_seconds",
+                    "Last cycle that left the live file usable and equal to upstream",
+                ),
+                &["target"],
+            )?,
+            last_apply: GaugeVec::new(
+                Opts::new(
+                    "rulekeeper_last_apply_timestamp_seconds",
+                    "Last verified apply of new content",
+                ),
+                &["target"],
+            )?,
+            rollbacks: IntCounterVec::new(
+                Opts::new(
+                    "rulekeeper_rollbacks_total",
+                    "Rollbacks to the last-good file",
+                ),
+                &["target"],
+            )?,
+            cycles: IntCounterVec::new(
+                Opts::new("rulekeeper_cycles_total", "Cycles by outcome"),
+                &["target", "outcome"],
+            )?,
+            fetch_failures: IntCounterVec::new(
+                Opts::new(
+                    "rulekeeper_fetch_failures_total",
+                    "Failed fetches by reason",
+                ),
+                &["target", "reason"],
+            )?,
+            quarantined: IntGaugeVec::new(
+                Opts::new(
+                    "rulekeeper_quarantined",
+                    "1 while upstream serves known-bad content",
+                ),
+                &["target"],
+            )?,
+            drift: IntCounterVec::new(
+                Opts::new(
+                    "rulekeeper_drift_corrections_total",
+                    "Hand-edited live files converged back to upstream",
+                ),
+                &["target"],
+            )?,
+            durations: HistogramVec::new(
+                HistogramOpts::new("rulekeeper_cycle_duration_seconds", "Cycle phase durations")
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        120.0, 300.0,
+                    ]),
+                &["target", "phase"],
+            )?,
+            webhook: IntCounterVec::new(
+                Opts::new(
+                    "rulekeeper_webhook_requests_total",
+                    "Webhook requests by result",
+                ),
+                &["target", "result"],
+            )?,
+            held: IntGaugeVec::new(
+                Opts::new("rulekeeper_held", "1 while applying is held by an operator"),
+                &["target"],
+            )?,
+            info_labels: Mutex::new(HashMap::new()),
+            registry,
+        };
+        for c in [
+            Box::new(m.rules_info.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.last_success.clone()),
+            Box::new(m.last_apply.clone()),
+            Box::new(m.rollbacks.clone()),
+            Box::new(m.cycles.clone()),
+            Box::new(m.fetch_failures.clone()),
+            Box::new(m.quarantined.clone()),
+            Box::new(m.drift.clone()),
+            Box::new(m.durations.clone()),
+            Box::new(m.webhook.clone()),
+            Box::new(m.held.clone()),
+        ] {
+            m.registry.register(c)?;
+        }
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    /// Creates a target's series and sets gauges from its persisted state and live file.
+    pub fn init_target(&self, target: &str, st: &TargetState, live_sha: Option<&str>) {
+        for o in Outcome::ALL {
+            self.cycles.with_label_values(&[target, o.as_str()]);
+        }
+        for r in FETCH_REASONS {
+            self.fetch_failures.with_label_values(&[target, r]);
+        }
+        self.rollbacks.with_label_values(&[target]);
+        self.drift.with_label_values(&[target]);
+        self.set_gauges(target, st, live_sha);
+    }
+
+    /// Creates the webhook series of a target that has a webhook.
+    pub fn init_webhook(&self, target: &str) {
+        for r in WEBHOOK_RESULTS {
+            self.webhook.with_label_values(&[target, r]);
+        }
+    }
+
+    fn set_gauges(&self, target: &str, st: &TargetState, live_sha: Option<&str>) {
+        if let Some(t) = st.last_success {
+            self.last_success
+                .with_label_values(&[target])
+                .set(t.timestamp() as f64);
+        }
+        if let Some(a) = &st.applied {
+            self.last_apply
+                .with_label_values(&[target])
+                .set(a.at.timestamp() as f64);
+        }
+        let q = match (&st.quarantine, &st.upstream_sha256) {
+            (Some(q), Some(up)) => q.sha256 == *up,
+            _ => false,
+        };
+        self.quarantined.with_label_values(&[target]).set(q as i64);
+        self.held.with_label_values(&[target]).set(st.hold as i64);
+        let sha = live_sha.unwrap_or("").to_string();
+        let revision = st
+            .applied
+            .as_ref()
+            .filter(|a| a.sha256 == sha)
+            .and_then(|a| a.revision.clone())
+            .unwrap_or_default();
+        self.set_info(target, sha, revision);
+    }
+
+    /// Keeps exactly one rules_info series per target.
+    fn set_info(&self, target: &str, sha: String, revision: String) {
+        let mut labels = match self.info_labels.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((old_sha, old_rev)) = labels.get(target) {
+            if *old_sha == sha && *old_rev == revision {
+                return;
+            }
+            let _ = self
+                .rules_info
+                .remove_label_values(&[target, old_sha, old_rev]);
+        }
+        if !sha.is_empty() {
+            self.rules_info
+                .with_label_values(&[target, &sha, &revision])
+                .set(1.0);
+            labels.insert(target.to_string(), (sha, revision));
+        } else {
+            labels.remove(target);
+        }
+    }
+
+    /// Records one cycle.
+    pub fn record(&self, rep: &Report) {
+        let t = rep.target.as_str();
+        self.cycles
+            .with_label_values(&[t, rep.outcome.as_str()])
+            .inc();
+        if let Some(r) = rep.fetch_reason {
+            self.fetch_failures.with_label_values(&[t, r]).inc();
+        }
+        if matches!(rep.outcome, Outcome::RolledBack | Outcome::RollbackFailed) {
+            self.rollbacks.with_label_values(&[t]).inc();
+        }
+        if rep.drift_corrected {
+            self.drift.with_label_values(&[t]).inc();
+        }
+        for (phase, d) in &rep.phases {
+            self.durations
+                .with_label_values(&[t, phase.as_str()])
+                .observe(d.as_secs_f64());
+        }
+        self.set_gauges(t, &rep.state, rep.live_sha256.as_deref());
+    }
+
+    pub fn webhook(&self, target: &str, result: &str) {
+        self.webhook.with_label_values(&[target, result]).inc();
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        buf
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP side of the daemon (hyper 1, HTTP/1.1): `GET /metrics`, `GET /healthz`,
+//! `GET /status` and `POST /hooks/<target>`. It reads shared state and asks the
+//! supervisor for cycles; it never runs a cycle itself.
+
+pub mod webhook;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::supervisor::Shared;
+
+pub type Body = Full<Bytes>;
+
+pub fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    body.push(b'\n');
+    respond(status, "application/json", body)
+}
+
+/// Serves connections from `listener` until the shutdown signal.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (tcp, _) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+            // A slow or stuck client must not hold a task forever.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            shared.metrics.render(),
+        ),
+        (&Method::GET, "/healthz") => {
+            if shared.alive() {
+                respond(StatusCode::OK, "text/plain", "ok\n")
+            } else {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not alive\n")
+            }
+        }
+        (&Method::GET, "/status") => {
+            let targets = crate::status::collect(&shared.cfg);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "ready": shared.is_ready(),
+                    "alive": shared.alive(),
+                    "targets": targets,
+                }),
+            )
+        }
+        (m, p) if p.starts_with("/hooks/") => {
+            if m != Method::POST {
+                let mut r = respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n");
+                r.headers_mut().insert(
+                    hyper::header::ALLOW,
+                    hyper::header::HeaderValue::from_static("POST"),
+                );
+                return r;
+            }
+            let name = p.trim_start_matches("/hooks/").to_string();
+            let (parts, body) = req.into_parts();
+            webhook::handle(shared, &name, &parts.headers, body).await
+        }
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
