@@ -89,6 +89,10 @@ pub async fn run_keep(
     if let Some(d) = cwd {
         cmd.current_dir(d);
     }
+    // Our sd_notify socket and watchdog are ours alone, not the children's.
+    for k in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        cmd.env_remove(k);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }

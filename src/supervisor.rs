@@ -24,6 +24,8 @@ use crate::state::Store;
 /// One target's loop, as the rest of the daemon sees it.
 struct LoopHandle {
     trigger: Notify,
+    /// A trigger arrived that no cycle has started to serve yet.
+    pending: AtomicBool,
     /// Milliseconds since `Shared::epoch` until which the loop counts as alive.
     deadline_ms: AtomicU64,
     in_sync: AtomicBool,
@@ -63,6 +65,7 @@ impl Shared {
     /// Asks for an earlier cycle; triggers during a cycle coalesce into one more.
     pub fn trigger(&self, target: &str) {
         if let Some(l) = self.loops.get(target) {
+            l.pending.store(true, Ordering::SeqCst);
             l.trigger.notify_one();
         }
     }
@@ -145,20 +148,18 @@ impl Shared {
     }
 }
 
-/// The longest a healthy cycle of `t` can take (every stage at its time limit, plus a
-/// rollback), with slack for waiting on a lock held by another target of the same unit.
+/// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
+/// and a rollback, doubled for waiting on a lock held by another cycle (CLI or a target of
+/// the same unit). A loop past this is stuck, and the watchdog stops pinging.
 fn cycle_budget(t: &Target) -> Duration {
     let psync =
         |p: &Option<crate::config::PowerSyncApi>| p.as_ref().map(|p| p.timeout).unwrap_or_default();
     let one = t.source.timeout * 2
         + t.validate.timeout * 2
         + psync(&t.validate.powersync_api)
-        + (t.restart.timeout
-            + t.verify.timeout
-            + psync(&t.verify.powersync_api)
-            + Duration::from_secs(30))
-            * 2;
-    one * 2 + Duration::from_secs(60)
+        + (t.restart.timeout + t.verify.timeout + psync(&t.verify.powersync_api)) * 2
+        + Duration::from_secs(5);
+    one * 2 + Duration::from_secs(5)
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -213,6 +214,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
             t.name.clone(),
             LoopHandle {
                 trigger: Notify::new(),
+                pending: AtomicBool::new(false),
                 deadline_ms: AtomicU64::new(u64::MAX),
                 in_sync: AtomicBool::new(false),
             },
@@ -398,6 +400,10 @@ async fn run_one(
     }
 }
 
+/// After a triggered cycle starts, further triggers wait this long, so a burst of pushes
+/// costs one immediate cycle plus at most one trailing cycle.
+const TRIGGER_COOLDOWN: Duration = Duration::from_millis(500);
+
 async fn target_loop(
     shared: Arc<Shared>,
     sources: Arc<BTreeMap<String, Source>>,
@@ -410,17 +416,35 @@ async fn target_loop(
         return;
     };
     let mut failures = 0u32;
-    let mut delay = jittered(t.interval);
+    let mut next_poll = Instant::now() + jittered(t.interval);
+    let mut last_start: Option<Instant> = None;
     loop {
-        shared.set_deadline(&name, delay + cycle_budget(t));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = handle.trigger.notified() => {}
-            _ = shutdown.changed() => {}
-        }
+        shared.set_deadline(
+            &name,
+            next_poll.saturating_duration_since(Instant::now()) + cycle_budget(t),
+        );
+        let timer = tokio::select! {
+            _ = tokio::time::sleep_until(next_poll) => true,
+            _ = handle.trigger.notified() => false,
+            _ = shutdown.changed() => false,
+        };
         if *shutdown.borrow() {
             break;
         }
+        if !timer {
+            if !handle.pending.load(Ordering::SeqCst) {
+                continue; // a permit left from a trigger that an earlier cycle already served
+            }
+            if let Some(ready_at) = last_start.map(|s| s + TRIGGER_COOLDOWN) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(ready_at) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+        // Triggers from here on ask for the next cycle, not this one.
+        handle.pending.store(false, Ordering::SeqCst);
+        last_start = Some(Instant::now());
         let rep = run_one(&shared, &sources, t, &stop).await;
         if *shutdown.borrow() {
             break;
@@ -429,13 +453,15 @@ async fn target_loop(
             .as_ref()
             .map(|r| r.outcome == Outcome::FetchFailed)
             .unwrap_or(true);
-        if fetch_failed {
-            delay = backoff(t.interval, failures);
+        let delay = if fetch_failed {
+            let d = backoff(t.interval, failures);
             failures = failures.saturating_add(1);
+            d
         } else {
             failures = 0;
-            delay = jittered(t.interval);
-        }
+            jittered(t.interval)
+        };
+        next_poll = Instant::now() + delay;
     }
     // Parked: count as alive while the process shuts down.
     shared.set_deadline(&name, Duration::from_secs(3600));

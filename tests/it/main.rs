@@ -6,4 +6,5 @@ mod powersync_offline;
 mod util;
 
 mod cycle;
+mod daemon;
 mod forge;

@@ -110,6 +110,8 @@ pub struct Env {
     pub config: PathBuf,
     /// Directory for the systemctl stand-in (units live under it).
     pub systemd: PathBuf,
+    /// The daemon's `listen` port.
+    pub listen: u16,
 }
 
 impl Env {
@@ -134,6 +136,7 @@ impl Env {
             svc,
             port,
             systemd,
+            listen: free_port(),
             dir,
         }
     }
@@ -167,7 +170,7 @@ impl Env {
         let text = format!(
             "state_dir: {}\nlisten: 127.0.0.1:{}\ntargets:\n  ps:\n    source: {source}\n    path: {}\n    restart: {restart}\n    verify: {verify}\n    validate: {{ require_keys: [bucket_definitions, streams] }}\n{extra}",
             self.state.display(),
-            free_port(),
+            self.listen,
             self.live.display(),
         );
         std::fs::write(&self.config, text).unwrap();
@@ -197,10 +200,12 @@ impl Env {
         self.rk_env(args, &[])
     }
 
-    pub fn rk_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Out {
+    /// A `rulekeeper` command with the test PATH (systemctl stand-in) and environment.
+    pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.args(args).arg("-c").arg(&self.config);
         cmd.env("FAKE_SYSTEMD_DIR", &self.systemd);
+        cmd.env_remove("NOTIFY_SOCKET");
         let path = format!(
             "{}:{}",
             repo_root().join("tests/support/bin").display(),
@@ -210,7 +215,11 @@ impl Env {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run rulekeeper");
+        cmd
+    }
+
+    pub fn rk_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Out {
+        let out = self.command(args, envs).output().expect("run rulekeeper");
         Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -292,4 +301,176 @@ impl Drop for Env {
             ])
             .output();
     }
+}
+
+/// A running `rulekeeper run` with a NOTIFY_SOCKET the test listens on.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub notes: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Env {
+    /// Starts the daemon; `watchdog_usec` turns the systemd watchdog protocol on.
+    pub fn daemon(&self, watchdog_usec: Option<u64>) -> Daemon {
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let sock_path = self.dir.path().join(format!("notify-{}.sock", free_port()));
+        let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+        sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        {
+            let (notes, done) = (notes.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !done.load(Ordering::SeqCst) {
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        notes.lock().unwrap().push((std::time::Instant::now(), msg));
+                    }
+                }
+            });
+        }
+        let mut cmd = self.command(&["run"], &[]);
+        cmd.env("NOTIFY_SOCKET", &sock_path);
+        if let Some(usec) = watchdog_usec {
+            // WATCHDOG_PID must be the daemon's own pid: exec keeps the shell's.
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("WATCHDOG_PID=$$ exec \"$0\" \"$@\"")
+                .arg(bin())
+                .args(["run", "-c"])
+                .arg(&self.config);
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => sh.env(k, v),
+                    None => sh.env_remove(k),
+                };
+            }
+            sh.env("WATCHDOG_USEC", usec.to_string());
+            cmd = sh;
+        }
+        cmd.stdout(std::process::Stdio::null());
+        cmd.stderr(std::fs::File::create(self.dir.path().join("daemon.log")).unwrap());
+        let child = cmd.spawn().expect("spawn daemon");
+        Daemon {
+            child,
+            port: self.listen,
+            notes,
+            done,
+        }
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+impl Daemon {
+    pub fn notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    pub fn has_note(&self, needle: &str) -> bool {
+        self.notes()
+            .iter()
+            .any(|m| m.lines().any(|l| l == needle || l.starts_with(needle)))
+    }
+
+    pub fn wait_ready(&self) {
+        wait_until(30, "READY=1", || self.has_note("READY=1"));
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.port, "GET", path, &[], b"")
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(mut self) -> i32 {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let code = self.child.wait().expect("wait daemon").code().unwrap_or(-1);
+        code
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A minimal HTTP/1.1 client (Connection: close): returns status and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(_) => return (0, String::new()),
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample `name{labels...}` in a Prometheus text exposition.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Every sample line of `name` in an exposition.
+pub fn samples(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .map(str::to_string)
+        .collect()
 }

@@ -1,0 +1,289 @@
+//! `rulekeeper run` as systemd sees it: sd_notify over a real unix datagram socket,
+//! readiness rules at boot, polling, metrics (checked with promtool), signals.
+
+use std::process::Command;
+
+use crate::forge::FakeForge;
+use crate::util::{self, metric, rules, samples, wait_until, Env};
+
+const TOKEN: &str = "daemon-token-123";
+
+fn file_env(interval: &str) -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let up = env.dir.path().join("upstream.yaml");
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &env.restart_command(),
+        &env.verify_http(),
+        &format!("    interval: {interval}\n"),
+    );
+    (env, up)
+}
+
+fn cycles(m: &str, outcome: &str) -> f64 {
+    metric(
+        m,
+        "rulekeeper_cycles_total",
+        &[("target", "ps"), ("outcome", outcome)],
+    )
+    .unwrap_or(-1.0)
+}
+
+#[test]
+fn ready_status_watchdog_and_stopping() {
+    let (env, up) = file_env("1h");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    let d = env.daemon(Some(300_000));
+    d.wait_ready();
+    assert!(env.live.exists(), "usable file before READY=1");
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n.contains("STATUS=1 of 1 targets in sync")),
+        "{:?}",
+        d.notes()
+    );
+    // pings at half the period (150 ms): wait for several
+    wait_until(10, "5 watchdog pings", || {
+        d.notes()
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+            >= 5
+    });
+    let (code, body) = d.get("/healthz");
+    assert_eq!(code, 200, "{body}");
+    let notes = d.notes.clone();
+    let code = d.terminate();
+    assert_eq!(code, 0, "{}", env.daemon_log());
+    let notes: Vec<String> = notes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    assert!(notes.iter().any(|n| n.contains("STOPPING=1")), "{notes:?}");
+}
+
+#[test]
+fn watchdog_stops_while_a_loop_is_stuck() {
+    let Some(flock) = util::require_tool("flock") else {
+        return;
+    };
+    let env = Env::new();
+    let up = env.dir.path().join("upstream.yaml");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    // small time limits so that the cycle budget (the "stuck" threshold) is short
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\", timeout: 1s }}", up.display()),
+        "{ none: true, timeout: 1s }",
+        "{ none: true, timeout: 1s }",
+        "    interval: 1s\n",
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "validate: { require_keys: [bucket_definitions, streams] }",
+        "validate: { timeout: 1s }",
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let d = env.daemon(Some(400_000));
+    d.wait_ready();
+    // Hold the target's lock from outside, as a hung process would.
+    let lock = env.state.join("targets/ps/lock");
+    // -o: the lock stays with flock itself, so killing it releases the lock
+    let mut holder = Command::new(flock)
+        .arg("-o")
+        .arg(&lock)
+        .args(["sleep", "120"])
+        .spawn()
+        .unwrap();
+    let pings = |d: &util::Daemon| {
+        d.notes()
+            .iter()
+            .filter(|n| n.contains("WATCHDOG=1"))
+            .count()
+    };
+    // The loop blocks on the lock; past its budget the pings must stop.
+    let mut last = pings(&d);
+    let mut quiet_since = std::time::Instant::now();
+    wait_until(60, "watchdog pings to stop for 2 s", || {
+        let now = pings(&d);
+        if now != last {
+            last = now;
+            quiet_since = std::time::Instant::now();
+        }
+        quiet_since.elapsed() > std::time::Duration::from_secs(2)
+    });
+    assert_eq!(d.get("/healthz").0, 503);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let before = pings(&d);
+    wait_until(30, "watchdog pings to resume", || pings(&d) > before + 2);
+    assert_eq!(d.get("/healthz").0, 200);
+}
+
+#[test]
+fn metrics_pass_promtool_and_polling_applies_new_revision() {
+    let (env, up) = file_env("1s");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    let d = env.daemon(None);
+    d.wait_ready();
+    let m = d.metrics();
+    for name in [
+        "rulekeeper_build_info",
+        "rulekeeper_rules_info",
+        "rulekeeper_last_success_timestamp_seconds",
+        "rulekeeper_last_apply_timestamp_seconds",
+        "rulekeeper_rollbacks_total",
+        "rulekeeper_cycles_total",
+        "rulekeeper_fetch_failures_total",
+        "rulekeeper_quarantined",
+        "rulekeeper_drift_corrections_total",
+        "rulekeeper_cycle_duration_seconds_bucket",
+        "rulekeeper_held",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(!samples(&m, name).is_empty(), "{name} missing:\n{m}");
+    }
+    if let Some(promtool) = util::require_tool("promtool") {
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let old = samples(&m, "rulekeeper_rules_info");
+    assert_eq!(old.len(), 1, "{old:?}");
+    // a new upstream revision is applied by polling alone
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    wait_until(20, "v2 applied", || env.live() == rules("v2", "good"));
+    wait_until(10, "metrics updated", || {
+        cycles(&d.metrics(), "applied") >= 2.0
+    });
+    let new = samples(&d.metrics(), "rulekeeper_rules_info");
+    assert_eq!(new.len(), 1, "exactly one series per target: {new:?}");
+    assert_ne!(new, old);
+    assert!(env.start_log().last().unwrap().ends_with("v2"));
+}
+
+#[test]
+fn one_bad_revision_costs_one_rollback_and_two_restarts() {
+    let env = Env::new();
+    let forge = FakeForge::start(TOKEN);
+    let tf = env.write_token(TOKEN);
+    env.forgejo_config(&forge.base_url(), &tf);
+    let text = std::fs::read_to_string(&env.config).unwrap() + "    interval: 1s\n";
+    std::fs::write(&env.config, text).unwrap();
+    forge.set(&rules("good", "good"));
+    env.start_service();
+    let d = env.daemon(None);
+    d.wait_ready();
+    let restarts_before = env.restarts();
+    forge.set(&rules("bad", "bad"));
+    wait_until(30, "rolled back", || {
+        cycles(&d.metrics(), "rolled_back") >= 1.0
+    });
+    // let several intervals pass with the same bad upstream
+    wait_until(30, "4 quarantined cycles", || {
+        cycles(&d.metrics(), "quarantined") >= 4.0
+    });
+    let m = d.metrics();
+    assert_eq!(
+        env.restarts() - restarts_before,
+        2,
+        "one onto bad, one back"
+    );
+    assert_eq!(
+        metric(&m, "rulekeeper_rollbacks_total", &[("target", "ps")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "rulekeeper_quarantined", &[("target", "ps")]),
+        Some(1.0)
+    );
+    assert_eq!(env.live(), rules("good", "good"));
+    // new content clears it
+    forge.set(&rules("good2", "good"));
+    wait_until(30, "good2 applied", || env.live() == rules("good2", "good"));
+    wait_until(10, "quarantine gauge cleared", || {
+        metric(&d.metrics(), "rulekeeper_quarantined", &[("target", "ps")]) == Some(0.0)
+    });
+}
+
+#[test]
+fn daemon_restarts_with_unchanged_upstream_restart_nothing() {
+    let (env, up) = file_env("1h");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let restarts = env.restarts();
+    for _ in 0..3 {
+        let d = env.daemon(None);
+        d.wait_ready();
+        wait_until(10, "first cycle recorded", || {
+            cycles(&d.metrics(), "unchanged") >= 1.0
+        });
+        assert_eq!(d.terminate(), 0);
+    }
+    assert_eq!(env.restarts(), restarts, "no managed-service restart");
+}
+
+#[test]
+fn boot_with_forge_down_and_usable_file_is_ready() {
+    let env = Env::new();
+    let tf = env.write_token(TOKEN);
+    env.forgejo_config(&format!("http://127.0.0.1:{}", util::free_port()), &tf);
+    std::fs::write(&env.live, rules("persisted", "good")).unwrap();
+    let d = env.daemon(None);
+    d.wait_ready();
+    let m = d.metrics();
+    assert!(cycles(&m, "fetch_failed") >= 1.0, "{m}");
+    assert_eq!(env.restarts(), 0);
+}
+
+#[test]
+fn boot_with_forge_down_and_no_file_fails_without_ready() {
+    let env = Env::new();
+    let tf = env.write_token(TOKEN);
+    env.forgejo_config(&format!("http://127.0.0.1:{}", util::free_port()), &tf);
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("targets:", "startup_timeout: 2s\ntargets:");
+    std::fs::write(&env.config, text).unwrap();
+    let mut d = env.daemon(None);
+    let status = d.child.wait().unwrap();
+    assert_ne!(status.code(), Some(0), "{}", env.daemon_log());
+    assert!(!d.has_note("READY=1"), "{:?}", d.notes());
+    assert!(
+        env.daemon_log().contains("no usable rules file"),
+        "{}",
+        env.daemon_log()
+    );
+}
+
+#[test]
+fn listen_failure_is_a_clear_startup_error() {
+    let (env, up) = file_env("1h");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    let _busy = std::net::TcpListener::bind(("127.0.0.1", env.listen)).unwrap();
+    let out = env.rk(&["run"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("listen"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&env.listen.to_string()),
+        "{}",
+        out.stderr
+    );
+}
