@@ -8,3 +8,5 @@ mod util;
 mod cycle;
 mod daemon;
 mod forge;
+mod sources;
+mod webhook;

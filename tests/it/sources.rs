@@ -1,0 +1,250 @@
+//! Every source kind against a real peer on 127.0.0.1: `git daemon` serving a bare repo,
+//! and the fake forge speaking the GitHub, GitLab and plain-HTTP APIs.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+
+use crate::forge::FakeForge;
+use crate::util::{self, free_port, rules, wait_until, Env};
+
+const TOKEN: &str = "src-token-987";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct GitDaemon {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        // `git daemon` forks git-daemon: end the whole process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn git_daemon(base: &Path) -> GitDaemon {
+    let port = free_port();
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base)
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("git daemon");
+    wait_until(10, "git daemon listening", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    GitDaemon { child, port }
+}
+
+#[test]
+fn git_source_over_git_daemon() {
+    if util::require_tool("git").is_none() {
+        return;
+    }
+    let env = Env::new();
+    let base = env.dir.path().join("repos");
+    let bare = base.join("app.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=master"],
+    );
+    let work = env.dir.path().join("work");
+    let out = Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(&bare)
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let commit = |content: &str| {
+        std::fs::create_dir_all(work.join("powersync")).unwrap();
+        std::fs::write(work.join("powersync/sync-rules.yaml"), content).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "rules"]);
+        git(&work, &["push", "--quiet", "origin", "HEAD:master"]);
+        git(&work, &["rev-parse", "HEAD"])
+    };
+    let c1 = commit(&rules("v1", "good"));
+    let gd = git_daemon(&base);
+    env.write_config(
+        &format!("{{ kind: git, url: \"git://127.0.0.1:{}/app.git\", ref: master, path: powersync/sync-rules.yaml, timeout: 10s }}", gd.port),
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+    assert_eq!(env.state_json()["applied"]["revision"], c1.as_str());
+    let st = env.rk(&["status"]);
+    assert!(
+        st.stdout.contains(&c1[..12]),
+        "status shows the commit: {}",
+        st.stdout
+    );
+
+    // unchanged commit: ls-remote only, no fetch into the cache
+    let fetch_head = env.state.join("targets/ps/git/FETCH_HEAD");
+    let mtime = std::fs::metadata(&fetch_head).unwrap().modified().unwrap();
+    let o = env.once();
+    assert!(o.stdout.contains("unchanged"), "{}", o.all());
+    assert_eq!(
+        std::fs::metadata(&fetch_head).unwrap().modified().unwrap(),
+        mtime,
+        "no fetch for an unchanged commit"
+    );
+
+    // a new commit is applied, and its sha becomes the revision
+    let c2 = commit(&rules("v2", "good"));
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("v2", "good"));
+    assert_eq!(env.state_json()["applied"]["revision"], c2.as_str());
+
+    // a missing path is a fetch failure that keeps the live file
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("path: powersync/sync-rules.yaml", "path: nope.yaml");
+    std::fs::write(&env.config, text).unwrap();
+    let c3 = commit(&rules("v3", "good"));
+    assert_ne!(c3, c2);
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("fetch_failed"), "{}", o.all());
+    assert_eq!(env.live(), rules("v2", "good"));
+}
+
+fn forge_env(kind_yaml: &str) -> (Env, FakeForge) {
+    let env = Env::new();
+    let forge = FakeForge::start(TOKEN);
+    let tf = env.write_token(TOKEN);
+    env.write_config(
+        &kind_yaml
+            .replace("BASE", &forge.base_url())
+            .replace("TOKENFILE", tf.to_str().unwrap()),
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    (env, forge)
+}
+
+#[test]
+fn github_source_conditional_with_commit_revision() {
+    let (env, forge) = forge_env(
+        "{ kind: github, base_url: \"BASE\", repo: owner/app, path: powersync/sync-rules.yaml, ref: main, token_file: \"TOKENFILE\" }",
+    );
+    forge.set(&rules("gh1", "good"));
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("gh1", "good"));
+    let r = &forge.content_requests()[0];
+    assert_eq!(
+        r.path,
+        "/repos/owner/app/contents/powersync/sync-rules.yaml"
+    );
+    assert_eq!(r.query, "ref=main");
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_eq!(r.header("accept"), Some("application/vnd.github.raw+json"));
+    assert_eq!(env.state_json()["applied"]["revision"], forge.commit());
+    forge.clear_log();
+    assert!(env.once().stdout.contains("unchanged"));
+    assert_eq!(forge.content_requests()[0].status, 304);
+}
+
+#[test]
+fn gitlab_source_conditional_with_commit_header() {
+    let (env, forge) = forge_env(
+        "{ kind: gitlab, base_url: \"BASE\", repo: group/sub/app, path: powersync/sync-rules.yaml, ref: main, token_file: \"TOKENFILE\" }",
+    );
+    forge.set(&rules("gl1", "good"));
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    let r = &forge.content_requests()[0];
+    // project path and file path are each one URL-encoded segment
+    assert_eq!(
+        r.path,
+        "/api/v4/projects/group%2Fsub%2Fapp/repository/files/powersync%2Fsync-rules.yaml/raw"
+    );
+    assert_eq!(r.query, "ref=main");
+    assert_eq!(r.header("private-token"), Some(TOKEN));
+    assert_eq!(env.state_json()["applied"]["revision"], forge.commit());
+    forge.clear_log();
+    assert!(env.once().stdout.contains("unchanged"));
+    assert_eq!(forge.content_requests()[0].status, 304);
+}
+
+#[test]
+fn http_source_with_bearer_and_size_cap() {
+    let (env, forge) =
+        forge_env("{ kind: http, url: \"BASE/plain/rules.yaml\", token_file: \"TOKENFILE\" }");
+    forge.set(&rules("h1", "good"));
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(
+        forge.content_requests()[0].header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    // over max_bytes: refused, live file untouched
+    let text = std::fs::read_to_string(&env.config).unwrap() + "    max_bytes: 100\n";
+    std::fs::write(&env.config, text).unwrap();
+    forge.set(&format!("{}# {}\n", rules("h2", "good"), "x".repeat(200)));
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("max_bytes"), "{}", o.all());
+    assert_eq!(env.live(), rules("h1", "good"));
+}
+
+#[test]
+fn plain_http_to_a_non_loopback_host_is_refused() {
+    let env = Env::new();
+    env.write_config(
+        "{ kind: forgejo, base_url: \"http://git.example.com\", repo: o/r, path: x.yaml }",
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    let o = env.rk(&["check"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("targets.ps.source.base_url"),
+        "{}",
+        o.stderr
+    );
+    assert!(o.stderr.contains("https"), "{}", o.stderr);
+}
