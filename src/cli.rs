@@ -283,7 +283,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(t) => t,
                 Err(code) => return Ok(code),
             };
-            runtime()?.block_on(one(&cfg, t, Trigger::Rollback))
+            // A manual rollback that left the service healthy did what was asked: exit 0.
+            match runtime()?.block_on(one(&cfg, t, Trigger::Rollback)) {
+                exit::FAILED if rolled_back(&cfg, &name) => exit::OK,
+                code => code,
+            }
         }
         Command::Hold { c, target: name } => set_hold(&c, &name, true)?,
         Command::Release { c, target: name } => set_hold(&c, &name, false)?,
@@ -369,6 +373,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
         store,
         state_dir: cfg.state_dir.clone(),
         stop: Stop::default(),
+        boot: false,
     };
     match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
@@ -379,16 +384,18 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
             match e {
                 cycle::CycleError::Refused(_) => exit::FAILED,
-                _ if !live_usable(t) => exit::NO_USABLE_FILE,
+                _ if !crate::validate::live_usable(t) => exit::NO_USABLE_FILE,
                 _ => exit::FAILED,
             }
         }
     }
 }
 
-fn live_usable(t: &Target) -> bool {
-    std::fs::read(&t.path)
-        .map(|b| crate::validate::builtin(&t.validate, &b).is_ok())
+/// Whether the last recorded outcome of `name` is a successful rollback.
+fn rolled_back(cfg: &Config, name: &str) -> bool {
+    Store::new(&cfg.state_dir, name)
+        .load()
+        .map(|s| s.last_outcome.as_deref() == Some("rolled_back"))
         .unwrap_or(false)
 }
 

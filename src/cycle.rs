@@ -166,6 +166,9 @@ pub enum CycleError {
     Install(#[from] install::InstallError),
     #[error("shutting down: cycle stopped before the swap")]
     Aborted,
+    /// At boot, applying would restart an active systemd unit: left for after READY=1.
+    #[error("a restart of an active unit is deferred until start-up is over")]
+    Deferred,
     #[error("{0}")]
     Refused(String),
 }
@@ -201,6 +204,10 @@ pub struct Ctx<'a> {
     pub store: Store,
     pub state_dir: PathBuf,
     pub stop: Stop,
+    /// The daemon has not sent READY=1 yet. A systemd restart job now would wait for our
+    /// own start job (the managed unit is ordered After= rulekeeper), so such applies are
+    /// deferred; the live file is left as it is.
+    pub boot: bool,
 }
 
 /// Runs one cycle under the target's lock.
@@ -211,7 +218,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         .await
         .map_err(|e| CycleError::Refused(format!("lock task failed: {e}")))??;
     let mut st = ctx.store.load()?;
-    install::remove_stale_temps(&ctx.target.path);
+    let loaded = st.clone();
     let mut rep = Report::new(&ctx.target.name);
     let res = Runner {
         ctx,
@@ -242,7 +249,11 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             st.last_success = Some(Utc::now());
         }
     }
-    ctx.store.save(&st)?;
+    if st.volatile_eq(&loaded) {
+        ctx.store.save_volatile(&st)?;
+    } else {
+        ctx.store.save(&st)?;
+    }
     rep.state = st;
     res.map(|()| rep)
 }
@@ -435,15 +446,8 @@ impl Runner<'_, '_> {
                     .unwrap_or_else(Utc::now),
             });
         }
-        if self
-            .st
-            .quarantine
-            .as_ref()
-            .map(|q| q.sha256 != up.sha)
-            .unwrap_or(false)
-        {
-            self.st.quarantine = None;
-        }
+        // In sync there is nothing left to keep out, whatever the hash.
+        self.st.quarantine = None;
         self.rep.outcome = Outcome::Unchanged;
         // Content we applied was validated then; this also covers a file found in place.
         self.rep.usable = live
@@ -519,6 +523,8 @@ impl Runner<'_, '_> {
         let t = self.ctx.target;
         let live_sha = live.as_deref().map(sha256_hex);
         let t0 = Instant::now();
+        // Only an interrupted run leaves temp files, and only applying creates them.
+        install::remove_stale_temps(&t.path);
         let candidate = install::stage(&t.path, &body, t.mode_bits)?;
         let checked = if mode == Mode::ManualRollback {
             Ok(())
@@ -542,6 +548,7 @@ impl Runner<'_, '_> {
         if self.ctx.stop.requested() {
             return Err(CycleError::Aborted);
         }
+        self.defer_at_boot().await?;
         let _unit = self.unit_lock().await?;
         self.st.pending = Some(Pending {
             new_sha256: sha.clone(),
@@ -700,6 +707,20 @@ impl Runner<'_, '_> {
     }
 
     /// Finishes an apply a previous run died in. Returns true when that was the cycle.
+    /// Err(Deferred) when this would restart an active systemd unit during boot.
+    async fn defer_at_boot(&self) -> Result<(), CycleError> {
+        if !self.ctx.boot {
+            return Ok(());
+        }
+        let RestartKind::Systemd(unit) = self.t().restart.kind() else {
+            return Ok(());
+        };
+        match restart::is_active(&unit, self.t().restart.timeout).await {
+            Ok(false) => Ok(()),
+            _ => Err(CycleError::Deferred),
+        }
+    }
+
     async fn recover(&mut self, p: Pending) -> Result<bool, CycleError> {
         let t = self.ctx.target;
         let live = self.read_live()?;
@@ -714,6 +735,7 @@ impl Runner<'_, '_> {
                 Ok(false)
             }
             PendingStage::Applying => {
+                self.defer_at_boot().await?;
                 let _unit = self.unit_lock().await?;
                 let body = live.unwrap_or_default();
                 match self.restart_and_verify(&body).await {
@@ -735,6 +757,7 @@ impl Runner<'_, '_> {
                 }
             }
             PendingStage::RollingBack => {
+                self.defer_at_boot().await?;
                 let _unit = self.unit_lock().await?;
                 let why = self
                     .st

@@ -129,8 +129,7 @@ impl Metrics {
             durations: HistogramVec::new(
                 HistogramOpts::new("rulekeeper_cycle_duration_seconds", "Cycle phase durations")
                     .buckets(vec![
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                        120.0, 300.0,
+                        0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 30.0, 60.0, 120.0, 300.0,
                     ]),
                 &["target", "phase"],
             )?,
@@ -271,9 +270,12 @@ impl Metrics {
     /// The text exposition.
     pub fn render(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
+        drop(families);
+        crate::notify::release_memory();
         buf
     }
 }

@@ -101,7 +101,13 @@ pub async fn validate(api: &PowerSyncApi, yaml: &str) -> Result<Vec<Problem>, Ap
 
 /// After a restart: the active (or deploying) sync rules must be `expected` and clean.
 pub async fn check_live(api: &PowerSyncApi, expected: &str) -> Result<(), ApiError> {
-    let v = post(api, "/api/admin/v1/diagnostics", serde_json::json!({})).await?;
+    // Without `sync_rules_content` PowerSync leaves the rules text out of the answer.
+    let v = post(
+        api,
+        "/api/admin/v1/diagnostics",
+        serde_json::json!({ "sync_rules_content": true }),
+    )
+    .await?;
     let data = v.get("data").unwrap_or(&v);
     let mut seen_expected = false;
     let mut errs = Vec::new();

@@ -108,6 +108,21 @@ pub struct TargetState {
     pub upstream_sha256: Option<String>,
 }
 
+impl TargetState {
+    /// Equal in everything but the bookkeeping of routine cycles (last outcome, its time,
+    /// last success, last error).
+    pub fn volatile_eq(&self, other: &TargetState) -> bool {
+        let strip = |s: &TargetState| TargetState {
+            last_success: None,
+            last_outcome: None,
+            last_outcome_at: None,
+            last_error: None,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
 /// A target's directory under `state_dir`.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -148,6 +163,17 @@ impl Store {
 
     /// Replaces the state file atomically (temp, fsync, rename, fsync dir).
     pub fn save(&self, st: &TargetState) -> Result<(), StateError> {
+        self.write(st, true)
+    }
+
+    /// Saves a state that differs from the one on disk only in [`TargetState::volatile_eq`]
+    /// fields (times and last outcome of a routine cycle): still atomic, but without the
+    /// fsyncs, which dominate the cost of an unchanged cycle. A crash may lose those times.
+    pub fn save_volatile(&self, st: &TargetState) -> Result<(), StateError> {
+        self.write(st, false)
+    }
+
+    fn write(&self, st: &TargetState, durable: bool) -> Result<(), StateError> {
         self.ensure_dir()?;
         let path = self.file();
         let json = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
@@ -159,9 +185,13 @@ impl Store {
             .tempfile_in(&self.dir)
             .map_err(io_err(&path))?;
         tmp.write_all(&json).map_err(io_err(&path))?;
-        tmp.as_file().sync_all().map_err(io_err(&path))?;
+        if durable {
+            tmp.as_file().sync_all().map_err(io_err(&path))?;
+        }
         tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
-        fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        if durable {
+            fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        }
         Ok(())
     }
 

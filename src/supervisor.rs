@@ -142,7 +142,7 @@ impl Shared {
                 rep.outcome.as_str()
             );
         }
-        if self.is_ready() {
+        if self.is_ready() && notify::enabled() {
             notify::status(&self.status_line());
         }
     }
@@ -272,6 +272,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     }
     shared.ready.store(true, Ordering::SeqCst);
     notify::ready(&shared.status_line());
+    notify::release_memory();
     tracing::info!("ready");
 
     let mut tasks = Vec::new();
@@ -317,8 +318,13 @@ async fn boot(
             let t = &shared.cfg.targets[&name];
             let mut failures = 0u32;
             loop {
-                match run_one(&shared, &sources, t, &stop).await {
-                    Some(rep) if rep.usable => return (name, true),
+                match run_one(&shared, &sources, t, &stop, true).await {
+                    Ok(rep) if rep.usable => return (name, true),
+                    Err(cycle::CycleError::Deferred) if crate::validate::live_usable(t) => {
+                        // Ready on the current file; the loop applies right after READY=1.
+                        shared.trigger(&name);
+                        return (name, true);
+                    }
                     _ => {}
                 }
                 if stop.requested() {
@@ -368,36 +374,39 @@ async fn boot(
     }
 }
 
-/// Runs one poll cycle and records it. None when the cycle itself errored.
+/// Runs one poll cycle and records it.
 async fn run_one(
     shared: &Shared,
     sources: &BTreeMap<String, Source>,
     t: &Target,
     stop: &Stop,
-) -> Option<Report> {
-    let source = sources.get(&t.name)?;
+    boot: bool,
+) -> Result<Report, cycle::CycleError> {
+    let source = sources
+        .get(&t.name)
+        .ok_or_else(|| cycle::CycleError::Refused("no source".into()))?;
     let ctx = Ctx {
         target: t,
         source,
         store: Store::new(&shared.cfg.state_dir, &t.name),
         state_dir: shared.cfg.state_dir.clone(),
         stop: stop.clone(),
+        boot,
     };
     shared.set_deadline(&t.name, cycle_budget(t));
-    match cycle::run(&ctx, Trigger::Poll).await {
-        Ok(rep) => {
-            shared.record(&rep);
-            Some(rep)
-        }
+    // Boxed: the cycle future is large, and an idle loop should not carry it inline.
+    let r = Box::pin(cycle::run(&ctx, Trigger::Poll)).await;
+    match &r {
+        Ok(rep) => shared.record(rep),
         Err(cycle::CycleError::Aborted) => {
-            tracing::info!(target_name = %t.name, "cycle stopped before the swap (shutting down)");
-            None
+            tracing::info!(target_name = %t.name, "cycle stopped before the swap (shutting down)")
         }
-        Err(e) => {
-            tracing::error!(target_name = %t.name, error = %e, "cycle failed");
-            None
+        Err(cycle::CycleError::Deferred) => {
+            tracing::info!(target_name = %t.name, "new content waits until start-up is over (its unit is active)")
         }
+        Err(e) => tracing::error!(target_name = %t.name, error = %e, "cycle failed"),
     }
+    r
 }
 
 /// After a triggered cycle starts, further triggers wait this long, so a burst of pushes
@@ -445,7 +454,7 @@ async fn target_loop(
         // Triggers from here on ask for the next cycle, not this one.
         handle.pending.store(false, Ordering::SeqCst);
         last_start = Some(Instant::now());
-        let rep = run_one(&shared, &sources, t, &stop).await;
+        let rep = run_one(&shared, &sources, t, &stop, false).await.ok();
         if *shutdown.borrow() {
             break;
         }

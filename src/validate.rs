@@ -58,6 +58,14 @@ pub fn builtin(cfg: &Validate, content: &[u8]) -> Result<(), ValidateError> {
     }
 }
 
+/// Whether a target's live file exists and passes the built-in checks: the cheap test
+/// used where no cycle ran (start-up deferral, CLI errors).
+pub fn live_usable(t: &crate::config::Target) -> bool {
+    std::fs::read(&t.path)
+        .map(|b| builtin(&t.validate, &b).is_ok())
+        .unwrap_or(false)
+}
+
 /// Every validator in order. `file` is the candidate's path (for `{file}`).
 pub async fn full(cfg: &Validate, file: &Path, content: &[u8]) -> Result<(), ValidateError> {
     builtin(cfg, content)?;
@@ -78,7 +86,8 @@ pub async fn command(
 ) -> Result<(), ValidateError> {
     let f = file.display().to_string();
     let argv: Vec<String> = argv.iter().map(|a| a.replace("{file}", &f)).collect();
-    let out = exec::run(&argv, timeout, file.parent(), &[])
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let out = exec::run(&argv, timeout, dir, &[])
         .await
         .map_err(|e| ValidateError::CommandRun(e.to_string()))?;
     if out.success {

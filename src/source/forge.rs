@@ -30,6 +30,8 @@ pub fn client(
         .user_agent(concat!("rulekeeper/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)
+        // One client serves many targets on the same forge; a few idle connections do.
+        .pool_max_idle_per_host(4)
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
             let same_origin = attempt
                 .previous()

@@ -307,7 +307,7 @@ impl Drop for Env {
 pub struct Daemon {
     pub child: std::process::Child,
     pub port: u16,
-    pub notes: std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>,
+    pub notes: std::sync::Arc<std::sync::Mutex<Vec<(std::time::SystemTime, String)>>>,
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -330,7 +330,10 @@ impl Env {
                 while !done.load(Ordering::SeqCst) {
                     if let Ok(n) = sock.recv(&mut buf) {
                         let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        notes.lock().unwrap().push((std::time::Instant::now(), msg));
+                        notes
+                            .lock()
+                            .unwrap()
+                            .push((std::time::SystemTime::now(), msg));
                     }
                 }
             });
