@@ -26,10 +26,13 @@ use crate::supervisor::Shared;
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
 
+/// A secret as last read, with its file's mtime (None: unreadable).
+type Cached = (Option<SystemTime>, Option<Secret>);
+
 /// The webhook secrets, re-read when their file changes or on SIGHUP.
 pub struct Secrets {
     files: HashMap<String, PathBuf>,
-    cache: Mutex<HashMap<String, (Option<SystemTime>, Option<Secret>)>>,
+    cache: Mutex<HashMap<String, Cached>>,
 }
 
 impl Secrets {
@@ -79,7 +82,7 @@ impl Secrets {
     }
 }
 
-fn read(target: &str, file: &std::path::Path) -> (Option<SystemTime>, Option<Secret>) {
+fn read(target: &str, file: &std::path::Path) -> Cached {
     let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
     match read_secret(file) {
         Ok(s) => (mtime, Some(s)),

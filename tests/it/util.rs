@@ -406,8 +406,7 @@ impl Daemon {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let code = self.child.wait().expect("wait daemon").code().unwrap_or(-1);
-        code
+        self.child.wait().expect("wait daemon").code().unwrap_or(-1)
     }
 }
 
