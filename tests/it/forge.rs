@@ -2,7 +2,8 @@
 //! (`/api/v1/repos/O/R/raw/PATH?ref=`, `Authorization: token T`, commits API), GitHub
 //! (`/repos/O/R/contents/PATH`, `Accept: application/vnd.github.raw+json`, Bearer), GitLab
 //! (`/api/v4/projects/ID/repository/files/PATH/raw?ref=`, `PRIVATE-TOKEN`) and plain HTTP
-//! (`/plain/...`), with ETag/304. Every request is logged for assertions.
+//! (`/plain/...`), with ETag/304; and PowerSync's admin API (`/api/admin/v1/validate`,
+//! `/api/admin/v1/diagnostics`, Bearer token). Every request is logged for assertions.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ pub struct Req {
     pub path: String,
     pub query: String,
     pub headers: Vec<(String, String)>,
+    pub body: String,
     pub status: u16,
 }
 
@@ -39,6 +41,12 @@ pub struct State {
     /// When set, every request gets this status (e.g. 503: forge down).
     pub fail_with: Option<u16>,
     pub log: Vec<Req>,
+    /// PowerSync: what `validate` reports, as (level, message).
+    pub ps_validate: Vec<(String, String)>,
+    /// PowerSync: the file whose content `diagnostics` shows as active.
+    pub ps_live: Option<std::path::PathBuf>,
+    /// PowerSync: (marker, message): active rules containing `marker` report a fatal error.
+    pub ps_diag_bad: Option<(String, String)>,
 }
 
 pub struct FakeForge {
@@ -59,6 +67,9 @@ impl FakeForge {
             token: token.to_string(),
             fail_with: None,
             log: Vec::new(),
+            ps_validate: Vec::new(),
+            ps_live: None,
+            ps_diag_bad: None,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forge");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -150,13 +161,19 @@ async fn handle(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    let _ = req.into_body().collect().await;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
     let mut s = st.lock().unwrap();
     let r = Req {
         method,
         path: path.clone(),
         query,
         headers,
+        body,
         status: 0,
     };
     let out = route(&s, &r);
@@ -171,6 +188,9 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
         return resp(code, b"down".to_vec(), &[]);
     }
     let p = &r.path;
+    if p.starts_with("/api/admin/v1/") {
+        return powersync(s, r);
+    }
     let (auth_ok, kind) = if p.starts_with("/api/v1/repos/") {
         (
             r.header("authorization") == Some(&format!("token {}", s.token)),
@@ -231,4 +251,53 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
         h.push(("x-gitlab-last-commit-id", s.commit.clone()));
     }
     resp(200, content.clone(), &h)
+}
+
+fn errors_json(e: &[(String, String)]) -> serde_json::Value {
+    e.iter()
+        .map(|(l, m)| serde_json::json!({"level": l, "message": m}))
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// PowerSync's admin API, as documented: Bearer token from `api.tokens`.
+fn powersync(s: &State, r: &Req) -> Response<Full<Bytes>> {
+    if r.header("authorization") != Some(&format!("Bearer {}", s.token)) {
+        return resp(401, b"{\"error\":\"unauthorized\"}".to_vec(), &[]);
+    }
+    let req: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let body = match r.path.as_str() {
+        "/api/admin/v1/validate" => {
+            if req.get("sync_rules").and_then(|v| v.as_str()).is_none() {
+                return resp(400, b"sync_rules missing".to_vec(), &[]);
+            }
+            serde_json::json!({"data": {"errors": errors_json(&s.ps_validate), "connections": []}})
+        }
+        "/api/admin/v1/diagnostics" => {
+            let with_content =
+                req.get("sync_rules_content") == Some(&serde_json::Value::Bool(true));
+            let live = s
+                .ps_live
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            let errors: Vec<(String, String)> = match (&s.ps_diag_bad, &live) {
+                (Some((marker, msg)), Some(l)) if l.contains(marker.as_str()) => {
+                    vec![("fatal".to_string(), msg.clone())]
+                }
+                _ => Vec::new(),
+            };
+            let content = live.filter(|_| with_content);
+            serde_json::json!({"data": {
+                "connections": [],
+                "active_sync_rules": {"content": content, "errors": errors_json(&errors)},
+                "deploying_sync_rules": null
+            }})
+        }
+        _ => return resp(404, b"no route".to_vec(), &[]),
+    };
+    resp(
+        200,
+        body.to_string().into_bytes(),
+        &[("content-type", "application/json".into())],
+    )
 }
