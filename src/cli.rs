@@ -267,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .load()
                 .map(|s| s.hold)
                 .unwrap_or(false);
-            if !held && t.source.kind != config::SourceKind::File {
+            if !held {
                 eprintln!(
                     "rulekeeper: note: target `{name}` is not held, so the next poll converges it back to upstream; run `rulekeeper hold -t {name}` first to keep a pushed file"
                 );

@@ -2,6 +2,7 @@
 //! real files and real sockets on 127.0.0.1. `util` is the shared harness.
 mod alerts;
 mod nix;
+mod operator;
 mod powersync_api;
 mod powersync_offline;
 mod util;

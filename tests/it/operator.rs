@@ -1,0 +1,147 @@
+//! The operator CLI: push, rollback, hold/release, status, completions, man page.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::{rules, Env};
+
+fn file_env() -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let up = env.dir.path().join("upstream.yaml");
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &env.restart_command(),
+        &env.verify_http(),
+        "",
+    );
+    (env, up)
+}
+
+#[test]
+fn push_from_stdin_goes_through_the_pipeline() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let push = |content: &str| {
+        let mut c = env
+            .command(&["push", "-t", "ps", "-"], &[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(content.as_bytes())
+            .unwrap();
+        let o = c.wait_with_output().unwrap();
+        (
+            o.status.code().unwrap(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    // invalid: rejected, no restart
+    let (code, out) = push("nope: [");
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(env.restarts(), 1);
+    // unhealthy: rolled back
+    let (code, out) = push(&rules("pushed-bad", "bad"));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rolled_back"), "{out}");
+    assert_eq!(env.live(), rules("v1", "good"));
+    // good: applied, and the CLI warns that polling will converge back unless held
+    let (code, out) = push(&rules("pushed", "good"));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("hold"), "{out}");
+    assert_eq!(env.live(), rules("pushed", "good"));
+    assert!(env.probe_ok());
+}
+
+#[test]
+fn hold_stops_applying_until_release() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    assert_eq!(env.rk(&["hold", "-t", "ps"]).code, 0);
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("held"), "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+    let st = env.rk(&["status"]);
+    assert!(
+        st.stdout.contains("held") && st.stdout.contains("yes"),
+        "{}",
+        st.stdout
+    );
+    assert_eq!(env.rk(&["release", "-t", "ps"]).code, 0);
+    assert_eq!(env.once().code, 0);
+    assert_eq!(env.live(), rules("v2", "good"));
+}
+
+#[test]
+fn manual_rollback_restores_prev_and_quarantines() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let o = env.rk(&["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 1, "nothing to roll back to yet: {}", o.all());
+    assert!(o.stderr.contains("nothing to roll back to"), "{}", o.all());
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    let o = env.rk(&["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+    assert_eq!(
+        env.start_log().last().map(String::as_str),
+        Some("start # v1")
+    );
+    // upstream still serves v2, which is now quarantined: polling leaves v1 alone
+    let o = env.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("quarantined"), "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+    let j = env.rk(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert!(v[0]["quarantined_sha256"].is_string(), "{v}");
+}
+
+#[test]
+fn status_table_completions_and_man_page() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let o = env.rk(&["status"]);
+    assert_eq!(o.code, 0);
+    let header = o.stdout.lines().next().unwrap();
+    for col in [
+        "TARGET",
+        "SHA256",
+        "REVISION",
+        "LAST OUTCOME",
+        "LAST SUCCESS",
+        "QUARANTINE",
+        "HELD",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(o.stdout.contains("applied"), "{}", o.stdout);
+    let c = std::process::Command::new(crate::util::bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(c.status.success());
+    assert!(String::from_utf8_lossy(&c.stdout).contains("rollback"));
+    let m = std::process::Command::new(crate::util::bin())
+        .arg("man")
+        .output()
+        .unwrap();
+    assert!(m.status.success());
+    assert!(String::from_utf8_lossy(&m.stdout).contains(".TH rulekeeper"));
+}
