@@ -200,6 +200,14 @@ impl Store {
         self.dir.join("git")
     }
 
+    /// Whether someone holds this target's lock now (without waiting or creating it).
+    pub fn is_locked(&self) -> bool {
+        let Ok(f) = File::open(self.dir.join("lock")) else {
+            return false;
+        };
+        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+    }
+
     /// Takes this target's lock, waiting for another holder (daemon or CLI) to finish.
     pub fn lock(&self) -> Result<LockGuard, StateError> {
         self.ensure_dir()?;

@@ -24,6 +24,8 @@ pub struct TargetStatus {
     pub quarantined_sha256: Option<String>,
     pub held: bool,
     pub pending: bool,
+    /// A cycle or CLI command holds the target's lock right now.
+    pub busy: bool,
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -52,6 +54,7 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
                 held: st.hold,
                 pending: st.pending.is_some(),
+                busy: Store::new(&cfg.state_dir, &t.name).is_locked(),
             }
         })
         .collect()

@@ -145,3 +145,24 @@ fn status_table_completions_and_man_page() {
     assert!(m.status.success());
     assert!(String::from_utf8_lossy(&m.stdout).contains(".TH rulekeeper"));
 }
+
+#[test]
+fn bundled_examples_pass_check() {
+    let env = Env::new();
+    let root = crate::util::repo_root();
+    let demo = std::fs::read_to_string(root.join("examples/demo.yaml"))
+        .unwrap()
+        .replace("@DEMO@", env.dir.path().to_str().unwrap())
+        .replace("@ROOT@", root.to_str().unwrap())
+        .replace("@SVC_PORT@", "18080")
+        .replace("@LISTEN@", "19871");
+    std::fs::write(&env.config, demo).unwrap();
+    let o = env.rk(&["check"]);
+    assert_eq!(o.code, 0, "examples/demo.yaml: {}", o.all());
+    let o = crate::util::run(
+        std::process::Command::new(crate::util::bin())
+            .args(["check", "-c"])
+            .arg(root.join("examples/powersync.yaml")),
+    );
+    assert!(o.0, "examples/powersync.yaml: {}{}", o.1, o.2);
+}
