@@ -284,9 +284,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Err(code) => return Ok(code),
             };
             // A manual rollback that left the service healthy did what was asked: exit 0.
-            match runtime()?.block_on(one(&cfg, t, Trigger::Rollback)) {
-                exit::FAILED if rolled_back(&cfg, &name) => exit::OK,
-                code => code,
+            match runtime()?.block_on(run_target(&cfg, t, Trigger::Rollback)) {
+                (exit::FAILED, Some(cycle::Outcome::RolledBack)) => exit::OK,
+                (code, _) => code,
             }
         }
         Command::Hold { c, target: name } => set_hold(&c, &name, true)?,
@@ -353,8 +353,13 @@ fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// Runs one cycle for one target and prints a one-line result.
+/// Runs one cycle for one target and prints a one-line result; returns the exit code.
 pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
+    run_target(cfg, t, trigger).await.0
+}
+
+/// As [`one`], also returning the outcome when the cycle ran.
+async fn run_target(cfg: &Config, t: &Target, trigger: Trigger) -> (i32, Option<cycle::Outcome>) {
     let store = Store::new(&cfg.state_dir, &t.name);
     let source = match Source::new(t, store.git_cache()) {
         Ok(s) => s,
@@ -364,7 +369,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
                 cfg.file.display(),
                 t.name
             );
-            return exit::USAGE;
+            return (exit::USAGE, None);
         }
     };
     let ctx = Ctx {
@@ -378,25 +383,18 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
     match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
             print_report(&rep);
-            rep.exit_code()
+            (rep.exit_code(), Some(rep.outcome))
         }
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            match e {
+            let code = match e {
                 cycle::CycleError::Refused(_) => exit::FAILED,
                 _ if !crate::validate::live_usable(t) => exit::NO_USABLE_FILE,
                 _ => exit::FAILED,
-            }
+            };
+            (code, None)
         }
     }
-}
-
-/// Whether the last recorded outcome of `name` is a successful rollback.
-fn rolled_back(cfg: &Config, name: &str) -> bool {
-    Store::new(&cfg.state_dir, name)
-        .load()
-        .map(|s| s.last_outcome.as_deref() == Some("rolled_back"))
-        .unwrap_or(false)
 }
 
 fn print_report(rep: &Report) {

@@ -21,8 +21,32 @@ pub struct ForgeSource {
     max_bytes: u64,
 }
 
-/// Builds the shared HTTP client for a source: system roots plus an optional private CA.
+/// The HTTP client for a source: system roots plus an optional private CA. Clients are
+/// shared between targets with the same (timeout, ca_file): each holds a parsed root store
+/// and a connection pool, which would otherwise cost memory and a socket per target.
+/// Tokens are per request, so sharing is safe.
 pub fn client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, FetchError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (Duration, Option<PathBuf>);
+    static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
+    let key = (timeout, ca_file.map(|p| p.to_path_buf()));
+    let mut cache = match CLIENTS.get_or_init(Default::default).lock() {
+        Ok(c) => c,
+        Err(p) => p.into_inner(),
+    };
+    if let Some(c) = cache.get(&key) {
+        return Ok(c.clone());
+    }
+    let c = build_client(timeout, ca_file)?;
+    cache.insert(key, c.clone());
+    Ok(c)
+}
+
+fn build_client(
     timeout: Duration,
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, FetchError> {

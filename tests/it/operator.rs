@@ -166,3 +166,17 @@ fn bundled_examples_pass_check() {
     );
     assert!(o.0, "examples/powersync.yaml: {}{}", o.1, o.2);
 }
+
+#[test]
+fn rollback_refused_after_an_automatic_rollback_exits_1() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    std::fs::write(&up, rules("bad", "bad")).unwrap();
+    assert_eq!(env.once().code, 1);
+    // .prev now equals the live file: nothing to roll back to
+    let o = env.rk(&["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stderr.contains("nothing to roll back to"), "{}", o.all());
+}
