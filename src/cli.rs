@@ -157,6 +157,13 @@ fn load(c: &ConfigArg) -> Result<Config, i32> {
     })
 }
 
+/// Loads the config and checks that `name` is one of its targets (so indexing by it is safe).
+fn load_with_target(c: &ConfigArg, name: &str) -> Result<Config, i32> {
+    let cfg = load(c)?;
+    target(&cfg, name)?;
+    Ok(cfg)
+}
+
 fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, i32> {
     cfg.targets.get(name).ok_or_else(|| {
         eprintln!(
@@ -216,14 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             target: name,
             path,
         } => {
-            let cfg = match load(&c) {
+            let cfg = match load_with_target(&c, &name) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let t = match target(&cfg, &name) {
-                Ok(t) => t,
-                Err(code) => return Ok(code),
-            };
+            let t = &cfg.targets[&name];
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
@@ -248,14 +252,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             target: name,
             path,
         } => {
-            let cfg = match load(&c) {
+            let cfg = match load_with_target(&c, &name) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let t = match target(&cfg, &name) {
-                Ok(t) => t,
-                Err(code) => return Ok(code),
-            };
+            let t = &cfg.targets[&name];
             let body = match read_input(path.as_deref(), t.max_bytes) {
                 Ok(b) => b,
                 Err(e) => {
@@ -275,14 +276,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime()?.block_on(one(&cfg, t, Trigger::Push(body)))
         }
         Command::Rollback { c, target: name } => {
-            let cfg = match load(&c) {
+            let cfg = match load_with_target(&c, &name) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let t = match target(&cfg, &name) {
-                Ok(t) => t,
-                Err(code) => return Ok(code),
-            };
+            let t = &cfg.targets[&name];
             // A manual rollback that left the service healthy did what was asked: exit 0.
             match runtime()?.block_on(run_target(&cfg, t, Trigger::Rollback)) {
                 (exit::FAILED, Some(cycle::Outcome::RolledBack)) => exit::OK,
@@ -426,13 +424,10 @@ fn print_report(rep: &Report) {
 }
 
 fn set_hold(c: &ConfigArg, name: &str, hold: bool) -> anyhow::Result<i32> {
-    let cfg = match load(c) {
+    let cfg = match load_with_target(c, name) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    if let Err(code) = target(&cfg, name) {
-        return Ok(code);
-    }
     let store = Store::new(&cfg.state_dir, name);
     let _lock = store.lock()?;
     let mut st = store.load()?;
