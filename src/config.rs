@@ -447,14 +447,15 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
                 "must be greater than 0".into(),
             ));
         }
+        // The PowerSync API token travels with these requests: TLS unless loopback.
         if let Some(p) = &t.verify.powersync_api {
-            check_url(&p.url, false).map_err(|m| err(tn, k("verify.powersync_api.url"), m))?;
+            check_url(&p.url, true).map_err(|m| err(tn, k("verify.powersync_api.url"), m))?;
         }
         if let Some(c) = &t.validate.command {
             check_argv(c).map_err(|m| err(tn, k("validate.command"), m))?;
         }
         if let Some(p) = &t.validate.powersync_api {
-            check_url(&p.url, false).map_err(|m| err(tn, k("validate.powersync_api.url"), m))?;
+            check_url(&p.url, true).map_err(|m| err(tn, k("validate.powersync_api.url"), m))?;
         }
     }
     Ok(())
