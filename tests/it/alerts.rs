@@ -22,33 +22,9 @@ const ALERTS: [&str; 6] = [
     "RulekeeperFleetDrift",
 ];
 
-/// DESIGN.md, "Metrics": every name the alerts and the dashboard may use.
-const METRICS: [&str; 12] = [
-    "rulekeeper_build_info",
-    "rulekeeper_rules_info",
-    "rulekeeper_last_success_timestamp_seconds",
-    "rulekeeper_last_apply_timestamp_seconds",
-    "rulekeeper_rollbacks_total",
-    "rulekeeper_cycles_total",
-    "rulekeeper_fetch_failures_total",
-    "rulekeeper_quarantined",
-    "rulekeeper_drift_corrections_total",
-    "rulekeeper_cycle_duration_seconds",
-    "rulekeeper_webhook_requests_total",
-    "rulekeeper_held",
-];
-const HISTOGRAMS: [&str; 1] = ["rulekeeper_cycle_duration_seconds"];
+use crate::util::{CYCLE_OUTCOMES, METRICS};
 
-const CYCLE_OUTCOMES: [&str; 8] = [
-    "unchanged",
-    "applied",
-    "rejected",
-    "quarantined",
-    "rolled_back",
-    "rollback_failed",
-    "fetch_failed",
-    "held",
-];
+const HISTOGRAMS: [&str; 1] = ["rulekeeper_cycle_duration_seconds"];
 
 const DS_UID_VAR: &str = "${RULEKEEPER_DS_UID}";
 

@@ -4,6 +4,34 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// DESIGN.md, "Metrics": every name the alerts and the dashboard may use.
+pub const METRICS: [&str; 12] = [
+    "rulekeeper_build_info",
+    "rulekeeper_rules_info",
+    "rulekeeper_last_success_timestamp_seconds",
+    "rulekeeper_last_apply_timestamp_seconds",
+    "rulekeeper_rollbacks_total",
+    "rulekeeper_cycles_total",
+    "rulekeeper_fetch_failures_total",
+    "rulekeeper_quarantined",
+    "rulekeeper_drift_corrections_total",
+    "rulekeeper_cycle_duration_seconds",
+    "rulekeeper_webhook_requests_total",
+    "rulekeeper_held",
+];
+
+/// DESIGN.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
+pub const CYCLE_OUTCOMES: [&str; 8] = [
+    "unchanged",
+    "applied",
+    "rejected",
+    "quarantined",
+    "rolled_back",
+    "rollback_failed",
+    "fetch_failed",
+    "held",
+];
+
 /// Path of the `rulekeeper` binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rulekeeper"))

@@ -60,26 +60,17 @@ fn push_body(r#ref: &str, after: &str) -> Vec<u8> {
 
 fn cycles_total(w: &World) -> f64 {
     let m = w.d.metrics();
-    [
-        "unchanged",
-        "applied",
-        "rejected",
-        "quarantined",
-        "rolled_back",
-        "rollback_failed",
-        "fetch_failed",
-        "held",
-    ]
-    .iter()
-    .map(|o| {
-        metric(
-            &m,
-            "rulekeeper_cycles_total",
-            &[("target", "ps"), ("outcome", o)],
-        )
-        .unwrap_or(0.0)
-    })
-    .sum()
+    crate::util::CYCLE_OUTCOMES
+        .iter()
+        .map(|o| {
+            metric(
+                &m,
+                "rulekeeper_cycles_total",
+                &[("target", "ps"), ("outcome", o)],
+            )
+            .unwrap_or(0.0)
+        })
+        .sum()
 }
 
 #[test]
