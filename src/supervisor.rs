@@ -357,10 +357,9 @@ async fn boot(
                 // A slow first fetch: keep systemd's start timeout ahead of us.
                 notify::extend_timeout(Duration::from_secs(15));
             }
-            _ = shutdown.changed() => {
-                set.abort_all();
-                return Boot::ShutDown;
-            }
+            // On shutdown the first cycles see the stop flag: each finishes, or stops
+            // before its swap, and then the loop above ends.
+            _ = shutdown.changed(), if !*shutdown.borrow() => {}
         }
     }
     if stop.requested() {
@@ -500,6 +499,9 @@ async fn signals(shared: Arc<Shared>, stop: Stop, shutdown: watch::Sender<bool>)
         signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers");
+        // Keep the sender alive: a dropped one would wake every shutdown wait at once.
+        std::future::pending::<()>().await;
+        drop(shutdown);
         return;
     };
     loop {

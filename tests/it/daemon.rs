@@ -336,3 +336,60 @@ fn boot_never_restarts_an_active_unit_before_ready() {
         restarts[1]
     );
 }
+
+#[test]
+fn sigterm_mid_cycle_stops_before_the_swap() {
+    let (env, up) = file_env("1h");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    let marker = env.dir.path().join("validating");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "validate: { require_keys: [bucket_definitions, streams] }",
+        &format!(
+            "validate: {{ command: [sh, -c, \"grep -q v2 \\\"$0\\\" || exit 0; touch {}; sleep 2\", \"{{file}}\"], timeout: 10s }}",
+            marker.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let restarts = env.restarts();
+    // upstream moves to a revision whose validation is slow; the daemon's first cycle
+    // validates it, and SIGTERM arrives meanwhile
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let d = env.daemon(None);
+    wait_until(20, "validation of v2 started", || marker.exists());
+    let notes = d.notes.clone();
+    let code = d.terminate();
+    assert_eq!(code, 0, "{}", env.daemon_log());
+    assert!(notes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.contains("STOPPING=1")));
+    assert_eq!(env.live(), rules("v1", "good"), "nothing swapped");
+    assert!(env.state_json()["pending"].is_null());
+    assert_eq!(env.restarts(), restarts);
+    assert!(
+        env.daemon_log().contains("stopped before the swap"),
+        "{}",
+        env.daemon_log()
+    );
+}
+
+#[test]
+fn json_logs_carry_structured_fields() {
+    let (env, up) = file_env("1h");
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    let o = env.rk(&["--log-format", "json", "once"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    let line = o
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "cycle finished")
+        .unwrap_or_else(|| panic!("no JSON cycle line in {}", o.stderr));
+    assert_eq!(line["fields"]["target_name"], "ps");
+    assert_eq!(line["fields"]["outcome"], "applied");
+    assert_eq!(line["fields"]["sha256"].as_str().unwrap().len(), 64);
+}
