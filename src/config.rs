@@ -392,16 +392,11 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
             return Err(err(tn, k("interval"), "must be at least 1s".into()));
         }
         check_source(&t.source, name).map_err(|(key, m)| err(tn, k(&key), m))?;
-        // restart: exactly one of systemd / command / none
-        let n = [
+        if !exactly_one(&[
             t.restart.systemd.is_some(),
             t.restart.command.is_some(),
             t.restart.none == Some(true),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n != 1 {
+        ]) {
             return Err(err(
                 tn,
                 k("restart"),
@@ -416,15 +411,11 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
         if let Some(c) = &t.restart.command {
             check_argv(c).map_err(|m| err(tn, k("restart.command"), m))?;
         }
-        let n = [
+        if !exactly_one(&[
             t.verify.http.is_some(),
             t.verify.command.is_some(),
             t.verify.none == Some(true),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if n != 1 {
+        ]) {
             return Err(err(
                 tn,
                 k("verify"),
@@ -459,6 +450,11 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `restart` and `verify` each take exactly one of their forms.
+fn exactly_one(set: &[bool]) -> bool {
+    set.iter().filter(|b| **b).count() == 1
 }
 
 fn check_argv(argv: &[String]) -> Result<(), String> {

@@ -559,8 +559,6 @@ impl Runner<'_, '_> {
         });
         self.ctx.store.save(self.st)?;
         let t0 = Instant::now();
-        // The old live file becomes .prev, except after a manual rollback of a file that
-        // has no .prev... which cannot happen: manual rollback needs .prev.
         install::install(candidate, &t.path, live.as_deref(), t.mode_bits)?;
         self.timed(Phase::Install, t0);
         tracing::info!(target_name = %t.name, sha256 = %sha, revision = revision.as_deref().unwrap_or(""), "installed new content");

@@ -32,12 +32,11 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
     cfg.targets
         .values()
         .map(|t| {
-            let st = Store::new(&cfg.state_dir, &t.name)
-                .load()
-                .unwrap_or_else(|e| {
-                    tracing::warn!(target_name = %t.name, error = %e, "cannot read state");
-                    Default::default()
-                });
+            let store = Store::new(&cfg.state_dir, &t.name);
+            let st = store.load().unwrap_or_else(|e| {
+                tracing::warn!(target_name = %t.name, error = %e, "cannot read state");
+                Default::default()
+            });
             let live = std::fs::read(&t.path).ok().map(|b| sha256_hex(&b));
             TargetStatus {
                 target: t.name.clone(),
@@ -54,7 +53,7 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
                 held: st.hold,
                 pending: st.pending.is_some(),
-                busy: Store::new(&cfg.state_dir, &t.name).is_locked(),
+                busy: store.is_locked(),
             }
         })
         .collect()
