@@ -5,10 +5,11 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, Target};
 use crate::cycle::{self, Ctx, Report, Stop, Trigger};
+use crate::logging::LogFormat;
 use crate::source::Source;
 use crate::state::Store;
 
@@ -33,14 +34,6 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Auto,
-    Text,
-    Json,
-    Journald,
 }
 
 #[derive(Debug, clap::Args)]

@@ -46,10 +46,14 @@ pub enum Outcome {
     RollbackFailed,
     FetchFailed,
     Held,
+    /// New content waits on its gate (fleets: staged rollout).
+    Gated,
+    /// The target's state file cannot be read or parsed; the target is left alone.
+    StateError,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Unchanged,
         Outcome::Applied,
         Outcome::Rejected,
@@ -58,6 +62,8 @@ impl Outcome {
         Outcome::RollbackFailed,
         Outcome::FetchFailed,
         Outcome::Held,
+        Outcome::Gated,
+        Outcome::StateError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +76,8 @@ impl Outcome {
             Outcome::RollbackFailed => "rollback_failed",
             Outcome::FetchFailed => "fetch_failed",
             Outcome::Held => "held",
+            Outcome::Gated => "gated",
+            Outcome::StateError => "state_error",
         }
     }
 }

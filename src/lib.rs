@@ -13,6 +13,7 @@ pub mod notify;
 pub mod powersync;
 pub mod restart;
 pub mod server;
+pub mod shared;
 pub mod source;
 pub mod state;
 pub mod status;

@@ -7,7 +7,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// Where log lines go (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// journald when stderr is the journal (JOURNAL_STREAM), else text.
+    Auto,
+    Text,
+    Json,
+    Journald,
+}
 
 fn filter() -> EnvFilter {
     let spec = std::env::var("RULEKEEPER_LOG")

@@ -30,6 +30,7 @@ pub const FETCH_REASONS: &[&str] = &[
     "io",
     "config",
     "protocol",
+    "integrity",
 ];
 
 /// Results of webhook requests.
@@ -56,6 +57,11 @@ pub struct Metrics {
     durations: HistogramVec,
     webhook: IntCounterVec,
     held: IntGaugeVec,
+    gated: IntGaugeVec,
+    poll_interval: GaugeVec,
+    quarantined_info: GaugeVec,
+    /// The sha256 each target's quarantined_info series carries now.
+    quarantined_labels: Mutex<HashMap<String, String>>,
     /// The (sha256, revision) each target's rules_info series carries now.
     info_labels: Mutex<HashMap<String, (String, String)>>,
 }
@@ -144,6 +150,25 @@ impl Metrics {
                 Opts::new("rulekeeper_held", "1 while applying is held by an operator"),
                 &["target"],
             )?,
+            gated: IntGaugeVec::new(
+                Opts::new("rulekeeper_gated", "1 while new content waits on its gate"),
+                &["target"],
+            )?,
+            poll_interval: GaugeVec::new(
+                Opts::new(
+                    "rulekeeper_poll_interval_seconds",
+                    "The target's configured poll interval",
+                ),
+                &["target"],
+            )?,
+            quarantined_info: GaugeVec::new(
+                Opts::new(
+                    "rulekeeper_quarantined_info",
+                    "Content this host quarantined (rejected or rolled back); always 1",
+                ),
+                &["target", "sha256"],
+            )?,
+            quarantined_labels: Mutex::new(HashMap::new()),
             info_labels: Mutex::new(HashMap::new()),
             registry,
         };
@@ -159,6 +184,9 @@ impl Metrics {
             Box::new(m.durations.clone()),
             Box::new(m.webhook.clone()),
             Box::new(m.held.clone()),
+            Box::new(m.gated.clone()),
+            Box::new(m.poll_interval.clone()),
+            Box::new(m.quarantined_info.clone()),
         ] {
             m.registry.register(c)?;
         }
@@ -170,7 +198,17 @@ impl Metrics {
     }
 
     /// Creates a target's series and sets gauges from its persisted state and live file.
-    pub fn init_target(&self, target: &str, st: &TargetState, live_sha: Option<&str>) {
+    pub fn init_target(
+        &self,
+        target: &str,
+        interval: std::time::Duration,
+        st: &TargetState,
+        live_sha: Option<&str>,
+    ) {
+        self.poll_interval
+            .with_label_values(&[target])
+            .set(interval.as_secs_f64());
+        self.gated.with_label_values(&[target]).set(0);
         for o in Outcome::ALL {
             self.cycles.with_label_values(&[target, o.as_str()]);
         }
@@ -206,6 +244,7 @@ impl Metrics {
         };
         self.quarantined.with_label_values(&[target]).set(q as i64);
         self.held.with_label_values(&[target]).set(st.hold as i64);
+        self.set_quarantined_info(target, st.quarantine.as_ref().map(|q| q.sha256.clone()));
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st
             .applied
@@ -214,6 +253,26 @@ impl Metrics {
             .and_then(|a| a.revision.clone())
             .unwrap_or_default();
         self.set_info(target, sha, revision);
+    }
+
+    /// Keeps at most one quarantined_info series per target: the content it quarantined.
+    fn set_quarantined_info(&self, target: &str, sha: Option<String>) {
+        let mut labels = match self.quarantined_labels.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if labels.get(target) == sha.as_ref() {
+            return;
+        }
+        if let Some(old) = labels.remove(target) {
+            let _ = self.quarantined_info.remove_label_values(&[target, &old]);
+        }
+        if let Some(sha) = sha {
+            self.quarantined_info
+                .with_label_values(&[target, &sha])
+                .set(1.0);
+            labels.insert(target.to_string(), sha);
+        }
     }
 
     /// Keeps exactly one rules_info series per target.

@@ -4,12 +4,12 @@
 //! into metrics. The cycle itself lives in `cycle`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, Target};
@@ -18,133 +18,48 @@ use crate::install;
 use crate::metrics::Metrics;
 use crate::notify;
 use crate::server::webhook::Secrets;
+use crate::shared::Shared;
 use crate::source::Source;
 use crate::state::Store;
 
-/// One target's loop, as the rest of the daemon sees it.
-struct LoopHandle {
-    trigger: Notify,
-    /// A trigger arrived that no cycle has started to serve yet.
-    pending: AtomicBool,
-    /// Milliseconds since `Shared::epoch` until which the loop counts as alive.
-    deadline_ms: AtomicU64,
-    in_sync: AtomicBool,
-}
-
-/// State shared by the loops, the HTTP server and the watchdog.
-pub struct Shared {
-    pub cfg: Config,
-    pub metrics: Metrics,
-    pub secrets: Secrets,
-    loops: BTreeMap<String, LoopHandle>,
-    ready: AtomicBool,
-    epoch: Instant,
-    last_cycle: Mutex<String>,
-}
-
-impl Shared {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// Every loop has made progress within its deadline (and boot is over).
-    pub fn alive(&self) -> bool {
-        if !self.is_ready() {
-            return false;
+/// Records a finished cycle: metrics, log line, STATUS=.
+fn record(shared: &Shared, rep: &Report) {
+    shared.metrics.record(rep);
+    let total = rep
+        .phases
+        .iter()
+        .find(|(p, _)| *p == cycle::Phase::Total)
+        .map(|(_, d)| d.as_millis() as u64)
+        .unwrap_or(0);
+    let reason = rep.reason.as_deref().unwrap_or("");
+    let sha = rep.live_sha256.as_deref().unwrap_or("");
+    let revision = rep.revision.as_deref().unwrap_or("");
+    match rep.outcome {
+        Outcome::Unchanged => {
+            tracing::debug!(target_name = %rep.target, outcome = "unchanged", sha256 = sha, revision, duration_ms = total, "cycle")
         }
-        let now = self.now_ms();
-        self.loops
-            .values()
-            .all(|l| l.deadline_ms.load(Ordering::SeqCst) >= now)
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-    }
-
-    /// Asks for an earlier cycle; triggers during a cycle coalesce into one more.
-    pub fn trigger(&self, target: &str) {
-        if let Some(l) = self.loops.get(target) {
-            l.pending.store(true, Ordering::SeqCst);
-            l.trigger.notify_one();
+        Outcome::Applied | Outcome::Held | Outcome::Quarantined => {
+            tracing::info!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
+        }
+        Outcome::RollbackFailed => {
+            tracing::error!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
+        }
+        _ => {
+            tracing::warn!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
         }
     }
-
-    /// The revision of the content applied to `target`, from its persisted state.
-    pub fn applied_revision(&self, target: &str) -> Option<String> {
-        Store::new(&self.cfg.state_dir, target)
-            .load()
-            .ok()
-            .and_then(|s| s.applied)
-            .and_then(|a| a.revision)
-    }
-
-    fn set_deadline(&self, target: &str, within: Duration) {
-        if let Some(l) = self.loops.get(target) {
-            let d = self.now_ms() + within.as_millis() as u64;
-            l.deadline_ms.store(d, Ordering::SeqCst);
-        }
-    }
-
-    fn status_line(&self) -> String {
-        let n = self.loops.len();
-        let ok = self
-            .loops
-            .values()
-            .filter(|l| l.in_sync.load(Ordering::SeqCst))
-            .count();
-        let last = self
-            .last_cycle
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
-        if last.is_empty() {
-            format!("{ok} of {n} targets in sync")
-        } else {
-            format!("{ok} of {n} targets in sync; last cycle {last}")
-        }
-    }
-
-    /// Records a finished cycle: metrics, log line, STATUS=.
-    fn record(&self, rep: &Report) {
-        self.metrics.record(rep);
-        if let Some(l) = self.loops.get(&rep.target) {
-            l.in_sync.store(rep.success, Ordering::SeqCst);
-        }
-        let total = rep
-            .phases
-            .iter()
-            .find(|(p, _)| *p == cycle::Phase::Total)
-            .map(|(_, d)| d.as_millis() as u64)
-            .unwrap_or(0);
-        let reason = rep.reason.as_deref().unwrap_or("");
-        let sha = rep.live_sha256.as_deref().unwrap_or("");
-        let revision = rep.revision.as_deref().unwrap_or("");
-        match rep.outcome {
-            Outcome::Unchanged => {
-                tracing::debug!(target_name = %rep.target, outcome = "unchanged", sha256 = sha, revision, duration_ms = total, "cycle")
-            }
-            Outcome::Applied | Outcome::Held | Outcome::Quarantined => {
-                tracing::info!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-            }
-            Outcome::RollbackFailed => {
-                tracing::error!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-            }
-            _ => {
-                tracing::warn!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-            }
-        }
-        if let Ok(mut l) = self.last_cycle.lock() {
-            *l = format!(
-                "{} ({} {})",
-                chrono::Local::now().format("%H:%M:%S"),
-                rep.target,
-                rep.outcome.as_str()
-            );
-        }
-        if self.is_ready() && notify::enabled() {
-            notify::status(&self.status_line());
-        }
+    shared.note_cycle(
+        &rep.target,
+        rep.success,
+        format!(
+            "{} ({} {})",
+            chrono::Local::now().format("%H:%M:%S"),
+            rep.target,
+            rep.outcome.as_str()
+        ),
+    );
+    if shared.is_ready() && notify::enabled() {
+        notify::status(&shared.status_line());
     }
 }
 
@@ -190,7 +105,6 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
 async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     let metrics = Metrics::new()?;
     let mut sources = BTreeMap::new();
-    let mut loops = BTreeMap::new();
     for t in cfg.targets.values() {
         let store = Store::new(&cfg.state_dir, &t.name);
         store
@@ -203,22 +117,13 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
             .ok()
             .flatten()
             .map(|b| cycle::sha256_hex(&b));
-        metrics.init_target(&t.name, &st, live.as_deref());
+        metrics.init_target(&t.name, t.interval, &st, live.as_deref());
         if t.webhook.is_some() {
             metrics.init_webhook(&t.name);
         }
         let src = Source::new(t, store.git_cache())
             .map_err(|e| anyhow::anyhow!("{}: target `{}`: {e}", cfg.file.display(), t.name))?;
         sources.insert(t.name.clone(), src);
-        loops.insert(
-            t.name.clone(),
-            LoopHandle {
-                trigger: Notify::new(),
-                pending: AtomicBool::new(false),
-                deadline_ms: AtomicU64::new(u64::MAX),
-                in_sync: AtomicBool::new(false),
-            },
-        );
     }
     let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
@@ -231,16 +136,8 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
 
-    let secrets = Secrets::new(&cfg);
-    let shared = Arc::new(Shared {
-        cfg,
-        metrics,
-        secrets,
-        loops,
-        ready: AtomicBool::new(false),
-        epoch: Instant::now(),
-        last_cycle: Mutex::new(String::new()),
-    });
+    let secrets = Arc::new(Secrets::new(&cfg));
+    let shared = Arc::new(Shared::new(cfg, metrics));
     let sources = Arc::new(sources);
     let stop = Stop::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -248,9 +145,10 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     tokio::spawn(crate::server::serve(
         listener,
         shared.clone(),
+        secrets.clone(),
         shutdown_rx.clone(),
     ));
-    tokio::spawn(signals(shared.clone(), stop.clone(), shutdown_tx));
+    tokio::spawn(signals(secrets, stop.clone(), shutdown_tx));
 
     notify::status("starting: first fetch of every target");
     match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
@@ -270,7 +168,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     for (name, t) in &shared.cfg.targets {
         shared.set_deadline(name, t.interval.mul_f64(1.1) + cycle_budget(t));
     }
-    shared.ready.store(true, Ordering::SeqCst);
+    shared.set_ready();
     notify::ready(&shared.status_line());
     notify::release_memory();
     tracing::info!("ready");
@@ -396,7 +294,7 @@ async fn run_one(
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.
     let r = Box::pin(cycle::run(&ctx, Trigger::Poll)).await;
     match &r {
-        Ok(rep) => shared.record(rep),
+        Ok(rep) => record(shared, rep),
         Err(cycle::CycleError::Aborted) => {
             tracing::info!(target_name = %t.name, "cycle stopped before the swap (shutting down)")
         }
@@ -420,7 +318,7 @@ async fn target_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let t = &shared.cfg.targets[&name];
-    let Some(handle) = shared.loops.get(&name) else {
+    let Some(handle) = shared.loop_handle(&name) else {
         return;
     };
     let mut failures = 0u32;
@@ -491,7 +389,7 @@ async fn watchdog(shared: Arc<Shared>, period: Duration, mut shutdown: watch::Re
     }
 }
 
-async fn signals(shared: Arc<Shared>, stop: Stop, shutdown: watch::Sender<bool>) {
+async fn signals(secrets: Arc<Secrets>, stop: Stop, shutdown: watch::Sender<bool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -510,7 +408,7 @@ async fn signals(shared: Arc<Shared>, stop: Stop, shutdown: watch::Sender<bool>)
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading webhook secrets");
-                shared.secrets.reload();
+                secrets.reload();
             }
         }
     }

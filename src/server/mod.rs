@@ -11,7 +11,8 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::supervisor::Shared;
+use crate::shared::Shared;
+use webhook::Secrets;
 
 pub type Body = Full<Bytes>;
 
@@ -34,6 +35,7 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    secrets: Arc<Secrets>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -49,11 +51,11 @@ pub async fn serve(
                 continue;
             }
         };
-        let shared = shared.clone();
+        let (shared, secrets) = (shared.clone(), secrets.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let (shared, secrets) = (shared.clone(), secrets.clone());
+                async move { Ok::<_, Infallible>(route(&shared, &secrets, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -65,7 +67,7 @@ pub async fn serve(
     }
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Shared, secrets: &Secrets, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => respond(
@@ -103,7 +105,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Body> {
             }
             let name = p.trim_start_matches("/hooks/").to_string();
             let (parts, body) = req.into_parts();
-            webhook::handle(shared, &name, &parts.headers, body).await
+            webhook::handle(shared, secrets, &name, &parts.headers, body).await
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -20,8 +20,8 @@ use subtle::ConstantTimeEq;
 
 use super::{json, Body};
 use crate::config::Config;
+use crate::shared::Shared;
 use crate::source::{read_secret, Secret};
-use crate::supervisor::Shared;
 
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -185,6 +185,7 @@ fn ref_matches(configured: Option<&str>, pushed: &str) -> bool {
 
 pub async fn handle(
     shared: &Shared,
+    secrets: &Secrets,
     name: &str,
     headers: &HeaderMap,
     body: Incoming,
@@ -207,7 +208,7 @@ pub async fn handle(
             &serde_json::json!({"error": "unknown target"}),
         );
     };
-    let Some(secret) = shared.secrets.get(name) else {
+    let Some(secret) = secrets.get(name) else {
         count("not_configured");
         return json(
             StatusCode::SERVICE_UNAVAILABLE,

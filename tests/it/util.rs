@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// DESIGN.md, "Metrics": every name the alerts and the dashboard may use.
-pub const METRICS: [&str; 12] = [
+pub const METRICS: [&str; 15] = [
     "rulekeeper_build_info",
     "rulekeeper_rules_info",
     "rulekeeper_last_success_timestamp_seconds",
@@ -18,10 +18,13 @@ pub const METRICS: [&str; 12] = [
     "rulekeeper_cycle_duration_seconds",
     "rulekeeper_webhook_requests_total",
     "rulekeeper_held",
+    "rulekeeper_gated",
+    "rulekeeper_quarantined_info",
+    "rulekeeper_poll_interval_seconds",
 ];
 
 /// DESIGN.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
-pub const CYCLE_OUTCOMES: [&str; 8] = [
+pub const CYCLE_OUTCOMES: [&str; 10] = [
     "unchanged",
     "applied",
     "rejected",
@@ -30,6 +33,8 @@ pub const CYCLE_OUTCOMES: [&str; 8] = [
     "rollback_failed",
     "fetch_failed",
     "held",
+    "gated",
+    "state_error",
 ];
 
 /// Path of the `rulekeeper` binary under test.
