@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::config::{RestartKind, Target};
 use crate::install;
-use crate::restart::{self, Restarted};
+use crate::restart::{self, Restarted, WasRunning};
 use crate::source::{FetchError, Fetched, Source};
 use crate::state::{
     self, Applied, Pending, PendingStage, Quarantine, SourceMemo, StateError, Store, TargetState,
@@ -556,21 +556,37 @@ impl Runner<'_, '_> {
         if self.ctx.stop.requested() {
             return Err(CycleError::Aborted);
         }
-        self.defer_at_boot().await?;
+        // New content never starts a unit that is not running; putting last-good back by
+        // hand brings back one the bad content killed.
+        let forward = if mode == Mode::ManualRollback {
+            WasRunning::Unknown
+        } else {
+            WasRunning::No
+        };
+        self.defer_at_boot(forward).await?;
         let _unit = self.unit_lock().await?;
+        let unit_running = match restart::running_now(&t.restart).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target_name = %t.name, error = %e, "cannot tell whether the unit runs");
+                None
+            }
+        };
         self.st.pending = Some(Pending {
             new_sha256: sha.clone(),
             prev_sha256: live_sha.clone(),
             revision: revision.clone(),
             stage: PendingStage::Applying,
             started_at: Utc::now(),
+            unit_running,
+            boot_id: state::boot_id(),
         });
         self.ctx.store.save(self.st)?;
         let t0 = Instant::now();
         install::install(candidate, &t.path, live.as_deref(), t.mode_bits)?;
         self.timed(Phase::Install, t0);
         tracing::info!(target_name = %t.name, sha256 = %sha, revision = revision.as_deref().unwrap_or(""), "installed new content");
-        let checked = self.restart_and_verify(&body).await;
+        let checked = self.restart_and_verify(&body, forward).await;
         match checked {
             Ok(note) => {
                 self.commit_applied(&sha, revision);
@@ -595,7 +611,8 @@ impl Runner<'_, '_> {
             }
             Err(e) => {
                 tracing::error!(target_name = %t.name, sha256 = %sha, error = %e, "new content failed; rolling back");
-                self.roll_back(&sha, &e).await
+                self.roll_back(&sha, &e, WasRunning::from(unit_running))
+                    .await
             }
         }
     }
@@ -623,11 +640,16 @@ impl Runner<'_, '_> {
         Ok(Some(g))
     }
 
-    /// Restarts and verifies. Ok(Some(note)) when verification was skipped.
-    async fn restart_and_verify(&mut self, content: &[u8]) -> Result<Option<String>, String> {
+    /// Restarts and verifies. Ok(Some(note)) when verification was skipped because the unit
+    /// is not running and `was` says it is not ours to start.
+    async fn restart_and_verify(
+        &mut self,
+        content: &[u8],
+        was: WasRunning,
+    ) -> Result<Option<String>, String> {
         let t = self.ctx.target;
         let t0 = Instant::now();
-        let r = restart::restart(&t.restart).await;
+        let r = restart::restart(&t.restart, was).await;
         self.timed(Phase::Restart, t0);
         let restarted = r.map_err(|e| format!("restart failed: {e}"))?;
         if let Restarted::NotActive { unit } = &restarted {
@@ -647,17 +669,29 @@ impl Runner<'_, '_> {
     }
 
     /// Restores `.prev` after `bad_sha` failed; quarantines it.
-    async fn roll_back(&mut self, bad_sha: &str, why: &str) -> Result<(), CycleError> {
+    async fn roll_back(
+        &mut self,
+        bad_sha: &str,
+        why: &str,
+        was: WasRunning,
+    ) -> Result<(), CycleError> {
         self.quarantine(bad_sha, why);
         if let Some(p) = self.st.pending.as_mut() {
             p.stage = PendingStage::RollingBack;
         }
         self.ctx.store.save(self.st)?;
-        self.restore_prev(bad_sha, why).await
+        self.restore_prev(bad_sha, why, was).await
     }
 
-    /// Puts `.prev` back (if the live file is still `bad_sha`), restarts and verifies.
-    async fn restore_prev(&mut self, bad_sha: &str, why: &str) -> Result<(), CycleError> {
+    /// Puts `.prev` back (if the live file is still `bad_sha`), restarts and verifies. A unit
+    /// that ran before the apply (`was`) is brought back up even if the bad content killed
+    /// it, and is always verified.
+    async fn restore_prev(
+        &mut self,
+        bad_sha: &str,
+        why: &str,
+        was: WasRunning,
+    ) -> Result<(), CycleError> {
         let t = self.ctx.target;
         let prev_path = install::prev_path(&t.path);
         let prev = install::read(&prev_path)?;
@@ -681,7 +715,7 @@ impl Runner<'_, '_> {
             install::install(c, &t.path, None, t.mode_bits)?;
             tracing::warn!(target_name = %t.name, sha256 = %prev_sha, "restored .prev");
         }
-        let checked = self.restart_and_verify(&prev).await;
+        let checked = self.restart_and_verify(&prev, was).await;
         self.st.pending = None;
         self.rep.usable = true;
         self.rep.live_sha256 = Some(prev_sha.clone());
@@ -712,20 +746,19 @@ impl Runner<'_, '_> {
         Ok(())
     }
 
-    /// Finishes an apply a previous run died in. Returns true when that was the cycle.
-    /// Err(Deferred) when this would restart an active systemd unit during boot.
-    async fn defer_at_boot(&self) -> Result<(), CycleError> {
+    /// Err(Deferred) when, during boot, this would restart or start a systemd unit (its
+    /// job would wait behind our own start job).
+    async fn defer_at_boot(&self, was: WasRunning) -> Result<(), CycleError> {
         if !self.ctx.boot {
             return Ok(());
         }
-        let RestartKind::Systemd(unit) = self.t().restart.kind() else {
-            return Ok(());
-        };
-        match restart::is_active(&unit, self.t().restart.timeout).await {
+        match restart::would_touch(&self.t().restart, was).await {
             Ok(false) => Ok(()),
             _ => Err(CycleError::Deferred),
         }
     }
+
+    /// Finishes an apply a previous run died in. Returns true when that was the cycle.
 
     async fn recover(&mut self, p: Pending) -> Result<bool, CycleError> {
         let t = self.ctx.target;
@@ -741,10 +774,11 @@ impl Runner<'_, '_> {
                 Ok(false)
             }
             PendingStage::Applying => {
-                self.defer_at_boot().await?;
+                let was = was_running(&p);
+                self.defer_at_boot(was).await?;
                 let _unit = self.unit_lock().await?;
                 let body = live.unwrap_or_default();
-                match self.restart_and_verify(&body).await {
+                match self.restart_and_verify(&body, was).await {
                     Ok(note) => {
                         self.commit_applied(&p.new_sha256, p.revision.clone());
                         self.rep.outcome = Outcome::Applied;
@@ -756,14 +790,15 @@ impl Runner<'_, '_> {
                         Ok(true)
                     }
                     Err(e) => {
-                        self.roll_back(&p.new_sha256, &format!("interrupted apply: {e}"))
+                        self.roll_back(&p.new_sha256, &format!("interrupted apply: {e}"), was)
                             .await?;
                         Ok(true)
                     }
                 }
             }
             PendingStage::RollingBack => {
-                self.defer_at_boot().await?;
+                let was = was_running(&p);
+                self.defer_at_boot(was).await?;
                 let _unit = self.unit_lock().await?;
                 let why = self
                     .st
@@ -771,7 +806,7 @@ impl Runner<'_, '_> {
                     .as_ref()
                     .map(|q| q.reason.clone())
                     .unwrap_or_else(|| "interrupted rollback".into());
-                self.restore_prev(&p.new_sha256, &why).await?;
+                self.restore_prev(&p.new_sha256, &why, was).await?;
                 Ok(true)
             }
         }
@@ -783,6 +818,15 @@ enum Mode {
     Upstream { drift: bool },
     Push,
     ManualRollback,
+}
+
+/// What an interrupted apply knew about its unit, if it still holds: after a reboot the
+/// unit's state before the apply says nothing about now.
+fn was_running(p: &Pending) -> WasRunning {
+    if p.boot_id.is_none() || p.boot_id != state::boot_id() {
+        return WasRunning::Unknown;
+    }
+    WasRunning::from(p.unit_running)
 }
 
 fn short(s: &str) -> &str {

@@ -53,7 +53,13 @@ pub fn init(format: LogFormat) {
             Ok(layer) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter())
-                    .with(layer.with_syslog_identifier("rulekeeper".into()))
+                    // Plain field names (TARGET_NAME=, OUTCOME=, ...), so operators can filter
+                    // with `journalctl -u rulekeeper OUTCOME=rolled_back`.
+                    .with(
+                        layer
+                            .with_field_prefix(None)
+                            .with_syslog_identifier("rulekeeper".into()),
+                    )
                     .try_init();
                 return;
             }

@@ -2,6 +2,13 @@
 //! the unit is not running, as at boot), a command, or nothing. For systemd it also records
 //! the unit's `InvocationID`, so verification can tell "still the process we started" from
 //! "crashed and was restarted by systemd meanwhile".
+//!
+//! Two directions, two rules (DESIGN.md "Restart", "Rollback"):
+//! - applying new content ([`restart`]) never starts a unit that is not running: the operator
+//!   stopped it, or it waits for us at boot;
+//! - putting last-good back ([`bring_back`]) must leave a unit that was running before the
+//!   apply running again, even when the bad content killed it or a crash loop tripped its
+//!   start limit: `reset-failed`, then `systemctl restart`.
 
 use std::time::Duration;
 
@@ -36,7 +43,41 @@ pub enum RestartError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitState {
     pub active_state: String,
+    pub sub_state: String,
     pub invocation: String,
+}
+
+impl UnitState {
+    /// Running as far as verification is concerned (`reloading` keeps the same process).
+    pub fn is_up(&self) -> bool {
+        matches!(self.active_state.as_str(), "active" | "reloading")
+    }
+
+    /// The unit ran and died, or is cycling through systemd's automatic restarts: what a
+    /// crash on bad rules looks like, as opposed to `inactive` (stopped, or never started).
+    pub fn crashed(&self) -> bool {
+        self.active_state == "failed"
+            || (self.active_state == "activating" && self.sub_state == "auto-restart")
+    }
+}
+
+/// Whether the managed unit was running before an apply, as far as we know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasRunning {
+    Yes,
+    No,
+    /// Not recorded (an apply from an older version, or the host rebooted since).
+    Unknown,
+}
+
+impl From<Option<bool>> for WasRunning {
+    fn from(running: Option<bool>) -> Self {
+        match running {
+            Some(true) => WasRunning::Yes,
+            Some(false) => WasRunning::No,
+            None => WasRunning::Unknown,
+        }
+    }
 }
 
 async fn systemctl(args: &[&str], timeout: Duration) -> Result<exec::Output, RestartError> {
@@ -63,19 +104,15 @@ fn must(out: exec::Output, what: &str) -> Result<exec::Output, RestartError> {
     }
 }
 
-/// Whether the unit is active right now.
-pub async fn is_active(unit: &str, timeout: Duration) -> Result<bool, RestartError> {
-    let out = systemctl(&["is-active", "--", unit], timeout).await?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim() == "active")
-}
-
-/// `ActiveState` and `InvocationID` of a unit.
+/// `ActiveState`, `SubState` and `InvocationID` of a unit.
 pub async fn unit_state(unit: &str, timeout: Duration) -> Result<UnitState, RestartError> {
     let out = systemctl(
         &[
             "show",
             "-p",
             "ActiveState",
+            "-p",
+            "SubState",
             "-p",
             "InvocationID",
             "--",
@@ -89,6 +126,8 @@ pub async fn unit_state(unit: &str, timeout: Duration) -> Result<UnitState, Rest
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some(v) = line.strip_prefix("ActiveState=") {
             st.active_state = v.trim().to_string();
+        } else if let Some(v) = line.strip_prefix("SubState=") {
+            st.sub_state = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("InvocationID=") {
             st.invocation = v.trim().to_string();
         }
@@ -96,29 +135,71 @@ pub async fn unit_state(unit: &str, timeout: Duration) -> Result<UnitState, Rest
     Ok(st)
 }
 
-/// Restarts as configured.
-pub async fn restart(cfg: &Restart) -> Result<Restarted, RestartError> {
-    match cfg.kind() {
-        RestartKind::None => Ok(Restarted::Nothing),
+/// Whether [`restart`] would restart or start the unit, without doing it (the daemon
+/// defers such work at boot: the managed unit is ordered after us, so a job for it now would
+/// wait for our own start).
+pub async fn would_touch(cfg: &Restart, was: WasRunning) -> Result<bool, RestartError> {
+    let RestartKind::Systemd(unit) = cfg.kind() else {
+        return Ok(false);
+    };
+    let st = unit_state(&unit, cfg.timeout).await?;
+    Ok(wants_start(&st, was))
+}
+
+fn wants_start(st: &UnitState, was: WasRunning) -> bool {
+    match was {
+        WasRunning::Yes => true,
+        WasRunning::No => st.is_up(),
+        WasRunning::Unknown => st.is_up() || st.crashed(),
+    }
+}
+
+/// Restarts as configured. For systemd, `was` says whether the unit ran before the apply
+/// this restart belongs to: applying new content passes `No`, so a unit that is not running
+/// is left alone (`try-restart`); putting last-good back passes what was recorded, so a unit
+/// the bad content killed is started again (`reset-failed`, then `restart`). With `Unknown`,
+/// a crashed unit is brought back and an `inactive` one is left alone.
+pub async fn restart(cfg: &Restart, was: WasRunning) -> Result<Restarted, RestartError> {
+    let unit = match cfg.kind() {
+        RestartKind::None => return Ok(Restarted::Nothing),
         RestartKind::Command(argv) => {
             let out = exec::run(&argv, cfg.timeout, None, &[]).await?;
             must(out, &argv.join(" "))?;
-            Ok(Restarted::Command)
+            return Ok(Restarted::Command);
         }
-        RestartKind::Systemd(unit) => {
-            // try-restart of an inactive unit is a no-op, so skip the call: at boot the
-            // managed unit's start job waits (After=) for rulekeeper's own start, and a
-            // try-restart job merged into it would block until our restart timeout.
-            if !is_active(&unit, cfg.timeout).await? {
-                return Ok(Restarted::NotActive { unit });
+        RestartKind::Systemd(unit) => unit,
+    };
+    let st = unit_state(&unit, cfg.timeout).await?;
+    if !wants_start(&st, was) {
+        // Not running and not ours to start: the operator stopped it, or at boot it waits
+        // (After=) for our own start job, which a restart job would then wait behind.
+        return Ok(Restarted::NotActive { unit });
+    }
+    if st.is_up() {
+        let out = systemctl(&["try-restart", "--", &unit], cfg.timeout).await?;
+        must(out, &format!("systemctl try-restart {unit}"))?;
+    } else {
+        // A crash loop may have tripped the start limit; `restart` would then be refused.
+        if st.active_state == "failed" || st.crashed() {
+            let out = systemctl(&["reset-failed", "--", &unit], cfg.timeout).await?;
+            if !out.success {
+                tracing::warn!(unit = %unit, output = %out.summary(), "systemctl reset-failed failed; trying restart anyway");
             }
-            let out = systemctl(&["try-restart", "--", &unit], cfg.timeout).await?;
-            must(out, &format!("systemctl try-restart {unit}"))?;
-            let st = unit_state(&unit, cfg.timeout).await?;
-            Ok(Restarted::Systemd {
-                unit,
-                invocation: st.invocation,
-            })
         }
+        let out = systemctl(&["restart", "--", &unit], cfg.timeout).await?;
+        must(out, &format!("systemctl restart {unit}"))?;
+    }
+    let st = unit_state(&unit, cfg.timeout).await?;
+    Ok(Restarted::Systemd {
+        unit,
+        invocation: st.invocation,
+    })
+}
+
+/// Whether a systemd unit is running now (`None` for other restart kinds).
+pub async fn running_now(cfg: &Restart) -> Result<Option<bool>, RestartError> {
+    match cfg.kind() {
+        RestartKind::Systemd(unit) => Ok(Some(unit_state(&unit, cfg.timeout).await?.is_up())),
+        _ => Ok(None),
     }
 }

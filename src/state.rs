@@ -50,6 +50,22 @@ pub struct Pending {
     pub revision: Option<String>,
     pub stage: PendingStage,
     pub started_at: DateTime<Utc>,
+    /// Whether the managed systemd unit was running before the swap (None: not a systemd
+    /// restarter, or systemd could not tell). A rollback brings a unit that ran back up.
+    #[serde(default)]
+    pub unit_running: Option<bool>,
+    /// The host's boot id when the apply started: after a reboot, `unit_running` no longer
+    /// says anything about the unit.
+    #[serde(default)]
+    pub boot_id: Option<String>,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), if the kernel tells.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,7 +1,8 @@
 //! Deciding whether the service is healthy on the rules just installed. One good answer
 //! proves nothing (PowerSync can answer its probes and then exit 1 on bad rules), so
 //! health is `successes` consecutive good answers `interval` apart within `timeout`, and
-//! with systemd the unit must still be active on the same invocation at the end.
+//! with systemd the unit must stay active on the same invocation throughout: it is checked
+//! beside every probe, so a unit that dies or is restarted fails verification at once.
 
 use std::time::Duration;
 
@@ -30,36 +31,24 @@ pub async fn verify(
     restarted: &Restarted,
     content: &[u8],
 ) -> Result<(), VerifyError> {
+    let watch = match restarted {
+        Restarted::Systemd { unit, invocation } => Some(UnitWatch { unit, invocation }),
+        _ => None,
+    };
     match cfg.kind() {
         VerifyKind::None => {}
-        VerifyKind::Http(url) => window(cfg, || probe_http(url.clone(), cfg.interval)).await?,
+        VerifyKind::Http(url) => {
+            window(cfg, watch.as_ref(), || probe_http(url.clone(), cfg.interval)).await?
+        }
         VerifyKind::Command(argv) => {
-            window(cfg, || probe_command(argv.clone(), cfg.timeout)).await?
+            window(cfg, watch.as_ref(), || {
+                probe_command(argv.clone(), cfg.timeout)
+            })
+            .await?
         }
     }
-    if let Restarted::Systemd { unit, invocation } = restarted {
-        let st = restart::unit_state(unit, Duration::from_secs(30))
-            .await
-            .map_err(|e| VerifyError::Systemd {
-                unit: unit.clone(),
-                detail: e.to_string(),
-            })?;
-        if st.active_state != "active" {
-            return Err(VerifyError::UnitChanged {
-                unit: unit.clone(),
-                detail: format!("ActiveState={}", st.active_state),
-            });
-        }
-        if &st.invocation != invocation {
-            return Err(VerifyError::UnitChanged {
-                unit: unit.clone(),
-                detail: format!(
-                    "it was restarted during the window (InvocationID {} -> {})",
-                    short(invocation),
-                    short(&st.invocation)
-                ),
-            });
-        }
+    if let Some(w) = &watch {
+        w.check().await?;
     }
     if let Some(api) = &cfg.powersync_api {
         let text = String::from_utf8_lossy(content);
@@ -70,12 +59,53 @@ pub async fn verify(
     Ok(())
 }
 
+/// The systemd unit a restart started: it must stay up, on the same invocation, for the
+/// whole window. Checked beside every probe, so a crash fails verification at once instead
+/// of at the timeout.
+struct UnitWatch<'a> {
+    unit: &'a str,
+    invocation: &'a str,
+}
+
+impl UnitWatch<'_> {
+    async fn check(&self) -> Result<(), VerifyError> {
+        let st = restart::unit_state(self.unit, Duration::from_secs(30))
+            .await
+            .map_err(|e| VerifyError::Systemd {
+                unit: self.unit.to_string(),
+                detail: e.to_string(),
+            })?;
+        if st.invocation != self.invocation {
+            return Err(VerifyError::UnitChanged {
+                unit: self.unit.to_string(),
+                detail: format!(
+                    "it was restarted during the window (InvocationID {} -> {})",
+                    short(self.invocation),
+                    short(&st.invocation)
+                ),
+            });
+        }
+        if !st.is_up() {
+            return Err(VerifyError::UnitChanged {
+                unit: self.unit.to_string(),
+                detail: format!("ActiveState={} SubState={}", st.active_state, st.sub_state),
+            });
+        }
+        Ok(())
+    }
+}
+
 fn short(s: &str) -> &str {
     s.get(..12).unwrap_or(s)
 }
 
-/// Polls `probe` every `interval` until `successes` in a row, or fails at `timeout`.
-async fn window<F, Fut>(cfg: &Verify, mut probe: F) -> Result<(), VerifyError>
+/// Polls `probe` every `interval` until `successes` in a row, or fails at `timeout`; fails at
+/// once when the watched unit goes down or is restarted.
+async fn window<F, Fut>(
+    cfg: &Verify,
+    watch: Option<&UnitWatch<'_>>,
+    mut probe: F,
+) -> Result<(), VerifyError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -85,7 +115,13 @@ where
     let mut last = "no answer yet".to_string();
     loop {
         let started = Instant::now();
-        match tokio::time::timeout_at(deadline, probe()).await {
+        let answer = tokio::time::timeout_at(deadline, probe()).await;
+        if let Some(w) = watch {
+            if let Ok(r) = tokio::time::timeout_at(deadline, w.check()).await {
+                r?;
+            }
+        }
+        match answer {
             Ok(Ok(())) => {
                 streak += 1;
                 if streak >= cfg.successes {
