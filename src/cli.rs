@@ -405,14 +405,7 @@ fn print_report(rep: &Report) {
     if !rep.usable {
         line.push_str(" [no usable live file]");
     }
-    tracing::info!(
-        target_name = %rep.target,
-        outcome = rep.outcome.as_str(),
-        sha256 = rep.live_sha256.as_deref().unwrap_or(""),
-        revision = rep.revision.as_deref().unwrap_or(""),
-        restarts = rep.restarts,
-        "cycle finished"
-    );
+    rep.log();
     println!("{line}");
 }
 

@@ -155,6 +155,46 @@ impl Report {
         }
     }
 
+    /// Logs the cycle as one entry (DESIGN.md "journald": TARGET_NAME, OUTCOME, SHA256,
+    /// REVISION, DURATION_MS, RESTARTS, REASON), at a level that says how much it matters.
+    /// Unchanged cycles are debug: a poll that changes nothing is not news.
+    pub fn log(&self) {
+        let duration_ms = self
+            .phases
+            .iter()
+            .find(|(p, _)| *p == Phase::Total)
+            .map(|(_, d)| d.as_millis() as u64)
+            .unwrap_or(0);
+        let reason = self.reason.as_deref().unwrap_or("");
+        let sha256 = self.live_sha256.as_deref().unwrap_or("");
+        let revision = self.revision.as_deref().unwrap_or("");
+        let (target_name, outcome, restarts) =
+            (self.target.as_str(), self.outcome.as_str(), self.restarts);
+        macro_rules! entry {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    target_name,
+                    outcome,
+                    sha256,
+                    revision,
+                    duration_ms,
+                    restarts,
+                    reason,
+                    "cycle"
+                )
+            };
+        }
+        match self.outcome {
+            Outcome::Unchanged => entry!(tracing::Level::DEBUG),
+            Outcome::Applied | Outcome::Held | Outcome::Quarantined | Outcome::Gated => {
+                entry!(tracing::Level::INFO)
+            }
+            Outcome::RollbackFailed | Outcome::StateError => entry!(tracing::Level::ERROR),
+            _ => entry!(tracing::Level::WARN),
+        }
+    }
+
     /// Exit code for `once`/`push`/`rollback` (DESIGN.md "CLI").
     pub fn exit_code(&self) -> i32 {
         match self.outcome {
@@ -249,10 +289,10 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     } else {
         st.last_outcome = Some(rep.outcome.as_str().to_string());
         st.last_outcome_at = Some(Utc::now());
-        st.last_error = rep
-            .reason
-            .clone()
-            .filter(|_| rep.outcome != Outcome::Unchanged && rep.outcome != Outcome::Applied);
+        let ok = matches!(rep.outcome, Outcome::Unchanged | Outcome::Applied);
+        st.last_error = rep.reason.clone().filter(|_| !ok);
+        // What a good outcome still wants said, such as "verification skipped".
+        st.last_note = rep.reason.clone().filter(|_| ok);
         if rep.success {
             st.last_success = Some(Utc::now());
         }
@@ -759,7 +799,6 @@ impl Runner<'_, '_> {
     }
 
     /// Finishes an apply a previous run died in. Returns true when that was the cycle.
-
     async fn recover(&mut self, p: Pending) -> Result<bool, CycleError> {
         let t = self.ctx.target;
         let live = self.read_live()?;

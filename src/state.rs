@@ -116,6 +116,9 @@ pub struct TargetState {
     pub last_outcome_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// A note on the last good outcome (e.g. verification skipped: the unit was stopped).
+    #[serde(default)]
+    pub last_note: Option<String>,
     /// The revision upstream reported last (may differ from applied when held/quarantined).
     #[serde(default)]
     pub upstream_revision: Option<String>,
@@ -133,6 +136,7 @@ impl TargetState {
             last_outcome: None,
             last_outcome_at: None,
             last_error: None,
+            last_note: None,
             ..s.clone()
         };
         strip(self) == strip(other)

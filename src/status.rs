@@ -21,6 +21,7 @@ pub struct TargetStatus {
     pub last_outcome: Option<String>,
     pub last_outcome_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    pub last_note: Option<String>,
     pub quarantined_sha256: Option<String>,
     pub held: bool,
     pub pending: bool,
@@ -50,6 +51,7 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 last_outcome: st.last_outcome.clone(),
                 last_outcome_at: st.last_outcome_at,
                 last_error: st.last_error.clone(),
+                last_note: st.last_note.clone(),
                 quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
                 held: st.hold,
                 pending: st.pending.is_some(),
@@ -115,6 +117,9 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<()> {
     for s in &all {
         if let Some(e) = &s.last_error {
             println!("{}: last error: {e}", s.target);
+        }
+        if let Some(n) = &s.last_note {
+            println!("{}: note: {n}", s.target);
         }
         if s.pending {
             println!(

@@ -25,29 +25,7 @@ use crate::state::Store;
 /// Records a finished cycle: metrics, log line, STATUS=.
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
-    let total = rep
-        .phases
-        .iter()
-        .find(|(p, _)| *p == cycle::Phase::Total)
-        .map(|(_, d)| d.as_millis() as u64)
-        .unwrap_or(0);
-    let reason = rep.reason.as_deref().unwrap_or("");
-    let sha = rep.live_sha256.as_deref().unwrap_or("");
-    let revision = rep.revision.as_deref().unwrap_or("");
-    match rep.outcome {
-        Outcome::Unchanged => {
-            tracing::debug!(target_name = %rep.target, outcome = "unchanged", sha256 = sha, revision, duration_ms = total, "cycle")
-        }
-        Outcome::Applied | Outcome::Held | Outcome::Quarantined => {
-            tracing::info!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-        }
-        Outcome::RollbackFailed => {
-            tracing::error!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-        }
-        _ => {
-            tracing::warn!(target_name = %rep.target, outcome = rep.outcome.as_str(), sha256 = sha, revision, duration_ms = total, restarts = rep.restarts, reason, "cycle")
-        }
-    }
+    rep.log();
     shared.note_cycle(
         &rep.target,
         rep.success,

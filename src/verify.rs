@@ -38,7 +38,10 @@ pub async fn verify(
     match cfg.kind() {
         VerifyKind::None => {}
         VerifyKind::Http(url) => {
-            window(cfg, watch.as_ref(), || probe_http(url.clone(), cfg.interval)).await?
+            window(cfg, watch.as_ref(), || {
+                probe_http(url.clone(), cfg.interval)
+            })
+            .await?
         }
         VerifyKind::Command(argv) => {
             window(cfg, watch.as_ref(), || {

@@ -390,7 +390,7 @@ fn json_logs_carry_structured_fields() {
         .stderr
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["fields"]["message"] == "cycle finished")
+        .find(|v| v["fields"]["message"] == "cycle")
         .unwrap_or_else(|| panic!("no JSON cycle line in {}", o.stderr));
     assert_eq!(line["fields"]["target_name"], "ps");
     assert_eq!(line["fields"]["outcome"], "applied");

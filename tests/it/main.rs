@@ -1,6 +1,7 @@
 //! rulekeeper's one integration test binary: black-box tests against real processes,
 //! real files and real sockets on 127.0.0.1. `util` is the shared harness.
 mod alerts;
+mod lab;
 mod nix;
 mod operator;
 mod powersync_api;
@@ -11,4 +12,5 @@ mod cycle;
 mod daemon;
 mod forge;
 mod sources;
+mod systemd;
 mod webhook;

@@ -1,0 +1,214 @@
+//! The systemd lab: a real systemd booted as PID 1 in private pid, mount, net and uts
+//! namespaces, so tests can run rulekeeper and the units it manages under real systemd
+//! (`Type=notify`, `WatchdogSec=`, `LoadCredential=`, `try-restart`, `InvocationID`,
+//! `Restart=` and start limits, timers, journald).
+//!
+//! `tests/support/lab-init` is the lab's PID 1 before it becomes systemd: it puts a private
+//! tmpfs over every directory a booting systemd writes to (`/run`, `/tmp`, `/var/*`,
+//! `/etc/systemd/system`) and masks boot services that touch the kernel or shared files.
+//! Without that, systemd-tmpfiles at boot would empty the HOST's `/tmp`. The lab's only host
+//! directory is `Lab::dir`, seen inside as `/run/lab`; everything else a test writes into the
+//! lab goes through `/proc/<pid>/root` and lands on the lab's tmpfs. The network namespace has
+//! only `lo`, so ports inside never collide with the host's.
+//!
+//! Needs root, `unshare`/`nsenter`/`setsid` (util-linux), `ip` (iproute2) and systemd. Where
+//! any is missing the tests skip loudly; under `RULEKEEPER_REQUIRE_TOOLS=1` they fail.
+
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{repo_root, require_tool, Out};
+
+const SYSTEMD: &str = "/lib/systemd/systemd";
+
+/// A booted lab; dropping it kills the lab's PID 1 and with it everything inside.
+pub struct Lab {
+    /// Host side of `/run/lab`.
+    pub dir: tempfile::TempDir,
+    /// systemd's pid as the host sees it.
+    pid: i32,
+    outer: Child,
+}
+
+fn skip(why: &str) -> Option<Lab> {
+    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("systemd lab unavailable (RULEKEEPER_REQUIRE_TOOLS=1): {why}");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED: systemd lab unavailable: {why}; this test did not run !!!!!!!!\n"
+    );
+    None
+}
+
+impl Lab {
+    /// Boots a lab, or returns None (after a loud message) where that is impossible here.
+    pub fn boot() -> Option<Lab> {
+        // SAFETY: getuid has no preconditions.
+        if unsafe { libc::getuid() } != 0 {
+            return skip("the lab needs root");
+        }
+        for tool in ["unshare", "nsenter", "setsid", "ip"] {
+            require_tool(tool)?;
+        }
+        if !Path::new(SYSTEMD).exists() {
+            return skip(&format!(
+                "no systemd at {SYSTEMD} (apt-get install systemd)"
+            ));
+        }
+        let dir = tempfile::tempdir().expect("lab dir");
+        let log = std::fs::File::create(dir.path().join(".lab.log")).expect("lab log");
+        let mut outer = Command::new("setsid")
+            .args(["unshare", "--pid", "--fork", "--mount", "--net", "--uts"])
+            .args(["--mount-proc", "--propagation", "private"])
+            .arg(repo_root().join("tests/support/lab-init"))
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn unshare");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let pid = loop {
+            if let Some(pid) = systemd_child(outer.id()) {
+                break pid;
+            }
+            if let Ok(Some(status)) = outer.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join(".lab.log")).unwrap_or_default();
+                return skip(&format!("cannot create the namespaces ({status}): {log}"));
+            }
+            assert!(Instant::now() < deadline, "lab: systemd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let lab = Lab { dir, pid, outer };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = lab.systemctl(&["is-system-running"]).stdout;
+            if matches!(state.trim(), "running" | "degraded") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lab: systemd did not finish booting (state: {state}); log: {}",
+                lab.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(lab)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(".lab.log")).unwrap_or_default()
+    }
+
+    /// A path inside the lab, reachable from the host through `/proc/<pid>/root`.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root{inside}", self.pid))
+    }
+
+    /// Writes a file inside the lab (its parents created).
+    pub fn write(&self, inside: &str, text: &str) {
+        let p = self.path(inside);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir in lab");
+        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {inside} in lab: {e}"));
+    }
+
+    /// Runs a shell script inside every namespace of the lab, in `/run/lab`.
+    pub fn sh(&self, script: &str) -> Out {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid.to_string(), "-a", "sh", "-c"])
+            .arg(format!("cd /run/lab && {script}"))
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("nsenter");
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn systemctl(&self, args: &[&str]) -> Out {
+        let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+        self.sh(&format!("systemctl --no-pager {}", quoted.join(" ")))
+    }
+
+    /// `systemctl show -p PROP --value UNIT`
+    pub fn prop(&self, unit: &str, prop: &str) -> String {
+        self.systemctl(&["show", "-p", prop, "--value", unit])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    pub fn daemon_reload(&self) {
+        let o = self.systemctl(&["daemon-reload"]);
+        assert_eq!(o.code, 0, "daemon-reload: {}", o.all());
+    }
+
+    /// Journal entries (as JSON objects) matching `args` (units, FIELD=value matches).
+    pub fn journal(&self, args: &str) -> Vec<serde_json::Value> {
+        let o = self.sh(&format!("journalctl --no-pager -o json {args}"));
+        o.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Runs `f` on this thread inside the lab's network namespace: sockets it opens (clients
+    /// or listeners) live there, so a test can talk to services on the lab's loopback.
+    pub fn in_net<R>(&self, f: impl FnOnce() -> R) -> R {
+        let ours = std::fs::File::open("/proc/thread-self/ns/net").expect("own netns");
+        let lab = std::fs::File::open(format!("/proc/{}/ns/net", self.pid)).expect("lab netns");
+        // SAFETY: setns on this thread with a namespace fd we hold open.
+        let rc = unsafe { libc::setns(lab.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "setns into the lab: {}",
+            std::io::Error::last_os_error()
+        );
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        // SAFETY: as above, back to the namespace this thread came from.
+        let rc = unsafe { libc::setns(ours.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns back: {}", std::io::Error::last_os_error());
+        match r {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    /// Puts `src` (a host file) at `/run/lab/<name>`: a hard link where possible.
+    pub fn provide(&self, src: &Path, name: &str) -> String {
+        let dst = self.dir.path().join(name);
+        std::fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        if std::fs::hard_link(src, &dst).is_err() {
+            std::fs::copy(src, &dst).expect("copy into the lab");
+        }
+        format!("/run/lab/{name}")
+    }
+}
+
+/// The pid of the `systemd` process that unshare forked (the lab's PID 1).
+fn systemd_child(outer: u32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .map(|c| c.trim() == "systemd")
+                .unwrap_or(false)
+        })
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of the lab's PID 1; the kernel then kills the whole namespace.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+        }
+        let _ = self.outer.wait();
+    }
+}
