@@ -290,63 +290,16 @@ fn sigkill_during_verification_recovers_to_last_good() {
     kill_mid_cycle(false);
 }
 
-fn systemd_config(env: &Env, upstream: &std::path::Path) {
-    env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", upstream.display()),
-        "{ systemd: fake.service, timeout: 20s }",
-        &env.verify_http(),
-        "",
-    );
-}
-
-#[test]
-fn systemd_restarter_active_and_not_active() {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    systemd_config(&env, &up);
-
-    // not active (boot): applied, nothing restarted, verification skipped
-    std::fs::write(&up, rules("v1", "good")).unwrap();
-    let o = env.once();
-    assert_eq!(o.code, 0, "{}", o.all());
-    assert!(o.stdout.contains("verification skipped"), "{}", o.all());
-    assert_eq!(env.starts(), 0);
-    let calls = std::fs::read_to_string(env.systemd.join("calls.log")).unwrap();
-    assert!(
-        calls.contains("show -p ActiveState -p SubState -p InvocationID fake.service"),
-        "{calls}"
-    );
-    assert!(
-        !calls.contains("try-restart"),
-        "no restart job while the unit is down: {calls}"
-    );
-
-    // active: restarted through try-restart, verified with the same InvocationID
-    env.start_service();
-    std::fs::write(&up, rules("v2", "good")).unwrap();
-    let o = env.once();
-    assert_eq!(o.code, 0, "{}", o.all());
-    assert!(!o.stdout.contains("skipped"), "{}", o.all());
-    let calls = std::fs::read_to_string(env.systemd.join("calls.log")).unwrap();
-    assert!(calls.contains("try-restart fake.service"), "{calls}");
-    assert_eq!(
-        env.start_log().last().map(String::as_str),
-        Some("start # v2")
-    );
-
-    // flaky under systemd: the unit dies in the window -> rolled back
-    std::fs::write(&up, rules("v3", "flaky")).unwrap();
-    let o = env.once();
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
-    assert_eq!(env.live(), rules("v2", "good"));
-}
-
 #[test]
 fn check_and_validate_commands() {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
-    systemd_config(&env, &up);
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &env.restart_command(),
+        &env.verify_http(),
+        "",
+    );
     let o = env.rk(&["check"]);
     assert_eq!(o.code, 0, "{}", o.all());
     let f = env.dir.path().join("cand.yaml");

@@ -292,55 +292,6 @@ fn listen_failure_is_a_clear_startup_error() {
 }
 
 #[test]
-fn boot_never_restarts_an_active_unit_before_ready() {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
-        "{ systemd: fake.service, timeout: 20s }",
-        &env.verify_http(),
-        "    interval: 1h\n",
-    );
-    std::fs::write(&up, rules("v1", "good")).unwrap();
-    env.start_service();
-    assert_eq!(env.once().code, 0);
-    // upstream moved while rulekeeper was down; the unit is running
-    std::fs::write(&up, rules("v2", "good")).unwrap();
-    let d = env.daemon(None);
-    d.wait_ready();
-    let ready_at = d
-        .notes
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|(_, m)| m.contains("READY=1"))
-        .map(|(t, _)| *t)
-        .unwrap();
-    assert!(env.live() == rules("v1", "good") || env.live() == rules("v2", "good"));
-    wait_until(20, "v2 applied after READY", || {
-        env.start_log().last().map(String::as_str) == Some("start # v2")
-    });
-    // Every try-restart came after READY=1 (a boot-time restart would precede it by at
-    // least the 0.5 s verification window).
-    let ready = ready_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let log = std::fs::read_to_string(env.systemd.join("calls-timed.log")).unwrap();
-    let restarts: Vec<f64> = log
-        .lines()
-        .filter(|l| l.contains("try-restart"))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(restarts.len(), 2, "{log}"); // the `once` above, and the one after READY
-    assert!(
-        restarts[1] > ready - 0.2,
-        "restart at {} before READY at {ready}: {log}",
-        restarts[1]
-    );
-}
-
-#[test]
 fn sigterm_mid_cycle_stops_before_the_swap() {
     let (env, up) = file_env("1h");
     std::fs::write(&up, rules("v1", "good")).unwrap();

@@ -524,3 +524,123 @@ fn concurrent_push_waits_for_the_daemons_cycle() {
         "the push swapped only after the daemon's cycle ended (push took {took:?})"
     );
 }
+
+#[test]
+fn daemon_restart_with_moved_upstream_applies_only_after_ready() {
+    let Some(w) = World::new(Setup::default()) else {
+        return;
+    };
+    w.boot_with("v1");
+    // Wants=, not Requires=: stopping rulekeeper leaves the managed service running.
+    let o = w.lab.systemctl(&["stop", "rulekeeper.service"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(w.active(UNIT), "active");
+    w.set_upstream(&rules("v2", "good"));
+    // The managed unit is ordered After= rulekeeper: a restart job for it issued before our
+    // READY=1 would wait behind this very start job until the restart timeout, then be rolled
+    // back. The start returns promptly and v2 is applied right after READY=1 instead.
+    w.start("rulekeeper.service");
+    w.wait_cycles("applied", 1.0);
+    assert_eq!(w.starts(), vec!["start # v1", "start # v2"]);
+    assert_eq!(w.cycles("rolled_back"), 0.0);
+    let started = w
+        .lab
+        .journal("-u rulekeeper.service -t systemd")
+        .into_iter()
+        .filter(|e| field(e, "MESSAGE").starts_with("Started "))
+        .map(|e| usec(&e))
+        .max()
+        .expect("rulekeeper started");
+    let restart_job = w
+        .lab
+        .journal(&format!("-u {UNIT} -t systemd"))
+        .into_iter()
+        .filter(|e| field(e, "JOB_TYPE") == "restart")
+        .map(|e| usec(&e))
+        .min()
+        .expect("a restart job");
+    assert!(
+        restart_job > started,
+        "the managed unit's restart job ran after rulekeeper's start job finished"
+    );
+}
+
+#[test]
+fn interrupted_apply_found_at_start_up_brings_the_unit_back() {
+    // Long enough to kill rulekeeper inside the window, short enough to fail soon after.
+    let Some(w) = World::new(Setup {
+        verify:
+            "{ http: \"http://127.0.0.1:8080/probe\", interval: 200ms, successes: 5, timeout: 4s }",
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    w.boot_with("good1");
+    w.set_upstream(&rules("bad", "bad"));
+    assert_eq!(w.hook(SECRET), 202);
+    wait_until(20, "the bad revision is running", || {
+        w.starts().last().map(String::as_str) == Some("start # bad")
+    });
+    // rulekeeper dies inside the verify window, and the service dies too before it is back.
+    for unit in ["rulekeeper.service", UNIT] {
+        let pid = w.lab.prop(unit, "MainPID");
+        let o = w.lab.sh(&format!("kill -KILL {pid}"));
+        assert_eq!(o.code, 0, "{}", o.all());
+    }
+    wait_until(20, "the managed unit is failed", || {
+        w.active(UNIT) == "failed"
+    });
+    // Restart=on-failure brings rulekeeper back; the pending record says the unit ran before
+    // the apply, so recovery starts it, verifies the new content, and rolls back to
+    // last-good with the unit running.
+    wait_until(60, "recovery rolled back", || {
+        w.active("rulekeeper.service") == "active" && w.cycles("rolled_back") >= 1.0
+    });
+    assert_eq!(w.active(UNIT), "active");
+    assert_eq!(w.live(), rules("good1", "good"));
+    assert_eq!(w.starts().last().map(String::as_str), Some("start # good1"));
+    let e = w.cycle_entries("rolled_back");
+    assert!(
+        field(&e[0], "REASON").contains("interrupted apply"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn manual_rollback_brings_back_a_crashed_unit_but_not_a_stopped_one() {
+    let Some(w) = World::new(Setup::default()) else {
+        return;
+    };
+    w.boot_with("v1");
+    w.set_upstream(&rules("v2", "good"));
+    assert_eq!(w.hook(SECRET), 202);
+    w.wait_cycles("applied", 2.0);
+    let rollback = || {
+        w.lab.sh(
+            "/run/lab/bin/rulekeeper --log-format journald rollback -c /run/lab/config.yaml -t powersync",
+        )
+    };
+    // The service died (Restart=no leaves it failed); the operator rolls back.
+    let o = w.lab.systemctl(&["kill", "-s", "KILL", UNIT]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    wait_until(20, "the managed unit is failed", || {
+        w.active(UNIT) == "failed"
+    });
+    let o = rollback();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    assert_eq!(w.active(UNIT), "active");
+    assert_eq!(w.live(), rules("v1", "good"));
+    assert_eq!(w.starts().last().map(String::as_str), Some("start # v1"));
+
+    // Stopped by the operator: the file goes back, the unit stays stopped.
+    let o = w.lab.systemctl(&["stop", UNIT]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    let starts = w.starts().len();
+    let o = rollback();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("not active"), "{}", o.all());
+    assert_eq!(w.live(), rules("v2", "good"));
+    assert_eq!(w.active(UNIT), "inactive");
+    assert_eq!(w.starts().len(), starts);
+}

@@ -141,8 +141,8 @@ pub struct Env {
     pub svc: PathBuf,
     pub port: u16,
     pub config: PathBuf,
-    /// Directory for the systemctl stand-in (units live under it).
-    pub systemd: PathBuf,
+    /// Where the fake service's directories live.
+    pub services: PathBuf,
     /// The daemon's `listen` port.
     pub listen: u16,
 }
@@ -153,8 +153,8 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let live = dir.path().join("live/sync-rules.yaml");
         std::fs::create_dir_all(live.parent().unwrap()).unwrap();
-        let systemd = dir.path().join("systemd");
-        let svc = systemd.join("fake.service");
+        let services = dir.path().join("services");
+        let svc = services.join("fake");
         std::fs::create_dir_all(&svc).unwrap();
         let port = free_port();
         std::fs::write(
@@ -168,7 +168,7 @@ impl Env {
             live,
             svc,
             port,
-            systemd,
+            services,
             listen: free_port(),
             dir,
         }
@@ -233,18 +233,11 @@ impl Env {
         self.rk_env(args, &[])
     }
 
-    /// A `rulekeeper` command with the test PATH (systemctl stand-in) and environment.
+    /// A `rulekeeper` command with the test environment.
     pub fn command(&self, args: &[&str], envs: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.args(args).arg("-c").arg(&self.config);
-        cmd.env("FAKE_SYSTEMD_DIR", &self.systemd);
         cmd.env_remove("NOTIFY_SOCKET");
-        let path = format!(
-            "{}:{}",
-            repo_root().join("tests/support/bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        cmd.env("PATH", path);
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -282,7 +275,7 @@ impl Env {
             .unwrap_or_default()
     }
 
-    /// How many restarts were asked for (restart command or systemctl).
+    /// How many restarts the restart command was asked for.
     pub fn restarts(&self) -> usize {
         std::fs::read_to_string(self.svc.join("restarts.log"))
             .map(|s| s.lines().count())
