@@ -160,6 +160,10 @@ pub struct Source {
     pub url: Option<String>,
     /// Extra CA certificate (PEM) trusted in addition to the system store.
     pub ca_file: Option<PathBuf>,
+    /// `http` only: accept a body delimited by the server closing the connection (no
+    /// Content-Length, not chunked), which cannot be told from one cut short.
+    #[serde(default)]
+    pub allow_close_delimited: bool,
     #[serde(default = "d_30s", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -350,7 +354,6 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
             "at least one target is required".into(),
         ));
     }
-    let mut live_paths: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (name, t) in cfg.targets.iter_mut() {
         let k = |key: &str| format!("targets.{name}.{key}");
         let tn = Some(name.as_str());
@@ -367,13 +370,6 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
         }
         if t.path.file_name().is_none() {
             return Err(err(tn, k("path"), "must name a file".into()));
-        }
-        if let Some(other) = live_paths.insert(t.path.clone(), name.clone()) {
-            return Err(err(
-                tn,
-                k("path"),
-                format!("the same live file is already managed by target `{other}`"),
-            ));
         }
         t.mode_bits = match u32::from_str_radix(t.mode.trim_start_matches("0o"), 8) {
             Ok(m) if m <= 0o7777 => m,
@@ -449,7 +445,136 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
             check_url(&p.url, true).map_err(|m| err(tn, k("validate.powersync_api.url"), m))?;
         }
     }
+    check_overlaps(cfg)
+}
+
+/// Where a path really is: the longest existing ancestor resolved (symbolic links, `..`),
+/// the rest normalised by hand. Live files need not exist yet.
+pub fn resolve(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut lexical = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            Component::CurDir => {}
+            other => lexical.push(other.as_os_str()),
+        }
+    }
+    let mut base = p.to_path_buf();
+    let mut rest: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&base) {
+            let mut out = real;
+            for seg in rest.iter().rev() {
+                if seg == ".." {
+                    out.pop();
+                } else if seg != "." {
+                    out.push(seg);
+                }
+            }
+            return out;
+        }
+        match (base.file_name().map(|n| n.to_os_string()), base.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                base = parent.to_path_buf();
+            }
+            // `..` as the last component, or nothing exists: fall back to the lexical form.
+            _ => return lexical,
+        }
+    }
+}
+
+/// Two targets must not share a live file, and no target's live file may be another's
+/// `.prev` or temp file, sit inside `state_dir`, or be a `file` source: each would make two
+/// targets overwrite each other forever. Paths are compared resolved ([`resolve`]).
+fn check_overlaps(cfg: &Config) -> Result<(), ConfigError> {
+    let state_dir = resolve(&cfg.state_dir);
+    let files: Vec<(&str, PathBuf, PathBuf)> = cfg
+        .targets
+        .iter()
+        .map(|(n, t)| {
+            let live = resolve(&t.path);
+            let mut prev = live.clone().into_os_string();
+            prev.push(".prev");
+            (n.as_str(), live, PathBuf::from(prev))
+        })
+        .collect();
+    let err = |target: &str, key: &str, message: String| ConfigError {
+        file: cfg.file.clone(),
+        target: Some(target.to_string()),
+        key: format!("targets.{target}.{key}"),
+        message,
+    };
+    for (a, live_a, prev_a) in &files {
+        if live_a.starts_with(&state_dir) {
+            return Err(err(
+                a,
+                "path",
+                format!(
+                    "the live file {} is inside state_dir ({})",
+                    live_a.display(),
+                    state_dir.display()
+                ),
+            ));
+        }
+        for (b, live_b, prev_b) in &files {
+            if a == b {
+                continue;
+            }
+            let clash = if live_a == live_b {
+                Some(format!("the same live file as target `{b}`"))
+            } else if live_a == prev_b {
+                Some(format!("target `{b}`'s `.prev` file"))
+            } else if prev_a == live_b {
+                Some(format!("its `.prev` is target `{b}`'s live file"))
+            } else if live_a.parent() == live_b.parent() && is_temp_of(live_a, live_b) {
+                Some(format!("named like target `{b}`'s temp files"))
+            } else {
+                None
+            };
+            if let Some(c) = clash {
+                return Err(err(
+                    a,
+                    "path",
+                    format!(
+                        "{} is {c} (paths compared after resolving links and `..`)",
+                        live_a.display()
+                    ),
+                ));
+            }
+        }
+        let t = &cfg.targets[*a];
+        if t.source.kind == SourceKind::File {
+            let src = resolve(Path::new(t.source.path.as_deref().unwrap_or_default()));
+            if let Some((b, _, _)) = files
+                .iter()
+                .find(|(_, live, prev)| *live == src || *prev == src)
+            {
+                return Err(err(
+                    a,
+                    "source.path",
+                    format!(
+                        "{} is target `{b}`'s live file (or its `.prev`): a source must not be a file rulekeeper writes",
+                        src.display()
+                    ),
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Whether `a`'s file name is one of the temp names written beside `b` (`.<b>.rk-*`).
+fn is_temp_of(a: &Path, b: &Path) -> bool {
+    match (a.file_name(), b.file_name()) {
+        (Some(a), Some(b)) => a
+            .to_string_lossy()
+            .starts_with(&format!(".{}.rk-", b.to_string_lossy())),
+        _ => false,
+    }
 }
 
 /// `restart` and `verify` each take exactly one of their forms.
@@ -506,6 +631,15 @@ fn check_source(s: &Source, _target: &str) -> Result<(), (String, String)> {
         return Err((
             "source.ca_file".into(),
             format!("not used by kind `{}`", s.kind.as_str()),
+        ));
+    }
+    if s.allow_close_delimited && s.kind != SourceKind::Http {
+        return Err((
+            "source.allow_close_delimited".into(),
+            format!(
+                "not used by kind `{}` (forge kinds check the bytes against the forge's own digest)",
+                s.kind.as_str()
+            ),
         ));
     }
     let needs_base = matches!(
@@ -629,6 +763,71 @@ targets:
             "{ kind: http, url: \"http://127.0.0.1:9/x\" }",
         );
         parse(&t, Path::new("c.yaml")).unwrap();
+    }
+
+    #[test]
+    fn aliased_live_paths_are_refused_naming_both_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let x = d.path().join("x");
+        let y = d.path().join("y");
+        std::fs::create_dir_all(&x).unwrap();
+        std::fs::create_dir_all(&y).unwrap();
+        let two = |a: String, b: String| {
+            format!(
+                "state_dir: {}\ntargets:\n  a:\n    source: {{ kind: file, path: /srv/up-a.yaml }}\n    path: {a}\n    restart: {{ none: true }}\n    verify: {{ none: true }}\n  b:\n    source: {{ kind: file, path: /srv/up-b.yaml }}\n    path: {b}\n    restart: {{ none: true }}\n    verify: {{ none: true }}\n",
+                d.path().join("state").display()
+            )
+        };
+        let r = x.join("r.yaml").display().to_string();
+        let cases = [
+            (format!("{}/../x/r.yaml", y.display()), "the same live file"),
+            (format!("{r}.prev"), "`.prev`"),
+            (x.join(".r.yaml.rk-abc").display().to_string(), "temp files"),
+        ];
+        for (b, want) in cases {
+            let e = parse(&two(r.clone(), b.clone()), Path::new("c.yaml")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(want), "{b}: {msg}");
+            assert!(
+                msg.contains("target `a`") && msg.contains("target `b`"),
+                "{msg}"
+            );
+        }
+        // through a symlinked directory
+        std::os::unix::fs::symlink(&x, d.path().join("link")).unwrap();
+        let e = parse(
+            &two(
+                r.clone(),
+                d.path().join("link/r.yaml").display().to_string(),
+            ),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("the same live file"), "{e}");
+        // inside state_dir
+        let e = parse(
+            &two(
+                r.clone(),
+                d.path()
+                    .join("state/targets/a/x.yaml")
+                    .display()
+                    .to_string(),
+            ),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("inside state_dir"), "{e}");
+        // a file source that is a live file
+        let t =
+            two(r.clone(), y.join("r.yaml").display().to_string()).replace("/srv/up-b.yaml", &r);
+        let e = parse(&t, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.b.source.path");
+        // distinct files are fine
+        parse(
+            &two(r, y.join("r.yaml").display().to_string()),
+            Path::new("c.yaml"),
+        )
+        .unwrap();
     }
 
     #[test]

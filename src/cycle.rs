@@ -423,7 +423,7 @@ impl Runner<'_, '_> {
             self.st.upstream_revision = up.revision.clone();
             self.st.upstream_sha256 = Some(up.sha.clone());
             if live_sha.as_deref() == Some(up.sha.as_str()) {
-                return self.in_sync(&up, live.as_deref());
+                return self.in_sync(&up, live.as_deref()).await;
             }
             if self
                 .st
@@ -476,7 +476,21 @@ impl Runner<'_, '_> {
             .await
     }
 
-    fn in_sync(&mut self, up: &Upstream, live: Option<&[u8]>) -> Result<(), CycleError> {
+    async fn in_sync(&mut self, up: &Upstream, live: Option<&[u8]>) -> Result<(), CycleError> {
+        if let Some(q) = self.st.quarantine.clone().filter(|q| q.sha256 == up.sha) {
+            // The live file is content that failed: a first apply with nothing to roll back
+            // to, or a hand edit that restored it. Never adopt it as good, never clear it.
+            self.rep.outcome = Outcome::Quarantined;
+            self.rep.reason = Some(format!(
+                "the live file is quarantined content {} ({}); waiting for new upstream content or an operator (`push`, `rollback`)",
+                short(&q.sha256),
+                q.reason
+            ));
+            self.rep.usable = self.usable(live).await;
+            self.rep.live_sha256 = Some(up.sha.clone());
+            self.rep.revision = self.st.applied.as_ref().and_then(|a| a.revision.clone());
+            return Ok(());
+        }
         let adopt = match &self.st.applied {
             Some(a) => a.sha256 != up.sha || (a.revision.is_none() && up.revision.is_some()),
             None => true,
@@ -658,6 +672,11 @@ impl Runner<'_, '_> {
     }
 
     fn commit_applied(&mut self, sha: &str, revision: Option<String>) {
+        // Content that passed verification now is no longer known-bad (an operator pushed it
+        // again after fixing what made it fail).
+        if self.st.quarantine.as_ref().is_some_and(|q| q.sha256 == sha) {
+            self.st.quarantine = None;
+        }
         self.st.applied = Some(Applied {
             sha256: sha.to_string(),
             revision: revision.clone(),

@@ -10,19 +10,28 @@ use std::path::{Path, PathBuf};
 use crate::state::fsync_dir;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {}: {source}", path.display())]
-pub struct InstallError {
-    what: &'static str,
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
+pub enum InstallError {
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A FIFO, device, directory or symbolic link where a live file (or `.prev`) belongs.
+    #[error("{}: {why}", path.display())]
+    NotRegular {
+        path: PathBuf,
+        #[source]
+        why: crate::regular::NotRegular,
+    },
 }
 
 fn ierr<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
-    move |source| InstallError {
+    move |source| InstallError::Io {
         what,
         path: path.to_path_buf(),
         source,
@@ -51,12 +60,17 @@ pub fn prev_path(live: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Reads the live file; `None` when it does not exist.
+/// Reads the live file (or `.prev`); `None` when it does not exist. Anything but a regular
+/// file (a symbolic link, a FIFO, a device, a directory) is an error, never a hang.
 pub fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
-    match std::fs::read(path) {
+    match crate::regular::read(path, false, u64::MAX - 1) {
         Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ierr("cannot read", path)(e)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(crate::regular::NotRegular::Io(e)) => Err(ierr("cannot read", path)(e)),
+        Err(why) => Err(InstallError::NotRegular {
+            path: path.to_path_buf(),
+            why,
+        }),
     }
 }
 

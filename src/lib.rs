@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod powersync;
+pub mod regular;
 pub mod restart;
 pub mod server;
 pub mod shared;

@@ -38,7 +38,10 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 tracing::warn!(target_name = %t.name, error = %e, "cannot read state");
                 Default::default()
             });
-            let live = std::fs::read(&t.path).ok().map(|b| sha256_hex(&b));
+            let live = crate::install::read(&t.path)
+                .ok()
+                .flatten()
+                .map(|b| sha256_hex(&b));
             TargetStatus {
                 target: t.name.clone(),
                 path: t.path.display().to_string(),

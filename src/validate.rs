@@ -17,8 +17,10 @@ pub enum ValidateError {
     NotUtf8(usize),
     #[error("YAML does not parse: {0}")]
     Yaml(String),
-    #[error("the top level is not a mapping, so required keys cannot be present")]
-    NotMapping,
+    #[error("the file holds {0} YAML documents; a rules file is exactly one")]
+    Documents(usize),
+    #[error("the top level is {0}, not a mapping of keys (a rules file is a mapping)")]
+    NotMapping(&'static str),
     #[error("none of the required top-level keys is present (require_keys: {0})")]
     MissingKeys(String),
     #[error("validate.command {status}: {output}")]
@@ -32,7 +34,9 @@ pub enum ValidateError {
 }
 
 /// The checks that need no process and no network: also what "usable" means for a live
-/// file at boot when nothing else can be asked.
+/// file at boot when nothing else can be asked. Every rules file rulekeeper manages is one
+/// YAML mapping, so an HTML page from a proxy, a bare string, a list or an empty document is
+/// refused here, before anything is installed.
 pub fn builtin(cfg: &Validate, content: &[u8]) -> Result<(), ValidateError> {
     let text = std::str::from_utf8(content).map_err(|e| ValidateError::NotUtf8(e.valid_up_to()))?;
     if text.trim().is_empty() {
@@ -41,12 +45,10 @@ pub fn builtin(cfg: &Validate, content: &[u8]) -> Result<(), ValidateError> {
     if !cfg.yaml && cfg.require_keys.is_empty() {
         return Ok(());
     }
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| ValidateError::Yaml(e.to_string()))?;
+    let map = one_mapping(text)?;
     if cfg.require_keys.is_empty() {
         return Ok(());
     }
-    let map = doc.as_mapping().ok_or(ValidateError::NotMapping)?;
     let present = cfg
         .require_keys
         .iter()
@@ -58,10 +60,42 @@ pub fn builtin(cfg: &Validate, content: &[u8]) -> Result<(), ValidateError> {
     }
 }
 
+/// Parses `text` as exactly one YAML document whose top level is a mapping.
+fn one_mapping(text: &str) -> Result<serde_yaml::Mapping, ValidateError> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for de in serde_yaml::Deserializer::from_str(text) {
+        docs.push(
+            serde_yaml::Value::deserialize(de).map_err(|e| ValidateError::Yaml(e.to_string()))?,
+        );
+    }
+    if docs.len() != 1 {
+        return Err(ValidateError::Documents(docs.len()));
+    }
+    match docs.pop() {
+        Some(serde_yaml::Value::Mapping(m)) => Ok(m),
+        Some(other) => Err(ValidateError::NotMapping(kind(&other))),
+        None => Err(ValidateError::Documents(0)),
+    }
+}
+
+fn kind(v: &serde_yaml::Value) -> &'static str {
+    use serde_yaml::Value;
+    match v {
+        Value::Null => "empty (null)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string (HTML or plain text?)",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
 /// Whether a target's live file exists and passes the built-in checks: the cheap test
 /// used where no cycle ran (start-up deferral, CLI errors).
 pub fn live_usable(t: &crate::config::Target) -> bool {
-    std::fs::read(&t.path)
+    crate::regular::read(&t.path, false, t.max_bytes)
         .map(|b| builtin(&t.validate, &b).is_ok())
         .unwrap_or(false)
 }
@@ -166,7 +200,33 @@ mod tests {
         assert!(builtin(&cfg(&["bucket_definitions", "streams"]), b"streams: {}").is_ok());
         assert!(matches!(
             builtin(&cfg(&["x"]), b"- 1"),
-            Err(ValidateError::NotMapping)
+            Err(ValidateError::NotMapping(_))
         ));
+    }
+
+    #[test]
+    fn one_mapping_document_even_without_required_keys() {
+        let none = cfg(&[]);
+        for (text, want) in [
+            ("<html><body>Sign in</body></html>\n", "a string"),
+            ("just words\n", "a string"),
+            ("- a\n- b\n", "a list"),
+            ("42\n", "a number"),
+            ("# only a comment\n", "empty"),
+            ("---\n", "empty"),
+        ] {
+            let e = builtin(&none, text.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+        let e = builtin(&none, b"a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(matches!(e, ValidateError::Documents(2)), "{e}");
+        assert!(builtin(&none, b"a: 1\n").is_ok());
+        assert!(builtin(&none, b"---\na: 1\n").is_ok());
+        // yaml: false and no keys: only non-empty UTF-8
+        let raw = Validate {
+            yaml: false,
+            ..Validate::default()
+        };
+        assert!(builtin(&raw, b"<html></html>").is_ok());
     }
 }

@@ -1,7 +1,6 @@
 //! The `file` source: a path on this host (another checkout, a mounted volume). Always read
 //! whole; the content hash does the "unchanged" work.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use super::{FetchError, Fetched};
@@ -30,18 +29,12 @@ impl FileSource {
 }
 
 fn read_capped_file(path: &std::path::Path, max: u64) -> Result<Fetched, FetchError> {
-    let f = std::fs::File::open(path).map_err(|e| {
-        let reason = if e.kind() == std::io::ErrorKind::NotFound {
-            "not_found"
-        } else {
-            "io"
-        };
-        FetchError::new(reason, format!("cannot open {}: {e}", path.display()))
+    // A symbolic link to the real file is fine for a source; a FIFO or device is not (it
+    // would block the cycle).
+    let body = crate::regular::read(path, true, max).map_err(|e| {
+        let reason = if e.is_not_found() { "not_found" } else { "io" };
+        FetchError::new(reason, format!("cannot read {}: {e}", path.display()))
     })?;
-    let mut body = Vec::new();
-    f.take(max + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| FetchError::new("io", format!("cannot read {}: {e}", path.display())))?;
     if body.len() as u64 > max {
         return Err(FetchError::new(
             "too_large",

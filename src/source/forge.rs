@@ -1,6 +1,7 @@
-//! HTTP-based sources: the Forgejo/Gitea, GitHub and GitLab raw-file APIs and plain `http`.
-//! All are conditional (ETag, else Last-Modified), capped at `max_bytes`, and only follow
-//! redirects that stay on the same origin, so a token is never sent to another host.
+//! HTTP-based sources: the Forgejo/Gitea, GitHub and GitLab file APIs and plain `http`.
+//! All are conditional (ETag, else Last-Modified), capped at `max_bytes`, only follow
+//! redirects that stay on the same origin (so a token is never sent to another host), and
+//! check the bytes against what the forge says they are (`integrity`) before returning them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
+use super::integrity;
 use super::{read_secret, FetchError, Fetched};
 use crate::config::{SourceKind, Target};
 
@@ -17,8 +19,12 @@ pub struct ForgeSource {
     url: url::Url,
     /// Forgejo/Gitea/GitHub: where to ask for the last commit touching the file.
     commits_url: Option<url::Url>,
+    /// Forgejo/Gitea: the contents API, which names the file's blob id when the raw
+    /// answer's ETag does not.
+    meta_url: Option<url::Url>,
     token_file: Option<PathBuf>,
     max_bytes: u64,
+    allow_close_delimited: bool,
 }
 
 /// The HTTP client for a source: system roots plus an optional private CA. Clients are
@@ -120,6 +126,7 @@ impl ForgeSource {
         let path = s.path.clone().unwrap_or_default();
         let git_ref = s.git_ref.clone();
         let path_segs: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        let mut meta_url = None;
         let (url, commits_url) = match s.kind {
             SourceKind::Forgejo | SourceKind::Gitea => {
                 let base = parse_base(s.base_url.as_deref().unwrap_or_default())?;
@@ -127,6 +134,13 @@ impl ForgeSource {
                 let mut u = base.clone();
                 push_segments(&mut u, &["api", "v1", "repos", owner, name, "raw"])?;
                 push_segments(&mut u, &path_segs)?;
+                let mut m = base.clone();
+                push_segments(&mut m, &["api", "v1", "repos", owner, name, "contents"])?;
+                push_segments(&mut m, &path_segs)?;
+                if let Some(r) = &git_ref {
+                    m.query_pairs_mut().append_pair("ref", r);
+                }
+                meta_url = Some(m);
                 let mut c = base;
                 push_segments(&mut c, &["api", "v1", "repos", owner, name, "commits"])?;
                 {
@@ -197,8 +211,10 @@ impl ForgeSource {
             client,
             url,
             commits_url,
+            meta_url,
             token_file: s.token_file.clone(),
             max_bytes: target.max_bytes,
+            allow_close_delimited: s.allow_close_delimited,
         })
     }
 
@@ -242,8 +258,9 @@ impl ForgeSource {
             .get(self.url.clone())
             .headers(self.auth_headers()?);
         if self.kind == SourceKind::Github {
+            // The object form, not raw: it carries the blob `sha` the bytes are checked with.
             req = req
-                .header("Accept", "application/vnd.github.raw+json")
+                .header("Accept", "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28");
         }
         if let Some(c) = cond {
@@ -275,7 +292,16 @@ impl ForgeSource {
             .or_else(|| header_str(resp.headers(), "last-modified").map(|l| format!("lm:{l}")));
         let mut revision = header_str(resp.headers(), "x-gitlab-last-commit-id")
             .or_else(|| header_str(resp.headers(), "x-gitlab-commit-id"));
-        let body = read_capped(resp, self.max_bytes, &self.url).await?;
+        let headers = resp.headers().clone();
+        let close_delimited = close_delimited(&resp);
+        let cap = if self.kind == SourceKind::Github {
+            // base64 plus the JSON around it
+            self.max_bytes / 3 * 4 + 64 * 1024
+        } else {
+            self.max_bytes
+        };
+        let raw = read_capped(resp, cap, &self.url).await?;
+        let body = self.checked(raw, &headers, close_delimited).await?;
         if revision.is_none() {
             revision = self.last_commit().await;
         }
@@ -284,6 +310,108 @@ impl ForgeSource {
             token,
             revision,
         })
+    }
+
+    /// The file's bytes once they match what the source says they are.
+    async fn checked(
+        &self,
+        raw: Vec<u8>,
+        headers: &HeaderMap,
+        close_delimited: bool,
+    ) -> Result<Vec<u8>, FetchError> {
+        match self.kind {
+            SourceKind::Github => github_content(&raw, self.max_bytes, &self.url),
+            SourceKind::Forgejo | SourceKind::Gitea => {
+                match header_str(headers, "etag").and_then(|e| integrity::etag_blob_id(&e)) {
+                    Some(id) => {
+                        integrity::check_blob_id(&raw, &id, "the ETag (the forge's blob id)")?
+                    }
+                    None => {
+                        let id = self.meta_blob_id().await?;
+                        integrity::check_blob_id(&raw, &id, "the contents API")?;
+                    }
+                }
+                Ok(raw)
+            }
+            SourceKind::Gitlab => {
+                if let Some(size) =
+                    header_str(headers, "x-gitlab-size").and_then(|v| v.parse().ok())
+                {
+                    integrity::check_len(raw.len() as u64, size, "X-Gitlab-Size")?;
+                }
+                if let Some(sha) = header_str(headers, "x-gitlab-content-sha256") {
+                    integrity::check_sha256(&raw, &sha, "X-Gitlab-Content-Sha256")?;
+                } else if let Some(id) =
+                    header_str(headers, "x-gitlab-blob-id").and_then(|v| integrity::object_id(&v))
+                {
+                    integrity::check_blob_id(&raw, &id, "X-Gitlab-Blob-Id")?;
+                } else {
+                    return Err(FetchError::new(
+                        "integrity",
+                        format!(
+                            "GET {} sent neither X-Gitlab-Content-Sha256 nor X-Gitlab-Blob-Id, so the bytes cannot be checked",
+                            self.url
+                        ),
+                    ));
+                }
+                Ok(raw)
+            }
+            _ => {
+                if close_delimited && !self.allow_close_delimited {
+                    return Err(FetchError::new(
+                        "integrity",
+                        format!(
+                            "GET {} ended its body by closing the connection (no Content-Length, not chunked), so a body cut short cannot be told from a whole one ({} bytes arrived); set source.allow_close_delimited: true to accept such bodies",
+                            self.url,
+                            raw.len()
+                        ),
+                    ));
+                }
+                for name in ["content-digest", "repr-digest", "digest"] {
+                    if let Some(sha) =
+                        header_str(headers, name).and_then(|v| integrity::digest_sha256(&v))
+                    {
+                        integrity::check_sha256(&raw, &sha, name)?;
+                    }
+                }
+                Ok(raw)
+            }
+        }
+    }
+
+    /// Forgejo/Gitea: the file's blob id from the contents API (when the raw answer's ETag
+    /// is not one, e.g. behind a proxy that rewrites ETags).
+    async fn meta_blob_id(&self) -> Result<String, FetchError> {
+        let u = self
+            .meta_url
+            .as_ref()
+            .ok_or_else(|| FetchError::new("integrity", "no blob id to check the bytes against"))?;
+        let resp = self
+            .client
+            .get(u.clone())
+            .headers(self.auth_headers()?)
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        if !resp.status().is_success() {
+            return Err(FetchError::new(
+                "integrity",
+                format!(
+                    "the raw answer's ETag is not a blob id and GET {u} answered {}, so the bytes cannot be checked",
+                    resp.status()
+                ),
+            ));
+        }
+        let meta = read_capped(resp, self.max_bytes / 3 * 4 + 64 * 1024, u).await?;
+        serde_json::from_slice::<serde_json::Value>(&meta)
+            .ok()
+            .and_then(|v| v.get("sha")?.as_str().and_then(integrity::object_id))
+            .ok_or_else(|| {
+                FetchError::new(
+                    "integrity",
+                    format!("GET {u} did not name the file's blob id (`sha`)"),
+                )
+            })
     }
 
     /// The commit that last touched the file, when the forge can tell. Best effort: a
@@ -311,6 +439,79 @@ impl ForgeSource {
             None
         }
     }
+}
+
+/// An HTTP/1 body without Content-Length and not chunked ends when the server closes the
+/// connection: one cut short looks exactly like a whole one.
+fn close_delimited(resp: &reqwest::Response) -> bool {
+    let http1 = matches!(
+        resp.version(),
+        reqwest::Version::HTTP_09 | reqwest::Version::HTTP_10 | reqwest::Version::HTTP_11
+    );
+    let chunked = resp
+        .headers()
+        .get_all(reqwest::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .map(|s| s.to_ascii_lowercase().contains("chunked"))
+                .unwrap_or(false)
+        });
+    http1 && resp.content_length().is_none() && !chunked
+}
+
+/// GitHub's contents API object for a file: the base64 content, checked against the blob
+/// `sha` and `size` it names.
+fn github_content(raw: &[u8], max: u64, url: &url::Url) -> Result<Vec<u8>, FetchError> {
+    use base64::Engine;
+    let protocol = |m: String| FetchError::new("protocol", m);
+    let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
+        FetchError::new(
+            "integrity",
+            format!(
+                "GET {url}: the contents object is not whole JSON ({e}; {} bytes arrived)",
+                raw.len()
+            ),
+        )
+    })?;
+    if v.get("type").and_then(|t| t.as_str()) != Some("file") {
+        return Err(protocol(format!("GET {url}: not a file")));
+    }
+    let size = v.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+    if size > max {
+        return Err(FetchError::new(
+            "too_large",
+            format!("{url} is {size} bytes, over max_bytes ({max})"),
+        ));
+    }
+    if v.get("encoding").and_then(|e| e.as_str()) != Some("base64") {
+        return Err(protocol(format!(
+            "GET {url}: the file's content is not inlined as base64"
+        )));
+    }
+    let b64: String = v
+        .get("content")
+        .and_then(|c| c.as_str())
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let body = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map_err(|e| {
+            FetchError::new(
+                "integrity",
+                format!("GET {url}: content is not base64: {e}"),
+            )
+        })?;
+    integrity::check_len(body.len() as u64, size, "the contents API's size")?;
+    let sha = v
+        .get("sha")
+        .and_then(|s| s.as_str())
+        .and_then(integrity::object_id)
+        .ok_or_else(|| protocol(format!("GET {url}: no blob sha in the contents object")))?;
+    integrity::check_blob_id(&body, &sha, "the contents API's sha")?;
+    Ok(body)
 }
 
 fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
@@ -345,7 +546,8 @@ pub async fn read_capped(
     max: u64,
     url: &url::Url,
 ) -> Result<Vec<u8>, FetchError> {
-    if let Some(len) = resp.content_length() {
+    let declared = resp.content_length();
+    if let Some(len) = declared {
         if len > max {
             return Err(FetchError::new(
                 "too_large",
@@ -354,7 +556,25 @@ pub async fn read_capped(
         }
     }
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| classify(&e))? {
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
+                // A body shorter than its Content-Length: say how short.
+                return Err(match declared {
+                    Some(len) if !e.is_timeout() => FetchError::new(
+                        "integrity",
+                        format!(
+                            "GET {url}: got {} of {len} bytes: the body was cut short ({})",
+                            out.len(),
+                            classify(&e).message
+                        ),
+                    ),
+                    _ => classify(&e),
+                });
+            }
+        };
         if (out.len() + chunk.len()) as u64 > max {
             return Err(FetchError::new(
                 "too_large",
@@ -362,6 +582,9 @@ pub async fn read_capped(
             ));
         }
         out.extend_from_slice(&chunk);
+    }
+    if let Some(len) = declared {
+        integrity::check_len(out.len() as u64, len, "Content-Length")?;
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@
 mod file;
 mod forge;
 mod git;
+pub mod integrity;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

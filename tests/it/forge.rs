@@ -1,9 +1,13 @@
-//! A small fake forge speaking the documented raw-file APIs of Forgejo/Gitea
-//! (`/api/v1/repos/O/R/raw/PATH?ref=`, `Authorization: token T`, commits API), GitHub
-//! (`/repos/O/R/contents/PATH`, `Accept: application/vnd.github.raw+json`, Bearer), GitLab
-//! (`/api/v4/projects/ID/repository/files/PATH/raw?ref=`, `PRIVATE-TOKEN`) and plain HTTP
+//! A small fake forge speaking the documented file APIs of Forgejo/Gitea
+//! (`/api/v1/repos/O/R/raw/PATH?ref=` with the git blob id as ETag, `/contents/PATH` with the
+//! blob `sha`, `Authorization: token T`, commits API), GitHub (`/repos/O/R/contents/PATH`,
+//! `Accept: application/vnd.github+json`: the file object with base64 `content`, `sha`,
+//! `size`; Bearer), GitLab (`/api/v4/projects/ID/repository/files/PATH/raw?ref=`,
+//! `PRIVATE-TOKEN`, `X-Gitlab-Content-Sha256`/`-Blob-Id`/`-Size`) and plain HTTP
 //! (`/plain/...`), with ETag/304; and PowerSync's admin API (`/api/admin/v1/validate`,
 //! `/api/admin/v1/diagnostics`, Bearer token). Every request is logged for assertions.
+//! `tamper` makes it serve bytes other than the ones its digests describe, as a broken
+//! proxy or a cut connection would.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -47,6 +51,43 @@ pub struct State {
     pub ps_live: Option<std::path::PathBuf>,
     /// PowerSync: (marker, message): active rules containing `marker` report a fatal error.
     pub ps_diag_bad: Option<(String, String)>,
+    /// Serve other bytes than the digests describe.
+    pub tamper: Option<Tamper>,
+}
+
+/// How the fake forge damages the body while describing the real content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    /// Same length, one byte changed (still valid YAML).
+    Alter,
+    /// Cut at the last line boundary before the end (still valid YAML), with a matching
+    /// Content-Length.
+    Truncate,
+    /// Forgejo: a weak ETag (a proxy's), so the blob id must come from the contents API.
+    WeakEtag,
+}
+
+impl Tamper {
+    fn apply(self, b: &[u8]) -> Vec<u8> {
+        match self {
+            Tamper::Alter => {
+                let mut v = b.to_vec();
+                if let Some(i) = v.iter().rposition(|c| c.is_ascii_lowercase()) {
+                    v[i] = if v[i] == b'x' { b'y' } else { b'x' };
+                }
+                v
+            }
+            Tamper::Truncate => {
+                let end = b[..b.len().saturating_sub(1)]
+                    .iter()
+                    .rposition(|c| *c == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                b[..end].to_vec()
+            }
+            Tamper::WeakEtag => b.to_vec(),
+        }
+    }
 }
 
 pub struct FakeForge {
@@ -54,9 +95,17 @@ pub struct FakeForge {
     pub state: Arc<Mutex<State>>,
 }
 
+/// The git blob id (`git hash-object`) of some bytes.
+pub fn blob_id(b: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", b.len()).as_bytes());
+    h.update(b);
+    hex::encode(h.finalize())
+}
+
 fn etag_of(b: &[u8]) -> String {
-    use sha2::Digest;
-    format!("\"{}\"", &hex::encode(sha2::Sha256::digest(b))[..16])
+    format!("\"{}\"", blob_id(b))
 }
 
 impl FakeForge {
@@ -70,6 +119,7 @@ impl FakeForge {
             ps_validate: Vec::new(),
             ps_live: None,
             ps_diag_bad: None,
+            tamper: None,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forge");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -122,6 +172,10 @@ impl FakeForge {
 
     pub fn fail_with(&self, status: Option<u16>) {
         self.state.lock().unwrap().fail_with = status;
+    }
+
+    pub fn tamper(&self, t: Option<Tamper>) {
+        self.state.lock().unwrap().tamper = t;
     }
 
     pub fn log(&self) -> Vec<Req> {
@@ -226,10 +280,9 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
         );
     }
     let well_formed = match kind {
-        "forgejo" => p.contains("/raw/"),
+        "forgejo" => p.contains("/raw/") || p.contains("/contents/"),
         "github" => {
-            p.contains("/contents/")
-                && r.header("accept") == Some("application/vnd.github.raw+json")
+            p.contains("/contents/") && r.header("accept") == Some("application/vnd.github+json")
         }
         "gitlab" => {
             p.contains("/repository/files/") && p.ends_with("/raw") && r.query.contains("ref=")
@@ -243,14 +296,75 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
         return resp(404, b"not found".to_vec(), &[]);
     };
     let etag = etag_of(content);
+    let served = match s.tamper {
+        Some(t) => t.apply(content),
+        None => content.clone(),
+    };
+    if kind == "forgejo" && p.contains("/contents/") {
+        let meta =
+            serde_json::json!({"type": "file", "sha": blob_id(content), "size": content.len()});
+        return resp(200, meta.to_string().into_bytes(), &[]);
+    }
+    let etag = if s.tamper == Some(Tamper::WeakEtag) {
+        format!("W/{etag}")
+    } else {
+        etag
+    };
     if r.header("if-none-match") == Some(etag.as_str()) {
         return resp(304, Vec::new(), &[("etag", etag)]);
     }
     let mut h = vec![("etag", etag)];
     if kind == "gitlab" {
+        use sha2::Digest;
         h.push(("x-gitlab-last-commit-id", s.commit.clone()));
+        h.push(("x-gitlab-blob-id", blob_id(content)));
+        h.push((
+            "x-gitlab-content-sha256",
+            hex::encode(sha2::Sha256::digest(content)),
+        ));
+        h.push(("x-gitlab-size", content.len().to_string()));
     }
-    resp(200, content.clone(), &h)
+    if kind == "github" {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&served);
+        // GitHub wraps the base64 at 60 characters.
+        let wrapped: Vec<String> = b64
+            .as_bytes()
+            .chunks(60)
+            .map(|c| String::from_utf8_lossy(c).into_owned() + "\n")
+            .collect();
+        let obj = serde_json::json!({
+            "type": "file", "encoding": "base64", "size": content.len(),
+            "name": "sync-rules.yaml", "sha": blob_id(content), "content": wrapped.concat(),
+        });
+        h.push(("content-type", "application/json".into()));
+        return resp(200, obj.to_string().into_bytes(), &h);
+    }
+    resp(200, served, &h)
+}
+
+/// A server that answers every connection with `raw` (status line, headers and body as
+/// given, framing and all) and closes: for bodies no well-behaved server would send.
+pub fn raw_http_server(raw: Vec<u8>) -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind raw server");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let mut req = Vec::new();
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = c.write_all(&raw);
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    port
 }
 
 fn errors_json(e: &[(String, String)]) -> serde_json::Value {

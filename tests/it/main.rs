@@ -13,4 +13,5 @@ mod daemon;
 mod forge;
 mod sources;
 mod systemd;
+mod untrusted;
 mod webhook;

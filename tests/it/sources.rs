@@ -180,7 +180,7 @@ fn github_source_conditional_with_commit_revision() {
         r.header("authorization"),
         Some(format!("Bearer {TOKEN}").as_str())
     );
-    assert_eq!(r.header("accept"), Some("application/vnd.github.raw+json"));
+    assert_eq!(r.header("accept"), Some("application/vnd.github+json"));
     assert_eq!(env.state_json()["applied"]["revision"], forge.commit());
     forge.clear_log();
     assert!(env.once().stdout.contains("unchanged"));

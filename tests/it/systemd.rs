@@ -132,6 +132,13 @@ impl World {
         assert_eq!(o.code, 0, "start {unit}: {}", o.all());
     }
 
+    /// SIGKILLs the unit's main process, as a crash would.
+    fn kill_main(&self, unit: &str) {
+        let pid = self.lab.prop(unit, "MainPID");
+        let o = self.lab.sh(&format!("kill -KILL {pid}"));
+        assert_eq!(o.code, 0, "kill {unit} ({pid}): {}", o.all());
+    }
+
     fn active(&self, unit: &str) -> String {
         self.lab.prop(unit, "ActiveState")
     }
@@ -583,9 +590,7 @@ fn interrupted_apply_found_at_start_up_brings_the_unit_back() {
     });
     // rulekeeper dies inside the verify window, and the service dies too before it is back.
     for unit in ["rulekeeper.service", UNIT] {
-        let pid = w.lab.prop(unit, "MainPID");
-        let o = w.lab.sh(&format!("kill -KILL {pid}"));
-        assert_eq!(o.code, 0, "{}", o.all());
+        w.kill_main(unit);
     }
     wait_until(20, "the managed unit is failed", || {
         w.active(UNIT) == "failed"
@@ -621,8 +626,7 @@ fn manual_rollback_brings_back_a_crashed_unit_but_not_a_stopped_one() {
         )
     };
     // The service died (Restart=no leaves it failed); the operator rolls back.
-    let o = w.lab.systemctl(&["kill", "-s", "KILL", UNIT]);
-    assert_eq!(o.code, 0, "{}", o.all());
+    w.kill_main(UNIT);
     wait_until(20, "the managed unit is failed", || {
         w.active(UNIT) == "failed"
     });
