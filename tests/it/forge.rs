@@ -90,6 +90,24 @@ impl Tamper {
     }
 }
 
+/// A test world on a fresh fake forge: `kind_yaml` is the target's `source:` with `BASE`
+/// (the forge's URL) and `TOKENFILE` (a file holding `token`) filled in. `managed`: restart
+/// the fake service by command and probe it, else `restart`/`verify` are `none`.
+pub fn forge_env(kind_yaml: &str, token: &str, managed: bool) -> (crate::util::Env, FakeForge) {
+    let env = crate::util::Env::new();
+    let forge = FakeForge::start(token);
+    let tf = env.write_token(token);
+    let source = kind_yaml
+        .replace("BASE", &forge.base_url())
+        .replace("TOKENFILE", tf.to_str().expect("utf-8 path"));
+    if managed {
+        env.write_config(&source, &env.restart_command(), &env.verify_http(), "");
+    } else {
+        env.write_config(&source, "{ none: true }", "{ none: true }", "");
+    }
+    (env, forge)
+}
+
 pub struct FakeForge {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,

@@ -147,18 +147,7 @@ fn git_source_over_git_daemon() {
 }
 
 fn forge_env(kind_yaml: &str) -> (Env, FakeForge) {
-    let env = Env::new();
-    let forge = FakeForge::start(TOKEN);
-    let tf = env.write_token(TOKEN);
-    env.write_config(
-        &kind_yaml
-            .replace("BASE", &forge.base_url())
-            .replace("TOKENFILE", tf.to_str().unwrap()),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
-    (env, forge)
+    crate::forge::forge_env(kind_yaml, TOKEN, false)
 }
 
 #[test]

@@ -11,21 +11,9 @@ use crate::util::{metric, rules, wait_until, Env, Out};
 
 const TOKEN: &str = "untrusted-test-token";
 
-/// A target on the fake forge (`kind_yaml` with BASE and TOKENFILE), the fake service
-/// restarted by command and probed over HTTP.
+/// A target on the fake forge, the fake service restarted by command and probed over HTTP.
 fn forge_env(kind_yaml: &str) -> (Env, FakeForge) {
-    let env = Env::new();
-    let forge = FakeForge::start(TOKEN);
-    let tf = env.write_token(TOKEN);
-    env.write_config(
-        &kind_yaml
-            .replace("BASE", &forge.base_url())
-            .replace("TOKENFILE", tf.to_str().unwrap()),
-        &env.restart_command(),
-        &env.verify_http(),
-        "",
-    );
-    (env, forge)
+    crate::forge::forge_env(kind_yaml, TOKEN, true)
 }
 
 /// Runs `rulekeeper ARGS`, failing the test if it does not finish within `secs` (the
