@@ -185,7 +185,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Check { c } => match load(&c) {
             Ok(cfg) => {
-                let problems = file_problems(&cfg);
+                for w in crate::preflight::warnings(&cfg) {
+                    eprintln!("rulekeeper: warning: {w}");
+                }
+                let problems = crate::preflight::file_problems(&cfg);
                 for p in &problems {
                     eprintln!("rulekeeper: {p}");
                 }
@@ -295,8 +298,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            crate::status::print(&cfg, json)?;
-            exit::OK
+            if crate::status::print(&cfg, json)? {
+                exit::OK
+            } else {
+                exit::FAILED
+            }
         }
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -313,35 +319,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
     };
     Ok(code)
-}
-
-/// What is at the configured paths now, for `check`: a live file (or `.prev`) that exists
-/// must be a regular file and not a symbolic link; a `file` source must be a regular file.
-/// Cycles refuse the same things at run time, for that target only.
-fn file_problems(cfg: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in cfg.targets.values() {
-        let prev = crate::install::prev_path(&t.path);
-        let mut paths = vec![("path", t.path.clone(), false), ("path", prev, false)];
-        if t.source.kind == config::SourceKind::File {
-            if let Some(p) = &t.source.path {
-                paths.push(("source.path", PathBuf::from(p), true));
-            }
-        }
-        for (key, path, follow) in paths {
-            match crate::regular::check(&path, follow) {
-                Err(e) if !e.is_not_found() => out.push(format!(
-                    "{}: target `{}`: key `targets.{}.{key}`: {} {e}",
-                    cfg.file.display(),
-                    t.name,
-                    t.name,
-                    path.display()
-                )),
-                _ => {}
-            }
-        }
-    }
-    out
 }
 
 /// Combines exit codes: the most serious wins (4 > 3 > 1 > 0; 2 is usage).

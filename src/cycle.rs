@@ -200,7 +200,10 @@ impl Report {
         match self.outcome {
             Outcome::RollbackFailed => 4,
             _ if !self.usable => 3,
-            Outcome::Rejected | Outcome::RolledBack | Outcome::Quarantined => 1,
+            Outcome::Rejected
+            | Outcome::RolledBack
+            | Outcome::Quarantined
+            | Outcome::StateError => 1,
             _ => 0,
         }
     }
@@ -265,9 +268,26 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     let _lock = tokio::task::spawn_blocking(move || store.lock())
         .await
         .map_err(|e| CycleError::Refused(format!("lock task failed: {e}")))??;
-    let mut st = ctx.store.load()?;
-    let loaded = st.clone();
     let mut rep = Report::new(&ctx.target.name);
+    let mut st = match ctx.store.load() {
+        Ok(st) => st,
+        Err(e) => {
+            // The file holds the quarantine and any pending apply: never reset it silently,
+            // and touch nothing of this target until an operator has looked.
+            let live = install::read(&ctx.target.path).ok().flatten();
+            rep.outcome = Outcome::StateError;
+            rep.reason = Some(format!(
+                "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
+            ));
+            rep.live_sha256 = live.as_deref().map(sha256_hex);
+            rep.usable = live
+                .as_deref()
+                .is_some_and(|b| validate::builtin(&ctx.target.validate, b).is_ok());
+            rep.phases.push((Phase::Total, started.elapsed()));
+            return Ok(rep);
+        }
+    };
+    let loaded = st.clone();
     let res = Runner {
         ctx,
         st: &mut st,

@@ -1,6 +1,13 @@
 //! Running external programs (validators, restart and verify commands, git, systemctl):
 //! argv only (never a shell), no stdin, output captured and bounded, a hard time limit, and
 //! the child killed if it overruns or if the caller goes away.
+//!
+//! A run ends when the program exits, not when every copy of its stdout/stderr is closed: a
+//! restart command that starts a service in the background (`server &`) hands that service
+//! its pipes. After the exit, output already written is collected for a short grace period;
+//! the pipes are then drained (and discarded) in the background until the last holder closes
+//! them, so a backgrounded service never blocks or dies on a full or closed pipe. The process
+//! group is killed only on a timeout, never after a clean exit.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -103,32 +110,26 @@ pub async fn run_keep(
         source,
     })?;
     let pid = child.id();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let work = async {
-        let (o, e, status) = tokio::join!(
-            async {
-                match stdout_max {
-                    Some(max) => read_head(out.as_mut(), max).await,
-                    None => read_tail(out.as_mut()).await,
-                }
-            },
-            read_tail(err.as_mut()),
-            child.wait()
-        );
-        (o, e, status)
-    };
-    match tokio::time::timeout(timeout, work).await {
-        Ok((stdout, stderr, status)) => {
+    let stdout = Capture::spawn(child.stdout.take(), stdout_max);
+    let stderr = Capture::spawn(child.stderr.take(), None);
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => {
             let status = status.map_err(|source| ExecError::Spawn {
                 program: program.clone(),
                 source,
             })?;
+            // What the program wrote before it exited is in the pipes now; anything still
+            // holding them (a backgrounded child) is not waited for.
+            let _ = tokio::time::timeout(AFTER_EXIT, async {
+                stdout.closed().await;
+                stderr.closed().await;
+            })
+            .await;
             Ok(Output {
                 success: status.success(),
                 code: status.code(),
-                stdout,
-                stderr,
+                stdout: stdout.take(),
+                stderr: stderr.take(),
             })
         }
         Err(_) => {
@@ -143,38 +144,74 @@ pub async fn run_keep(
     }
 }
 
-async fn read_tail<R: tokio::io::AsyncRead + Unpin>(r: Option<&mut R>) -> Vec<u8> {
-    let Some(r) = r else { return Vec::new() };
-    let mut keep = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                keep.extend_from_slice(&buf[..n]);
-                if keep.len() > 2 * KEEP {
-                    keep.drain(..keep.len() - KEEP);
+/// How long output is still collected after the program exited.
+const AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// One output stream, read by a task of its own until EOF: bounded in memory, and still
+/// drained after the run has returned.
+struct Capture {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Capture {
+    /// `head`: keep the first `head` bytes (data); None: keep the last [`KEEP`] (logs).
+    fn spawn<R>(stream: Option<R>, head: Option<usize>) -> Capture
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, done) = tokio::sync::watch::channel(false);
+        if let Some(mut r) = stream {
+            let buf = buf.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match r.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut b = match buf.lock() {
+                                Ok(b) => b,
+                                Err(p) => p.into_inner(),
+                            };
+                            keep(&mut b, &chunk[..n], head);
+                        }
+                    }
                 }
+                let _ = tx.send(true);
+            });
+        } else {
+            let _ = tx.send(true);
+        }
+        Capture { buf, done }
+    }
+
+    async fn closed(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    fn take(&self) -> Vec<u8> {
+        let b = match self.buf.lock() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        b.clone()
+    }
+}
+
+/// Appends `data`, keeping the first `head` bytes, or the last [`KEEP`] when `head` is None.
+fn keep(buf: &mut Vec<u8>, data: &[u8], head: Option<usize>) {
+    match head {
+        Some(max) => {
+            let room = max.saturating_sub(buf.len());
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+        None => {
+            buf.extend_from_slice(data);
+            if buf.len() > 2 * KEEP {
+                buf.drain(..buf.len() - KEEP);
             }
         }
     }
-    if keep.len() > KEEP {
-        keep.drain(..keep.len() - KEEP);
-    }
-    keep
-}
-
-async fn read_head<R: tokio::io::AsyncRead + Unpin>(r: Option<&mut R>, max: usize) -> Vec<u8> {
-    let Some(r) = r else { return Vec::new() };
-    let mut keep = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            // Keep draining past `max` so the child is not blocked on a full pipe.
-            Ok(n) if keep.len() < max => keep.extend_from_slice(&buf[..n.min(max - keep.len())]),
-            Ok(_) => {}
-        }
-    }
-    keep
 }

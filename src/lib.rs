@@ -11,6 +11,8 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod powersync;
+pub mod preflight;
+pub mod redact;
 pub mod regular;
 pub mod restart;
 pub mod server;

@@ -42,6 +42,8 @@ pub const WEBHOOK_RESULTS: &[&str] = &[
     "not_configured",
     "too_large",
     "bad_request",
+    "busy",
+    "timeout",
 ];
 
 pub struct Metrics {
@@ -319,7 +321,10 @@ impl Metrics {
                 .with_label_values(&[t, phase.as_str()])
                 .observe(d.as_secs_f64());
         }
-        self.set_gauges(t, &rep.state, rep.live_sha256.as_deref());
+        // Without a readable state the gauges keep what they last knew.
+        if rep.outcome != Outcome::StateError {
+            self.set_gauges(t, &rep.state, rep.live_sha256.as_deref());
+        }
     }
 
     pub fn webhook(&self, target: &str, result: &str) {

@@ -35,6 +35,7 @@ pub fn join(ps: &[&Problem]) -> String {
 async fn post(api: &PowerSyncApi, endpoint: &str, body: Value) -> Result<Value, ApiError> {
     let token = read_secret(&api.token_file).map_err(|e| ApiError::Protocol(e.message))?;
     let url = format!("{}{endpoint}", api.url.trim_end_matches('/'));
+    let shown = crate::redact::url(&url);
     let client = reqwest::Client::builder()
         .timeout(api.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -46,20 +47,20 @@ async fn post(api: &PowerSyncApi, endpoint: &str, body: Value) -> Result<Value, 
         .json(&body)
         .send()
         .await
-        .map_err(|e| ApiError::Unreachable(format!("POST {url}: {e}")))?;
+        .map_err(|e| ApiError::Unreachable(format!("POST {shown}: {}", e.without_url())))?;
     let status = resp.status();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| ApiError::Unreachable(format!("POST {url}: {e}")))?;
+        .map_err(|e| ApiError::Unreachable(format!("POST {shown}: {}", e.without_url())))?;
     if !status.is_success() {
         let snippet: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
         return Err(ApiError::Protocol(format!(
-            "POST {url} answered {status}: {snippet}"
+            "POST {shown} answered {status}: {snippet}"
         )));
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::Protocol(format!("POST {url}: answer is not JSON: {e}")))
+        .map_err(|e| ApiError::Protocol(format!("POST {shown}: answer is not JSON: {e}")))
 }
 
 fn problems(errors: Option<&Value>) -> Vec<Problem> {

@@ -27,6 +27,8 @@ pub struct TargetStatus {
     pub pending: bool,
     /// A cycle or CLI command holds the target's lock right now.
     pub busy: bool,
+    /// The state file cannot be read or parsed (the target is left alone until fixed).
+    pub state_error: Option<String>,
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -34,10 +36,10 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
         .values()
         .map(|t| {
             let store = Store::new(&cfg.state_dir, &t.name);
-            let st = store.load().unwrap_or_else(|e| {
-                tracing::warn!(target_name = %t.name, error = %e, "cannot read state");
-                Default::default()
-            });
+            let (st, state_error) = match store.load() {
+                Ok(st) => (st, None),
+                Err(e) => (Default::default(), Some(e.to_string())),
+            };
             let live = crate::install::read(&t.path)
                 .ok()
                 .flatten()
@@ -51,7 +53,11 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 upstream_revision: st.upstream_revision.clone(),
                 applied_at: st.applied.as_ref().map(|a| a.at),
                 last_success: st.last_success,
-                last_outcome: st.last_outcome.clone(),
+                last_outcome: if state_error.is_some() {
+                    Some("state_error".to_string())
+                } else {
+                    st.last_outcome.clone()
+                },
                 last_outcome_at: st.last_outcome_at,
                 last_error: st.last_error.clone(),
                 last_note: st.last_note.clone(),
@@ -59,6 +65,7 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
                 held: st.hold,
                 pending: st.pending.is_some(),
                 busy: store.is_locked(),
+                state_error,
             }
         })
         .collect()
@@ -83,11 +90,13 @@ fn short(s: &Option<String>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn print(cfg: &Config, json: bool) -> anyhow::Result<()> {
+/// Prints the status; returns whether every target's state could be read.
+pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
     let all = collect(cfg);
+    let readable = all.iter().all(|s| s.state_error.is_none());
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(());
+        return Ok(readable);
     }
     println!(
         "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
@@ -118,6 +127,12 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     for s in &all {
+        if let Some(e) = &s.state_error {
+            println!(
+                "{}: STATE ERROR: {e}; this target is left alone until the file is fixed or moved aside (docs/operations.md, \"A broken state file\")",
+                s.target
+            );
+        }
         if let Some(e) = &s.last_error {
             println!("{}: last error: {e}", s.target);
         }
@@ -137,5 +152,5 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<()> {
     {
         println!("* the live file differs from what rulekeeper applied (drift; the next cycle converges it)");
     }
-    Ok(())
+    Ok(readable)
 }

@@ -69,8 +69,28 @@ fn backoff(interval: Duration, failures: u32) -> Duration {
     jittered(d.min(interval))
 }
 
+/// Raises the soft open-files limit to the hard one (at most 65,536): the HTTP side may hold
+/// up to `server::MAX_CONNECTIONS` sockets, and systemd's default soft limit is 1,024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            let want = lim.rlim_max.min(65_536);
+            if lim.rlim_cur < want {
+                lim.rlim_cur = want;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}
+
 /// Entry point of `rulekeeper run`.
 pub fn run(cfg: Config) -> anyhow::Result<i32> {
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)
@@ -88,9 +108,12 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
         store
             .ensure_dir()
             .with_context(|| format!("target `{}`: state directory", t.name))?;
-        let st = store
-            .load()
-            .with_context(|| format!("target `{}`", t.name))?;
+        // A broken state file costs its own target, not the daemon: its cycles report
+        // `state_error` until an operator fixes it.
+        let st = store.load().unwrap_or_else(|e| {
+            tracing::error!(target_name = %t.name, error = %e, "cannot read the target's state; its cycles report state_error");
+            Default::default()
+        });
         let live = install::read(&t.path)
             .ok()
             .flatten()
@@ -113,6 +136,9 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
+    for w in crate::preflight::warnings(&cfg) {
+        tracing::warn!("{w}");
+    }
 
     let secrets = Arc::new(Secrets::new(&cfg));
     let shared = Arc::new(Shared::new(cfg, metrics));

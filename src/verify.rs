@@ -156,21 +156,32 @@ where
 }
 
 async fn probe_http(url: String, interval: Duration) -> Result<(), String> {
-    let client = reqwest::Client::builder()
+    // One client for every probe: building one parses the root store each time.
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    let client = CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(1)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| e.clone())?;
+    let shown = crate::redact::url(&url);
+    let answer = client
+        .get(&url)
         .timeout(interval.max(Duration::from_secs(1)))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
-    match client.get(&url).send().await {
+        .send()
+        .await;
+    match answer {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("{url} answered {}", r.status())),
+        Ok(r) => Err(format!("{shown} answered {}", r.status())),
+        Err(e) if e.is_connect() => Err(format!("{shown}: connection refused")),
         Err(e) => Err(format!(
-            "{url}: {}",
-            if e.is_connect() {
-                "connection refused".to_string()
-            } else {
-                e.to_string()
-            }
+            "{shown}: {}",
+            crate::redact::in_text(&e.without_url().to_string(), &url)
         )),
     }
 }

@@ -1,6 +1,11 @@
 //! The HTTP side of the daemon (hyper 1, HTTP/1.1): `GET /metrics`, `GET /healthz`,
 //! `GET /status` and `POST /hooks/<target>`. It reads shared state and asks the
 //! supervisor for cycles; it never runs a cycle itself.
+//!
+//! The port must be reachable from the forge, so anyone may connect: connections are capped
+//! ([`MAX_CONNECTIONS`]; over the cap a new connection is closed at once), headers must arrive
+//! within [`HEADER_TIMEOUT`], and every connection ends within [`CONNECTION_TIMEOUT`]. What a
+//! webhook may cost in memory is bounded in `webhook`.
 
 pub mod webhook;
 
@@ -31,6 +36,13 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
     respond(status, "application/json", body)
 }
 
+/// At most this many connections at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// A client must send its request head within this.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// No connection lives longer than this.
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves connections from `listener` until the shutdown signal.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -38,6 +50,12 @@ pub async fn serve(
     secrets: Arc<Secrets>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let guard = Arc::new(webhook::Guard::new());
+    tokio::spawn(webhook::report_auth_failures(
+        guard.clone(),
+        shutdown.clone(),
+    ));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -51,23 +69,35 @@ pub async fn serve(
                 continue;
             }
         };
-        let (shared, secrets) = (shared.clone(), secrets.clone());
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: closing now costs nothing; queueing would hold a socket each.
+            drop(tcp);
+            continue;
+        };
+        let (shared, secrets, guard) = (shared.clone(), secrets.clone(), guard.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let (shared, secrets) = (shared.clone(), secrets.clone());
-                async move { Ok::<_, Infallible>(route(&shared, &secrets, req).await) }
+                let (shared, secrets, guard) = (shared.clone(), secrets.clone(), guard.clone());
+                async move { Ok::<_, Infallible>(route(&shared, &secrets, &guard, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(64 * 1024)
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
             // A slow or stuck client must not hold a task forever.
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(slot);
         });
     }
 }
 
-async fn route(shared: &Shared, secrets: &Secrets, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    shared: &Shared,
+    secrets: &Secrets,
+    guard: &webhook::Guard,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => respond(
@@ -105,7 +135,7 @@ async fn route(shared: &Shared, secrets: &Secrets, req: Request<Incoming>) -> Re
             }
             let name = p.trim_start_matches("/hooks/").to_string();
             let (parts, body) = req.into_parts();
-            webhook::handle(shared, secrets, &name, &parts.headers, body).await
+            webhook::handle(shared, secrets, guard, &name, &parts.headers, body).await
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }

@@ -4,6 +4,14 @@
 //! sha256=<hex>`, or GitLab `X-Gitlab-Token`. Every comparison is constant-time, every auth
 //! failure gets the same 401 body, and no secret or signature is ever logged. A hook only
 //! asks for an earlier cycle; polling stays the source of truth.
+//!
+//! Anyone can reach this endpoint, so nobody unauthenticated may make it hold memory: a
+//! bearer or GitLab token is checked before a byte of the body is read; a signed body (the
+//! HMAC schemes need it whole) is admitted only within a global budget of bytes in flight
+//! ([`BODY_BUDGET`]; over it, 503), and must arrive within [`BODY_TIMEOUT`]. Every early
+//! answer (401, 413, 503) is sent first, then the rest of the body is read and discarded (up
+//! to [`DRAIN_MAX`] bytes or [`DRAIN_TIME`]) so the client sees the answer, not a reset.
+//! Wrong credentials are counted per target and logged as one summary line per minute.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +33,81 @@ use crate::source::{read_secret, Secret};
 
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
+/// Bytes of signed bodies being read at once, over all connections.
+pub const BODY_BUDGET: usize = 16 * MAX_BODY;
+/// A body must arrive within this.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// After an early answer, at most this much of the body is read and thrown away...
+pub const DRAIN_MAX: usize = 2 * MAX_BODY;
+/// ...for at most this long.
+pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// Wrong-credential summaries are logged at most this often.
+pub const AUTH_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Per-server limits and counters of the webhook.
+pub struct Guard {
+    budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Wrong-credential requests per target since the last summary line.
+    auth_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Guard {
+    pub fn new() -> Guard {
+        Guard {
+            budget: std::sync::Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
+            auth_failures: Mutex::new(Default::default()),
+        }
+    }
+
+    fn auth_failed(&self, target: &str) {
+        let mut m = match self.auth_failures.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        *m.entry(target.to_string()).or_default() += 1;
+    }
+
+    fn take_auth_failures(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut m = match self.auth_failures.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::take(&mut *m)
+    }
+}
+
+/// Logs one line per target per [`AUTH_LOG_EVERY`] for requests with wrong credentials,
+/// instead of one per request (a flood would otherwise flood the journal).
+pub async fn report_auth_failures(
+    guard: std::sync::Arc<Guard>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(AUTH_LOG_EVERY);
+    tick.tick().await;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        for (target, n) in guard.take_auth_failures() {
+            tracing::warn!(
+                target_name = %target,
+                count = n,
+                "{n} webhook request(s) with wrong credentials in the last {}s",
+                AUTH_LOG_EVERY.as_secs()
+            );
+        }
+        if last {
+            return;
+        }
+    }
+}
 
 /// A secret as last read, with its file's mtime (None: unreadable).
 type Cached = (Option<SystemTime>, Option<Secret>);
@@ -150,6 +233,57 @@ fn verify(cred: &Cred, secret: &Secret, body: &[u8]) -> bool {
     }
 }
 
+/// Whether a request with these headers and this body carries valid credentials for
+/// `secret` (the whole decision, for tests and fuzzing).
+pub fn authentic(headers: &HeaderMap, secret: &str, body: &[u8]) -> bool {
+    match credentials(headers) {
+        Some(cred) => verify(&cred, &Secret::new(secret.to_string()), body),
+        None => false,
+    }
+}
+
+/// A webhook body that is neither empty nor JSON.
+#[derive(Debug, thiserror::Error)]
+#[error("body is not JSON")]
+pub struct NotJson;
+
+/// What a push payload says: the pushed `ref` and the `after` commit.
+pub fn payload(bytes: &[u8]) -> Result<(Option<String>, Option<String>), NotJson> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok((None, None));
+    }
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| NotJson)?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    Ok((field("ref"), field("after")))
+}
+
+/// An answer sent before the body was read: the connection closes after it, and the body is
+/// read and discarded in the background first (bounded), so the client reads the answer
+/// instead of a connection reset.
+fn early(mut resp: hyper::Response<Body>, body: Incoming) -> hyper::Response<Body> {
+    resp.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    tokio::spawn(drain(body));
+    resp
+}
+
+async fn drain(mut body: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                seen += d.len();
+                if seen > DRAIN_MAX {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
 fn unauthorized() -> hyper::Response<Body> {
     json(
         StatusCode::UNAUTHORIZED,
@@ -157,18 +291,25 @@ fn unauthorized() -> hyper::Response<Body> {
     )
 }
 
-/// Reads at most MAX_BODY bytes; None when the body is larger (reading stops there).
-async fn read_body(mut body: Incoming) -> Result<Option<Vec<u8>>, hyper::Error> {
+/// Why a body could not be read whole.
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads at most MAX_BODY bytes; stops at the first byte over it.
+async fn read_body(body: &mut Incoming) -> Result<Vec<u8>, BodyError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame?.into_data() {
+        let frame = frame.map_err(|_| BodyError::Broken)?;
+        if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > MAX_BODY {
-                return Ok(None);
+                return Err(BodyError::TooLarge);
             }
             out.extend_from_slice(&data);
         }
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Whether a push to `pushed` (e.g. `refs/heads/main`) concerns the configured ref.
@@ -186,9 +327,10 @@ fn ref_matches(configured: Option<&str>, pushed: &str) -> bool {
 pub async fn handle(
     shared: &Shared,
     secrets: &Secrets,
+    guard: &Guard,
     name: &str,
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
 ) -> hyper::Response<Body> {
     let m = &shared.metrics;
     let known = shared.cfg.targets.contains_key(name);
@@ -200,19 +342,25 @@ pub async fn handle(
     };
     let Some(cred) = credentials(headers) else {
         count("unauthorized");
-        return unauthorized();
+        return early(unauthorized(), body);
     };
     let Some(target) = shared.cfg.targets.get(name) else {
-        return json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "unknown target"}),
+        return early(
+            json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "unknown target"}),
+            ),
+            body,
         );
     };
     let Some(secret) = secrets.get(name) else {
         count("not_configured");
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"error": "webhook not configured for this target"}),
+        return early(
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "webhook not configured for this target"}),
+            ),
+            body,
         );
     };
     let too_large = || {
@@ -227,44 +375,79 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.map(|l| l > MAX_BODY as u64).unwrap_or(false) {
         count("too_large");
-        return too_large();
+        return early(too_large(), body);
     }
-    let bytes = match read_body(body).await {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            count("too_large");
-            return too_large();
+    let wrong = |body: Incoming| {
+        count("unauthorized");
+        guard.auth_failed(name);
+        early(unauthorized(), body)
+    };
+    // Token schemes are decided before a byte of the body is read.
+    let _admitted = match &cred {
+        Cred::Bearer(_) | Cred::Token(_) | Cred::Malformed => {
+            if !verify(&cred, &secret, b"") {
+                return wrong(body);
+            }
+            None
         }
-        Err(_) => {
+        Cred::Hmac(_) => {
+            // The signature needs the whole body: admit it within the budget of bytes in
+            // flight, or answer 503 now.
+            let want = declared.map(|l| l as usize).unwrap_or(MAX_BODY).max(1);
+            match guard.budget.clone().try_acquire_many_owned(want as u32) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    count("busy");
+                    let mut r = json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"error": "busy: too many webhook bodies in flight"}),
+                    );
+                    r.headers_mut().insert(
+                        hyper::header::RETRY_AFTER,
+                        hyper::header::HeaderValue::from_static("5"),
+                    );
+                    return early(r, body);
+                }
+            }
+        }
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(&mut body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => {
+            count("too_large");
+            return early(too_large(), body);
+        }
+        Ok(Err(BodyError::Broken)) => {
             count("bad_request");
             return json(
                 StatusCode::BAD_REQUEST,
                 &serde_json::json!({"error": "cannot read body"}),
             );
         }
-    };
-    if !verify(&cred, &secret, &bytes) {
-        count("unauthorized");
-        tracing::warn!(target_name = name, "webhook with wrong credentials");
-        return unauthorized();
-    }
-    // The payload is optional: a bare authenticated POST just triggers a cycle.
-    let payload: serde_json::Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        serde_json::Value::Null
-    } else {
-        match serde_json::from_slice(&bytes) {
-            Ok(v) => v,
-            Err(_) => {
-                count("bad_request");
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"error": "body is not JSON"}),
-                );
-            }
+        Err(_) => {
+            count("timeout");
+            return early(
+                json(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &serde_json::json!({"error": "body not received in time"}),
+                ),
+                body,
+            );
         }
     };
-    if let Some(pushed) = payload.get("ref").and_then(|r| r.as_str()) {
-        if !ref_matches(target.source.git_ref.as_deref(), pushed) {
+    if !verify(&cred, &secret, &bytes) {
+        return wrong(body);
+    }
+    // The payload is optional: a bare authenticated POST just triggers a cycle.
+    let Ok((pushed, after)) = payload(&bytes) else {
+        count("bad_request");
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "body is not JSON"}),
+        );
+    };
+    if let Some(pushed) = pushed {
+        if !ref_matches(target.source.git_ref.as_deref(), &pushed) {
             count("ignored");
             return json(
                 StatusCode::ACCEPTED,
@@ -272,8 +455,8 @@ pub async fn handle(
             );
         }
     }
-    if let Some(after) = payload.get("after").and_then(|a| a.as_str()) {
-        if shared.applied_revision(name).as_deref() == Some(after) {
+    if let Some(after) = after {
+        if shared.applied_revision(name).as_deref() == Some(after.as_str()) {
             count("unchanged");
             return json(
                 StatusCode::OK,

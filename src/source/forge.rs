@@ -17,6 +17,8 @@ pub struct ForgeSource {
     kind: SourceKind,
     client: reqwest::Client,
     url: url::Url,
+    /// `url` as messages show it (credentials redacted).
+    shown: String,
     /// Forgejo/Gitea/GitHub: where to ask for the last commit touching the file.
     commits_url: Option<url::Url>,
     /// Forgejo/Gitea: the contents API, which names the file's blob id when the raw
@@ -209,6 +211,7 @@ impl ForgeSource {
         Ok(ForgeSource {
             kind: s.kind,
             client,
+            shown: crate::redact::url(url.as_str()),
             url,
             commits_url,
             meta_url,
@@ -284,7 +287,7 @@ impl ForgeSource {
             };
             return Err(FetchError::new(
                 reason,
-                format!("GET {} answered {status}", self.url),
+                format!("GET {} answered {status}", self.shown),
             ));
         }
         let token = header_str(resp.headers(), "etag")
@@ -300,7 +303,7 @@ impl ForgeSource {
         } else {
             self.max_bytes
         };
-        let raw = read_capped(resp, cap, &self.url).await?;
+        let raw = read_capped(resp, cap, &self.shown).await?;
         let body = self.checked(raw, &headers, close_delimited).await?;
         if revision.is_none() {
             revision = self.last_commit().await;
@@ -320,7 +323,7 @@ impl ForgeSource {
         close_delimited: bool,
     ) -> Result<Vec<u8>, FetchError> {
         match self.kind {
-            SourceKind::Github => github_content(&raw, self.max_bytes, &self.url),
+            SourceKind::Github => github_content(&raw, self.max_bytes, &self.shown),
             SourceKind::Forgejo | SourceKind::Gitea => {
                 match header_str(headers, "etag").and_then(|e| integrity::etag_blob_id(&e)) {
                     Some(id) => {
@@ -350,7 +353,7 @@ impl ForgeSource {
                         "integrity",
                         format!(
                             "GET {} sent neither X-Gitlab-Content-Sha256 nor X-Gitlab-Blob-Id, so the bytes cannot be checked",
-                            self.url
+                            self.shown
                         ),
                     ));
                 }
@@ -362,7 +365,7 @@ impl ForgeSource {
                         "integrity",
                         format!(
                             "GET {} ended its body by closing the connection (no Content-Length, not chunked), so a body cut short cannot be told from a whole one ({} bytes arrived); set source.allow_close_delimited: true to accept such bodies",
-                            self.url,
+                            self.shown,
                             raw.len()
                         ),
                     ));
@@ -402,7 +405,12 @@ impl ForgeSource {
                 ),
             ));
         }
-        let meta = read_capped(resp, self.max_bytes / 3 * 4 + 64 * 1024, u).await?;
+        let meta = read_capped(
+            resp,
+            self.max_bytes / 3 * 4 + 64 * 1024,
+            &crate::redact::url(u.as_str()),
+        )
+        .await?;
         serde_json::from_slice::<serde_json::Value>(&meta)
             .ok()
             .and_then(|v| v.get("sha")?.as_str().and_then(integrity::object_id))
@@ -430,7 +438,9 @@ impl ForgeSource {
                 return None;
             }
         };
-        let bytes = read_capped(resp, 1024 * 1024, u).await.ok()?;
+        let bytes = read_capped(resp, 1024 * 1024, "the commits API")
+            .await
+            .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let sha = v.get(0)?.get("sha")?.as_str()?;
         if sha.len() >= 7 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -462,7 +472,7 @@ fn close_delimited(resp: &reqwest::Response) -> bool {
 
 /// GitHub's contents API object for a file: the base64 content, checked against the blob
 /// `sha` and `size` it names.
-fn github_content(raw: &[u8], max: u64, url: &url::Url) -> Result<Vec<u8>, FetchError> {
+fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
     use base64::Engine;
     let protocol = |m: String| FetchError::new("protocol", m);
     let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
@@ -521,7 +531,8 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Turns a transport error into a reason label and a message without the query string.
+/// Turns a transport error into a reason label and a message whose URL (if any) has its
+/// credentials redacted.
 fn classify(e: &reqwest::Error) -> FetchError {
     let reason = if e.is_timeout() {
         "timeout"
@@ -532,11 +543,24 @@ fn classify(e: &reqwest::Error) -> FetchError {
     } else {
         "transport"
     };
-    let mut msg = e.to_string();
-    if let Some(u) = e.url() {
-        // reqwest's message embeds the URL; keep it, the token is never in the URL.
-        msg = format!("{msg} ({})", u.path());
+    let shown = e.url().map(|u| crate::redact::url(u.as_str()));
+    let mut bare = e.to_string();
+    // The source chain says what actually went wrong (refused, reset, TLS ...).
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !bare.contains(&text) {
+            bare = format!("{bare}: {text}");
+        }
+        cause = c.source();
     }
+    if let Some(u) = e.url() {
+        bare = crate::redact::in_text(&bare, u.as_str());
+    }
+    let msg = match shown {
+        Some(u) if !bare.contains(&u) => format!("{bare} ({u})"),
+        _ => bare,
+    };
     FetchError::new(reason, msg)
 }
 
@@ -544,7 +568,7 @@ fn classify(e: &reqwest::Error) -> FetchError {
 pub async fn read_capped(
     mut resp: reqwest::Response,
     max: u64,
-    url: &url::Url,
+    url: &str,
 ) -> Result<Vec<u8>, FetchError> {
     let declared = resp.content_length();
     if let Some(len) = declared {

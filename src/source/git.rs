@@ -24,18 +24,6 @@ const ENV: &[(&str, &str)] = &[
     ("LC_ALL", "C"),
 ];
 
-/// Removes `user:password@` from a URL for messages.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl GitSource {
     pub fn new(target: &Target, cache: PathBuf) -> Self {
         let s = &target.source;
@@ -74,13 +62,13 @@ impl GitSource {
                 other => FetchError::new("git", other.to_string()),
             })?;
         if !out.success {
-            let msg = out.summary().replace(&self.url, &redact(&self.url));
+            let msg = crate::redact::in_text(&out.summary(), &self.url);
             return Err(FetchError::new(
                 "git",
                 format!(
                     "git {} on {} failed ({}): {msg}",
                     args[0],
-                    redact(&self.url),
+                    crate::redact::url(&self.url),
                     out.status_text()
                 ),
             ));
@@ -120,7 +108,11 @@ impl GitSource {
         best.map(|(_, s)| s).ok_or_else(|| {
             FetchError::new(
                 "not_found",
-                format!("ref `{}` not found on {}", self.git_ref, redact(&self.url)),
+                format!(
+                    "ref `{}` not found on {}",
+                    self.git_ref,
+                    crate::redact::url(&self.url)
+                ),
             )
         })
     }

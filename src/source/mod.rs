@@ -49,6 +49,10 @@ impl FetchError {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -84,7 +88,8 @@ pub struct Source {
 }
 
 enum Inner {
-    Forge(forge::ForgeSource),
+    // Boxed: a forge source is several URLs and a client, the others a few paths.
+    Forge(Box<forge::ForgeSource>),
     Git(git::GitSource),
     File(file::FileSource),
 }
@@ -96,7 +101,7 @@ impl Source {
         let inner = match s.kind {
             SourceKind::File => Inner::File(file::FileSource::new(target)),
             SourceKind::Git => Inner::Git(git::GitSource::new(target, cache_dir)),
-            _ => Inner::Forge(forge::ForgeSource::new(target)?),
+            _ => Inner::Forge(Box::new(forge::ForgeSource::new(target)?)),
         };
         Ok(Source { inner })
     }

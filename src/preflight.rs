@@ -1,0 +1,110 @@
+//! Looking at a loaded config against the host before running it: what works but is careless
+//! (a credential written into a URL, a secret file others can read) is a warning at start-up
+//! and in `rulekeeper check`; what cannot work (a live file that is a FIFO or a symbolic
+//! link) is an error in `check`, and a per-target error when a cycle meets it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, SourceKind, Target};
+
+fn place(cfg: &Config, t: &Target, key: &str) -> String {
+    format!(
+        "{}: target `{}`: key `targets.{}.{key}`",
+        cfg.file.display(),
+        t.name,
+        t.name
+    )
+}
+
+/// The URLs a target is configured with, by key.
+fn urls(t: &Target) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    if let Some(u) = &t.source.url {
+        out.push(("source.url", u.as_str()));
+    }
+    if let Some(u) = &t.source.base_url {
+        out.push(("source.base_url", u.as_str()));
+    }
+    if let Some(u) = &t.verify.http {
+        out.push(("verify.http", u.as_str()));
+    }
+    if let Some(p) = &t.validate.powersync_api {
+        out.push(("validate.powersync_api.url", p.url.as_str()));
+    }
+    if let Some(p) = &t.verify.powersync_api {
+        out.push(("verify.powersync_api.url", p.url.as_str()));
+    }
+    out
+}
+
+/// The secret files a target reads, by key.
+pub fn secret_files(t: &Target) -> Vec<(&'static str, &Path)> {
+    let mut out = Vec::new();
+    if let Some(p) = &t.source.token_file {
+        out.push(("source.token_file", p.as_path()));
+    }
+    if let Some(w) = &t.webhook {
+        out.push(("webhook.secret_file", w.secret_file.as_path()));
+    }
+    if let Some(p) = &t.validate.powersync_api {
+        out.push(("validate.powersync_api.token_file", p.token_file.as_path()));
+    }
+    if let Some(p) = &t.verify.powersync_api {
+        out.push(("verify.powersync_api.token_file", p.token_file.as_path()));
+    }
+    out
+}
+
+/// Careless but working: credentials in URLs, secret files readable by group or others.
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in cfg.targets.values() {
+        for (key, u) in urls(t) {
+            if crate::redact::has_credentials(u) {
+                out.push(format!(
+                    "{}: the URL carries a credential ({}); it is redacted from logs, errors and status, but put the token in `token_file` instead",
+                    place(cfg, t, key),
+                    crate::redact::url(u)
+                ));
+            }
+        }
+        for (key, f) in secret_files(t) {
+            if let Ok(m) = std::fs::metadata(f) {
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    out.push(format!(
+                        "{}: secret file {} is readable by group or others (mode {mode:04o}); `chmod 600` it, or hand it over with LoadCredential=",
+                        place(cfg, t, key),
+                        f.display()
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What cannot work: a live file (or `.prev`) that exists but is not a regular file or is a
+/// symbolic link; a `file` source that is not a regular file.
+pub fn file_problems(cfg: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in cfg.targets.values() {
+        let prev = crate::install::prev_path(&t.path);
+        let mut paths = vec![("path", t.path.clone(), false), ("path", prev, false)];
+        if t.source.kind == SourceKind::File {
+            if let Some(p) = &t.source.path {
+                paths.push(("source.path", PathBuf::from(p), true));
+            }
+        }
+        for (key, path, follow) in paths {
+            match crate::regular::check(&path, follow) {
+                Err(e) if !e.is_not_found() => {
+                    out.push(format!("{}: {} {e}", place(cfg, t, key), path.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
