@@ -1,5 +1,5 @@
 //! The shipped alerting: `alerts/` (Prometheus/vmalert rules and their promtool unit tests) and
-//! `grafana/` (the same six alerts as Grafana-managed rules, Pushover contact points, the
+//! `grafana/` (the same seven alerts as Grafana-managed rules, Pushover contact points, the
 //! notification policy, the dashboard). The tool tests run promtool and vmalert when they are
 //! installed (skipped loudly otherwise); the others need no tool and check that the two worlds
 //! agree with each other and with the metric names of DESIGN.md.
@@ -12,14 +12,16 @@ use serde_yaml::Value;
 
 use crate::util;
 
-/// The contract (DESIGN.md, "Alerts"): exactly these six alerts, in both worlds.
-const ALERTS: [&str; 6] = [
+/// The contract (DESIGN.md, "Alerts", plus RulekeeperStateError for a target whose state
+/// file is broken): exactly these alerts, in both worlds.
+const ALERTS: [&str; 7] = [
     "RulekeeperDown",
     "RulekeeperSyncStale",
     "RulekeeperRolledBack",
     "RulekeeperUpstreamQuarantined",
     "RulekeeperRollbackFailed",
     "RulekeeperFleetDrift",
+    "RulekeeperStateError",
 ];
 
 use crate::util::{CYCLE_OUTCOMES, METRICS};
@@ -164,7 +166,7 @@ fn assert_exact_alert_set(names: impl Iterator<Item = String>, what: &str) {
     let want: BTreeSet<String> = ALERTS.iter().map(|s| s.to_string()).collect();
     assert_eq!(
         got, want,
-        "{what}: the alert names must be exactly the six of DESIGN.md"
+        "{what}: the alert names must be exactly the ones of ALERTS"
     );
 }
 
@@ -372,8 +374,9 @@ fn promtool_check_rules() {
             .arg(rules_path()),
     );
     assert!(
-        out.contains("SUCCESS: 6 rules found"),
-        "expected exactly 6 rules:\n{out}"
+        out.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
+        "expected exactly {} rules:\n{out}",
+        ALERTS.len()
     );
 }
 
@@ -493,7 +496,7 @@ fn every_alert_and_grafana_file_parses() {
 }
 
 #[test]
-fn prometheus_rules_have_the_six_alerts_with_severity_and_annotations() {
+fn prometheus_rules_have_every_alert_with_severity_and_annotations() {
     let alerts = prometheus_alerts();
     assert_exact_alert_set(alerts.keys().cloned(), "alerts/rulekeeper.rules.yml");
     for (name, rule) in &alerts {
