@@ -11,6 +11,7 @@ mod util;
 mod cycle;
 mod daemon;
 mod forge;
+mod hostile;
 mod sources;
 mod systemd;
 mod untrusted;
