@@ -21,14 +21,14 @@
 //! `RK_BENCH_ONLY` comma list of `idle1,file1000,forge1000,latency` (default all).
 
 use std::convert::Infallible;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{binary, env_u64, free_port, http, mib, selected, status_field, Daemon};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -36,86 +36,6 @@ use hyper::{Request, Response, StatusCode};
 // ---------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn selected(name: &str) -> bool {
-    match std::env::var("RK_BENCH_ONLY") {
-        Ok(v) if !v.trim().is_empty() => v.split(',').any(|s| s.trim() == name),
-        _ => true,
-    }
-}
-
-fn binary() -> PathBuf {
-    if let Ok(p) = std::env::var("RULEKEEPER_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_rulekeeper") {
-        if Path::new(p).exists() {
-            return PathBuf::from(p);
-        }
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building target/release/rulekeeper with `{cargo} build --release`");
-    let st = Command::new(cargo)
-        .args(["build", "--release", "--bin", "rulekeeper"])
-        .current_dir(root)
-        .status()
-        .expect("cannot run cargo");
-    assert!(st.success(), "cargo build --release failed");
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    target.join("release").join("rulekeeper")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A minimal HTTP/1.1 request over a fresh connection. Returns (status, body).
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
 
 fn clk_tck() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
@@ -132,25 +52,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ut + st) / clk_tck()
 }
 
-/// A field of /proc/PID/status in kB (VmRSS, VmHWM, RssAnon, ...) or a count (Threads).
-fn status_field(pid: u32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            (k == key).then(|| v.split_whitespace().next()?.parse().ok())?
-        })
-        .unwrap_or(0)
-}
-
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
         .unwrap_or(0)
-}
-
-fn mib(kb: u64) -> f64 {
-    kb as f64 / 1024.0
 }
 
 /// One GET /metrics: (sum of `rulekeeper_cycles_total`, body bytes, time taken).
@@ -181,85 +86,6 @@ fn targets_polled_since(state_dir: &Path, since: std::time::SystemTime) -> usize
                 .unwrap_or(false)
         })
         .count()
-}
-
-// ---------------------------------------------------------------------------------------
-// The daemon under test
-// ---------------------------------------------------------------------------------------
-
-struct Daemon {
-    child: Child,
-    port: u16,
-}
-
-impl Daemon {
-    fn start(bin: &Path, dir: &Path, config_yaml: &str, port: u16) -> Daemon {
-        let cfg = dir.join("rulekeeper.yaml");
-        std::fs::write(&cfg, config_yaml).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(bin)
-            .args(["run", "-c"])
-            .arg(&cfg)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
-            .env("RULEKEEPER_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start rulekeeper");
-        Daemon { child, port }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Polls /healthz until 200; panics (after stopping the daemon) past `limit`.
-    fn wait_healthy(&mut self, limit: Duration, dir: &Path) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            if let Ok((200, _)) = http(self.port, "GET", "/healthz", &[]) {
-                return t0.elapsed();
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
-                let tail: String = log.lines().rev().take(20).collect::<Vec<_>>().join("\n");
-                panic!("rulekeeper exited early ({st}); log tail (newest first):\n{tail}");
-            }
-            if t0.elapsed() > limit {
-                self.stop();
-                panic!("rulekeeper not healthy within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -39,14 +39,18 @@ pub const BODY_BUDGET: usize = 16 * MAX_BODY;
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// After an early answer, at most this much of the body is read and thrown away...
 pub const DRAIN_MAX: usize = 2 * MAX_BODY;
-/// ...for at most this long.
+/// ...for at most this long...
 pub const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...on at most this many connections at once (beyond, the connection just closes after
+/// the answer: under a flood, freeing the slot matters more than a polite goodbye).
+pub const DRAINS: usize = 256;
 /// Wrong-credential summaries are logged at most this often.
 pub const AUTH_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Per-server limits and counters of the webhook.
 pub struct Guard {
     budget: std::sync::Arc<tokio::sync::Semaphore>,
+    drains: std::sync::Arc<tokio::sync::Semaphore>,
     /// Wrong-credential requests per target since the last summary line.
     auth_failures: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -61,6 +65,7 @@ impl Guard {
     pub fn new() -> Guard {
         Guard {
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
+            drains: std::sync::Arc::new(tokio::sync::Semaphore::new(DRAINS)),
             auth_failures: Mutex::new(Default::default()),
         }
     }
@@ -260,12 +265,17 @@ pub fn payload(bytes: &[u8]) -> Result<(Option<String>, Option<String>), NotJson
 /// An answer sent before the body was read: the connection closes after it, and the body is
 /// read and discarded in the background first (bounded), so the client reads the answer
 /// instead of a connection reset.
-fn early(mut resp: hyper::Response<Body>, body: Incoming) -> hyper::Response<Body> {
+fn early(guard: &Guard, mut resp: hyper::Response<Body>, body: Incoming) -> hyper::Response<Body> {
     resp.headers_mut().insert(
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("close"),
     );
-    tokio::spawn(drain(body));
+    if let Ok(permit) = guard.drains.clone().try_acquire_owned() {
+        tokio::spawn(async move {
+            drain(body).await;
+            drop(permit);
+        });
+    }
     resp
 }
 
@@ -342,10 +352,11 @@ pub async fn handle(
     };
     let Some(cred) = credentials(headers) else {
         count("unauthorized");
-        return early(unauthorized(), body);
+        return early(guard, unauthorized(), body);
     };
     let Some(target) = shared.cfg.targets.get(name) else {
         return early(
+            guard,
             json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "unknown target"}),
@@ -356,6 +367,7 @@ pub async fn handle(
     let Some(secret) = secrets.get(name) else {
         count("not_configured");
         return early(
+            guard,
             json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"error": "webhook not configured for this target"}),
@@ -375,12 +387,12 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.map(|l| l > MAX_BODY as u64).unwrap_or(false) {
         count("too_large");
-        return early(too_large(), body);
+        return early(guard, too_large(), body);
     }
     let wrong = |body: Incoming| {
         count("unauthorized");
         guard.auth_failed(name);
-        early(unauthorized(), body)
+        early(guard, unauthorized(), body)
     };
     // Token schemes are decided before a byte of the body is read.
     let _admitted = match &cred {
@@ -406,7 +418,7 @@ pub async fn handle(
                         hyper::header::RETRY_AFTER,
                         hyper::header::HeaderValue::from_static("5"),
                     );
-                    return early(r, body);
+                    return early(guard, r, body);
                 }
             }
         }
@@ -415,7 +427,7 @@ pub async fn handle(
         Ok(Ok(b)) => b,
         Ok(Err(BodyError::TooLarge)) => {
             count("too_large");
-            return early(too_large(), body);
+            return early(guard, too_large(), body);
         }
         Ok(Err(BodyError::Broken)) => {
             count("bad_request");
@@ -427,6 +439,7 @@ pub async fn handle(
         Err(_) => {
             count("timeout");
             return early(
+                guard,
                 json(
                     StatusCode::REQUEST_TIMEOUT,
                     &serde_json::json!({"error": "body not received in time"}),
