@@ -143,6 +143,11 @@ impl TargetState {
     }
 }
 
+/// Parses the bytes of a `state.json`.
+pub fn parse(bytes: &[u8]) -> Result<TargetState, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
 /// A target's directory under `state_dir`.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -172,7 +177,7 @@ impl Store {
     pub fn load(&self) -> Result<TargetState, StateError> {
         let path = self.file();
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+            Ok(bytes) => parse(&bytes).map_err(|e| StateError::Corrupt {
                 path: path.clone(),
                 message: e.to_string(),
             }),

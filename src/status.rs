@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::cycle::sha256_hex;
-use crate::state::Store;
+use crate::state::{StateError, Store, TargetState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStatus {
@@ -36,39 +36,50 @@ pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
         .values()
         .map(|t| {
             let store = Store::new(&cfg.state_dir, &t.name);
-            let (st, state_error) = match store.load() {
-                Ok(st) => (st, None),
-                Err(e) => (Default::default(), Some(e.to_string())),
-            };
             let live = crate::install::read(&t.path)
                 .ok()
                 .flatten()
                 .map(|b| sha256_hex(&b));
-            TargetStatus {
-                target: t.name.clone(),
-                path: t.path.display().to_string(),
-                live_sha256: live,
-                applied_sha256: st.applied.as_ref().map(|a| a.sha256.clone()),
-                revision: st.applied.as_ref().and_then(|a| a.revision.clone()),
-                upstream_revision: st.upstream_revision.clone(),
-                applied_at: st.applied.as_ref().map(|a| a.at),
-                last_success: st.last_success,
-                last_outcome: if state_error.is_some() {
-                    Some("state_error".to_string())
-                } else {
-                    st.last_outcome.clone()
-                },
-                last_outcome_at: st.last_outcome_at,
-                last_error: st.last_error.clone(),
-                last_note: st.last_note.clone(),
-                quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
-                held: st.hold,
-                pending: st.pending.is_some(),
-                busy: store.is_locked(),
-                state_error,
-            }
+            of(t, store.load(), live, store.is_locked())
         })
         .collect()
+}
+
+/// One target's status from what was read: its state (or why it could not be), the live
+/// file's sha256, and whether its lock is held.
+pub fn of(
+    t: &Target,
+    state: Result<TargetState, StateError>,
+    live_sha256: Option<String>,
+    busy: bool,
+) -> TargetStatus {
+    let (st, state_error) = match state {
+        Ok(st) => (st, None),
+        Err(e) => (TargetState::default(), Some(e.to_string())),
+    };
+    TargetStatus {
+        target: t.name.clone(),
+        path: t.path.display().to_string(),
+        live_sha256,
+        applied_sha256: st.applied.as_ref().map(|a| a.sha256.clone()),
+        revision: st.applied.as_ref().and_then(|a| a.revision.clone()),
+        upstream_revision: st.upstream_revision.clone(),
+        applied_at: st.applied.as_ref().map(|a| a.at),
+        last_success: st.last_success,
+        last_outcome: if state_error.is_some() {
+            Some("state_error".to_string())
+        } else {
+            st.last_outcome.clone()
+        },
+        last_outcome_at: st.last_outcome_at,
+        last_error: st.last_error.clone(),
+        last_note: st.last_note.clone(),
+        quarantined_sha256: st.quarantine.as_ref().map(|q| q.sha256.clone()),
+        held: st.hold,
+        pending: st.pending.is_some(),
+        busy,
+        state_error,
+    }
 }
 
 fn ago(t: Option<DateTime<Utc>>) -> String {
@@ -96,9 +107,18 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
     let readable = all.iter().all(|s| s.state_error.is_none());
     if json {
         println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(readable);
+    } else {
+        print!("{}", table(&all));
     }
-    println!(
+    Ok(readable)
+}
+
+/// The human-readable table and the notes below it.
+pub fn table(all: &[TargetStatus]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
         "TARGET",
         "SHA256",
@@ -109,12 +129,13 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
         "QUARANTINE",
         "HELD"
     );
-    for s in &all {
+    for s in all {
         let mut sha = short(&s.live_sha256);
         if s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some() {
             sha.push('*');
         }
-        println!(
+        let _ = writeln!(
+            out,
             "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
             s.target,
             sha,
@@ -126,21 +147,23 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
             if s.held { "yes" } else { "no" },
         );
     }
-    for s in &all {
+    for s in all {
         if let Some(e) = &s.state_error {
-            println!(
+            let _ = writeln!(
+                out,
                 "{}: STATE ERROR: {e}; this target is left alone until the file is fixed or moved aside (docs/operations.md, \"A broken state file\")",
                 s.target
             );
         }
         if let Some(e) = &s.last_error {
-            println!("{}: last error: {e}", s.target);
+            let _ = writeln!(out, "{}: last error: {e}", s.target);
         }
         if let Some(n) = &s.last_note {
-            println!("{}: note: {n}", s.target);
+            let _ = writeln!(out, "{}: note: {n}", s.target);
         }
         if s.pending {
-            println!(
+            let _ = writeln!(
+                out,
                 "{}: an apply was interrupted; the next cycle finishes it",
                 s.target
             );
@@ -150,7 +173,10 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
         .iter()
         .any(|s| s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some())
     {
-        println!("* the live file differs from what rulekeeper applied (drift; the next cycle converges it)");
+        let _ = writeln!(
+            out,
+            "* the live file differs from what rulekeeper applied (drift; the next cycle converges it)"
+        );
     }
-    Ok(readable)
+    out
 }
