@@ -647,12 +647,14 @@ in
     (mkIf (cfg.user != "root") {
       security.polkit.enable = true;
       security.polkit.extraConfig = ''
-        // rulekeeper: let ${cfg.user} restart the units it manages, and nothing else.
+        // rulekeeper: let ${cfg.user} restart the units it manages, and nothing else:
+        // try-restart to apply new rules; reset-failed + restart to bring a unit that bad
+        // rules killed back up on the last good file.
         polkit.addRule(function(action, subject) {
           if (action.id == "org.freedesktop.systemd1.manage-units" &&
               subject.user == ${builtins.toJSON cfg.user} &&
               ${builtins.toJSON managedUnits}.indexOf(action.lookup("unit")) >= 0 &&
-              ["restart", "try-restart"].indexOf(action.lookup("verb")) >= 0) {
+              ["restart", "try-restart", "reset-failed"].indexOf(action.lookup("verb")) >= 0) {
             return polkit.Result.YES;
           }
         });

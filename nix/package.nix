@@ -17,9 +17,9 @@ rustPlatform.buildRustPackage {
   pname = "rulekeeper";
   inherit (cargoToml.package) version;
 
-  # Only what cargo needs: the manifest, the lock file and the sources. tests/ is included
-  # because Cargo.toml declares the `it` test target by path and cargo refuses a manifest
-  # whose declared target is missing, even for `cargo build`. If src/ ever embeds files from
+  # Only what cargo needs: the manifest, the lock file and the sources. tests/ and benches/
+  # are included because Cargo.toml declares the `it` test and the bench targets by path and
+  # cargo refuses a manifest whose declared target is missing, even for `cargo build`. If src/ ever embeds files from
   # elsewhere (include_str!, a build.rs), add them here.
   src = lib.fileset.toSource {
     root = ../.;
@@ -28,6 +28,7 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../src
       ../tests
+      ../benches
     ];
   };
 

@@ -1,171 +1,99 @@
-# Evaluation test for nix/module.nix and nix/package.nix that needs NO nixpkgs:
+# Evaluation test for nix/module.nix and nix/package.nix with nixpkgs' own module system:
 #
-#   nix-instantiate --eval --strict --json nix/tests/eval.nix
+#   nix-instantiate --store dummy:// --eval --strict --json nix/tests/eval.nix \
+#     --arg nixpkgsLib /path/to/nixpkgs/lib
 #
-# It carries a stub `lib` (just what the module uses), a stub `pkgs` (fake derivations;
-# nothing is built or copied to the store) and a tiny module evaluator that
-#   - applies option defaults, type-checks definitions (str, int, bool, enum, nullOr, listOf,
-#     attrsOf, submodule with freeformType) and rejects undeclared options and definitions of
-#     readOnly options;
-#   - resolves mkIf / mkMerge / mkDefault in the module's `config` (lists concatenate,
-#     attribute sets merge, differing scalars are a conflict);
-#   - evaluates `assertions`.
-# It then checks the generated systemd unit, the generated YAML and the package expression.
-# Any failed check throws ("eval test FAILED: ..."), so the command exits non-zero; on success
-# it prints a JSON summary with "ok": true.
+# `nixpkgsLib` is nixpkgs' `lib` directory (tests/it/nix.rs passes $NIXPKGS_LIB, <nixpkgs/lib>,
+# or ../shared/nixpkgs-lib/lib). The module is evaluated by the real `lib.evalModules`, so
+# option types, defaults, priorities (mkDefault), mkIf/mkMerge, readOnly and undeclared
+# options behave exactly as on NixOS. No NixOS modules are loaded: `nixosStubs` declares only
+# the NixOS options module.nix sets, and `pkgs` is a stub of fake derivations (nothing is built
+# or copied to the store). Any failed check throws ("eval test FAILED: ..."), so the command
+# exits non-zero; on success it prints a JSON summary with "ok": true.
+{
+  nixpkgsLib ? <nixpkgs/lib>,
+}:
 let
-  # --- stub lib --------------------------------------------------------------------------
+  lib = import nixpkgsLib;
+  inherit (lib) types mkOption;
 
-  lib = rec {
-    inherit (builtins)
-      attrNames
-      attrValues
-      concatStringsSep
-      elem
-      filter
-      head
-      isAttrs
-      isList
-      isString
-      listToAttrs
-      mapAttrs
-      ;
-    mkOption = attrs: attrs // { _type = "option"; };
-    mkEnableOption = name: mkOption {
-      type = types.bool;
-      default = false;
-      description = "Whether to enable ${name}.";
-    };
-    mkIf = condition: content: {
-      _type = "if";
-      inherit condition content;
-    };
-    mkMerge = contents: {
-      _type = "merge";
-      inherit contents;
-    };
-    mkOverride = priority: content: {
-      _type = "override";
-      inherit priority content;
-    };
-    mkDefault = mkOverride 1000;
-    mkForce = mkOverride 50;
-    literalExpression = text: {
-      _type = "literalExpression";
-      inherit text;
-    };
-    literalMD = text: {
-      _type = "literalMD";
-      inherit text;
-    };
+  # --- the NixOS options module.nix sets, declared as loosely as NixOS declares them ------
 
-    types = {
-      str = {
-        name = "str";
-        check = builtins.isString;
+  listOfStr = mkOption {
+    type = types.listOf types.str;
+    default = [ ];
+  };
+  nixosStubs = {
+    options = {
+      assertions = mkOption {
+        type = types.listOf types.unspecified;
+        default = [ ];
       };
-      bool = {
-        name = "bool";
-        check = builtins.isBool;
+      warnings = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
       };
-      int = {
-        name = "int";
-        check = builtins.isInt;
+      environment.systemPackages = mkOption {
+        type = types.listOf types.anything;
+        default = [ ];
       };
-      package = {
-        name = "package";
-        check = v: builtins.isAttrs v || builtins.isString v;
+      environment.etc = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            freeformType = types.attrsOf types.anything;
+            options.source = mkOption { type = types.anything; };
+          }
+        );
+        default = { };
       };
-      anything = {
-        name = "anything";
-        check = _: true;
+      systemd.services = mkOption {
+        type = types.attrsOf (
+          types.submodule {
+            freeformType = types.attrsOf types.anything;
+            options = {
+              description = mkOption {
+                type = types.str;
+                default = "";
+              };
+              wantedBy = listOfStr;
+              wants = listOfStr;
+              after = listOfStr;
+              requires = listOfStr;
+              bindsTo = listOfStr;
+              path = mkOption {
+                type = types.listOf types.anything;
+                default = [ ];
+              };
+              serviceConfig = mkOption {
+                type = types.attrsOf types.anything;
+                default = { };
+              };
+            };
+          }
+        );
+        default = { };
       };
-      enum = values: {
-        name = "enum";
-        check = v: builtins.elem v values;
+      networking.firewall.allowedTCPPorts = mkOption {
+        type = types.listOf types.port;
+        default = [ ];
       };
-      nullOr = elemType: {
-        name = "nullOr";
-        inherit elemType;
+      security.polkit.enable = mkOption {
+        type = types.bool;
+        default = false;
       };
-      listOf = elemType: {
-        name = "listOf";
-        inherit elemType;
+      security.polkit.extraConfig = mkOption {
+        type = types.lines;
+        default = "";
       };
-      attrsOf = elemType: {
-        name = "attrsOf";
-        inherit elemType;
+      users.users = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
       };
-      submodule = module: {
-        name = "submodule";
-        inherit module;
+      users.groups = mkOption {
+        type = types.attrsOf (types.attrsOf types.anything);
+        default = { };
       };
     };
-
-    filterAttrs =
-      pred: set:
-      builtins.listToAttrs (
-        builtins.concatMap (
-          n:
-          if pred n set.${n} then
-            [
-              {
-                name = n;
-                value = set.${n};
-              }
-            ]
-          else
-            [ ]
-        ) (builtins.attrNames set)
-      );
-    mapAttrsToList = f: set: map (n: f n set.${n}) (builtins.attrNames set);
-    nameValuePair = name: value: { inherit name value; };
-    concatMap = builtins.concatMap;
-    optional = cond: x: if cond then [ x ] else [ ];
-    optionals = cond: xs: if cond then xs else [ ];
-    optionalAttrs = cond: set: if cond then set else { };
-    optionalString = cond: s: if cond then s else "";
-    any = builtins.any;
-    all = builtins.all;
-    foldl' = builtins.foldl';
-    unique = foldl' (acc: x: if builtins.elem x acc then acc else acc ++ [ x ]) [ ];
-    hasPrefix = pre: s: builtins.substring 0 (builtins.stringLength pre) s == pre;
-    hasSuffix =
-      suf: s:
-      let
-        ls = builtins.stringLength s;
-        lf = builtins.stringLength suf;
-      in
-      ls >= lf && builtins.substring (ls - lf) lf s == suf;
-    hasInfix =
-      infix: s:
-      let
-        li = builtins.stringLength infix;
-        go = i: i + li <= builtins.stringLength s && (builtins.substring i li s == infix || go (i + 1));
-      in
-      go 0;
-    escapeRegex = builtins.replaceStrings
-      [ "\\" "[" "{" "(" ")" "^" "$" "?" "*" "+" "|" "." ]
-      [ "\\\\" "\\[" "\\{" "\\(" "\\)" "\\^" "\\$" "\\?" "\\*" "\\+" "\\|" "\\." ];
-    removeSuffix =
-      suf: s:
-      if hasSuffix suf s then
-        builtins.substring 0 (builtins.stringLength s - builtins.stringLength suf) s
-      else
-        s;
-    splitString = sep: s: builtins.filter builtins.isString (builtins.split (escapeRegex sep) s);
-    last = xs: builtins.elemAt xs (builtins.length xs - 1);
-    cleanSourceWith = args: args;
-    importTOML = path: builtins.fromTOML (builtins.readFile path);
-    fileset = {
-      toSource = args: args // { _type = "fileset-source"; };
-      unions = xs: xs;
-    };
-    licenses = {
-      mit = "mit";
-      asl20 = "asl20";
-    };
-    platforms.linux = [ "x86_64-linux" "aarch64-linux" ];
   };
 
   # --- stub pkgs --------------------------------------------------------------------------
@@ -177,9 +105,15 @@ let
   };
 
   pkgs = rec {
-    inherit lib;
+    # package.nix's `src` would copy the repository into the store: keep the description.
+    lib = import nixpkgsLib // {
+      fileset = {
+        toSource = args: args // { _type = "fileset-source"; };
+        unions = xs: xs;
+      };
+    };
     formats.yaml = _: {
-      type = lib.types.anything;
+      type = types.anything;
       generate = name: value: fakeDrv name // { inherit value; };
     };
     runCommand = name: env: script: fakeDrv name // { inherit env script; };
@@ -205,119 +139,24 @@ let
     openssh = fakeDrv "openssh";
   };
 
-  # --- tiny module evaluator --------------------------------------------------------------
-
-  isOption = v: builtins.isAttrs v && (v._type or null) == "option";
-  isLeafAttrs = v: (v.type or null) == "derivation" || v ? _type;
-
-  applyType =
-    path: type: v:
-    if type.name == "submodule" then
-      if !builtins.isAttrs v then
-        throw "${path}: expected a submodule (attribute set), got ${builtins.typeOf v}"
-      else
-        applyTree path (type.module.options or { }) (type.module ? freeformType) v
-    else if type.name == "attrsOf" then
-      if !builtins.isAttrs v then
-        throw "${path}: expected an attribute set"
-      else
-        builtins.mapAttrs (n: applyType "${path}.${n}" type.elemType) v
-    else if type.name == "listOf" then
-      if !builtins.isList v then
-        throw "${path}: expected a list"
-      else
-        map (applyType "${path}.[]" type.elemType) v
-    else if type.name == "nullOr" then
-      if v == null then null else applyType path type.elemType v
-    else if type.check v then
-      v
-    else
-      throw "${path}: not a valid ${type.name}: ${builtins.toJSON v}";
-
-  applyOption =
-    path: opt: defined: v:
-    if defined && (opt.readOnly or false) then
-      throw "${path}: is read-only and cannot be set"
-    else if defined then
-      applyType path opt.type v
-    else if opt ? default then
-      applyType path opt.type opt.default
-    else
-      throw "${path}: used but not defined";
-
-  applyTree =
-    path: tree: freeform: v:
-    let
-      undeclared = builtins.filter (n: !(tree ? ${n})) (builtins.attrNames v);
-      declared = builtins.mapAttrs (
-        n: o:
-        if isOption o then
-          applyOption "${path}.${n}" o (v ? ${n}) (v.${n} or null)
-        else
-          applyTree "${path}.${n}" o false (v.${n} or { })
-      ) tree;
-    in
-    if !freeform && undeclared != [ ] then
-      throw "${path}: undeclared option(s): ${builtins.concatStringsSep ", " undeclared}"
-    else
-      v // declared;
-
-  empty = {
-    _type = "empty";
-  };
-  isEmpty = v: builtins.isAttrs v && (v._type or null) == "empty";
-
-  mergeValues =
-    path: a: b:
-    if isEmpty a then
-      b
-    else if isEmpty b then
-      a
-    else if builtins.isList a && builtins.isList b then
-      a ++ b
-    else if builtins.isAttrs a && builtins.isAttrs b && !isLeafAttrs a && !isLeafAttrs b then
-      builtins.zipAttrsWith (
-        n: vs: builtins.foldl' (mergeValues "${path}.${n}") empty vs
-      ) [ a b ]
-    else if a == b then
-      a
-    else
-      throw "${path}: conflicting definitions ${builtins.toJSON a} and ${builtins.toJSON b}";
-
-  resolve =
-    path: v:
-    if !builtins.isAttrs v then
-      v
-    else if (v._type or null) == "if" then
-      (if v.condition then resolve path v.content else empty)
-    else if (v._type or null) == "merge" then
-      builtins.foldl' (mergeValues path) empty (map (resolve path) v.contents)
-    else if (v._type or null) == "override" then
-      resolve path v.content
-    else if isLeafAttrs v then
-      v
-    else
-      lib.filterAttrs (_: x: !isEmpty x) (builtins.mapAttrs (n: resolve "${path}.${n}") v);
-
-  module = import ../module.nix;
-
   evalModule =
     userCfg:
     let
-      out = module {
-        inherit lib pkgs;
-        config = {
-          services.rulekeeper = cfg;
-        };
+      ev = lib.evalModules {
+        modules = [
+          ../module.nix
+          nixosStubs
+          { _module.args.pkgs = pkgs; }
+          { services.rulekeeper = userCfg; }
+        ];
       };
-      cfg = applyTree "services.rulekeeper" out.options.services.rulekeeper false userCfg;
-      resolved = resolve "config" out.config;
-      config = if isEmpty resolved then { } else resolved;
+      config = ev.config;
     in
     {
-      inherit cfg config;
-      failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) (config.assertions or [ ]));
-      warnings = config.warnings or [ ];
+      inherit config;
+      cfg = config.services.rulekeeper;
+      failedAssertions = map (a: a.message) (builtins.filter (a: !a.assertion) config.assertions);
+      inherit (config) warnings;
     };
 
   # --- checks -----------------------------------------------------------------------------
@@ -330,6 +169,8 @@ let
     else
       throw "eval test FAILED: ${name}: got ${builtins.toJSON got}, want ${builtins.toJSON want}";
   fails = v: !(builtins.tryEval (builtins.deepSeq v v)).success;
+  # A unit as NixOS would write it: the list options that are empty are not there at all.
+  unitShape = lib.filterAttrs (_: v: v != [ ] && v != "" && v != { });
 
   # 1. The seeds' PowerSync host (same as docs/nixos.md).
   powersync = evalModule {
@@ -370,7 +211,7 @@ let
   ps = powersync.config;
   unit = ps.systemd.services.rulekeeper;
   sc = unit.serviceConfig;
-  managed = ps.systemd.services.podman-powersync;
+  managed = unitShape ps.systemd.services.podman-powersync;
   generated = powersync.cfg.configFile;
   # What the module passed to formats.yaml.generate (the stub keeps it as `value`).
   settingsOut = ps.environment.etc."rulekeeper/config.yaml".source.value;
@@ -414,8 +255,8 @@ let
       "rulekeeper"
     ])
     (checkEq "managedUnits" powersync.cfg.managedUnits [ "podman-powersync.service" ])
-    (check "firewall untouched" (!(ps ? networking)))
-    (check "no polkit, no users for root" (!(ps ? security) && !(ps ? users)))
+    (checkEq "firewall untouched" ps.networking.firewall.allowedTCPPorts [ ])
+    (check "no polkit, no users for root" (!ps.security.polkit.enable && ps.users.users == { } && ps.users.groups == { }))
     (checkEq "config linked for the CLI" "${ps.environment.etc."rulekeeper/config.yaml".source}" generated)
     (checkEq "package in systemPackages" ps.environment.systemPackages [ pkg ])
     # generated YAML content
@@ -438,7 +279,7 @@ let
     (check "no secrets in YAML" (!(lib.hasInfix "/run/secrets" (builtins.toJSON settingsOut))))
     # package.nix through the stub callPackage
     (checkEq "pname" pkg.args.pname "rulekeeper")
-    (checkEq "version from Cargo.toml" pkg.args.version "0.1.0")
+    (checkEq "version from Cargo.toml" pkg.args.version (lib.importTOML ../../Cargo.toml).package.version)
     (check "cargoLock.lockFile = ../Cargo.lock" (lib.hasSuffix "/Cargo.lock" (toString pkg.args.cargoLock.lockFile)))
     (checkEq "doCheck = false" pkg.args.doCheck false)
     (check "completions installed" (lib.hasInfix "rulekeeper completions bash" pkg.args.postInstall
@@ -448,6 +289,10 @@ let
       && lib.hasInfix "installManPage" pkg.args.postInstall))
     (checkEq "mainProgram" pkg.args.meta.mainProgram "rulekeeper")
     (check "src is a fileset of the repo" (pkg.args.src._type == "fileset-source"))
+    (check "src has every target cargo declares (tests, benches)" (
+      builtins.any (p: lib.hasSuffix "/tests" (toString p)) pkg.args.src.fileset
+      && builtins.any (p: lib.hasSuffix "/benches" (toString p)) pkg.args.src.fileset
+    ))
   ];
 
   # 2. Minimal: file source, no restart, no credentials, compound startup timeout.
@@ -524,11 +369,14 @@ let
       (checkEq "unpriv: Group" usc.Group "rulekeeper")
       (checkEq "unpriv: no capabilities" usc.CapabilityBoundingSet [ "" ])
       (check "unpriv: polkit enabled" u.security.polkit.enable)
-      (check "unpriv: polkit rule names action, user, unit, verbs" (
+      (check "unpriv: polkit rule names action, user, unit" (
         lib.hasInfix "org.freedesktop.systemd1.manage-units" rule
         && lib.hasInfix "\"rulekeeper\"" rule
         && lib.hasInfix "[\"podman-powersync.service\"]" rule
-        && lib.hasInfix "\"try-restart\"" rule
+      ))
+      # try-restart to apply; reset-failed + restart to bring a unit back on rollback.
+      (check "unpriv: polkit rule allows exactly the verbs rulekeeper uses" (
+        lib.hasInfix "[\"restart\", \"try-restart\", \"reset-failed\"]" rule
       ))
       (check "unpriv: system user created" u.users.users.rulekeeper.isSystemUser)
       (check "unpriv: group created" (u.users.groups ? rulekeeper))
@@ -553,7 +401,7 @@ let
       ])
     ];
 
-  # 4. Misconfigurations are caught.
+  # 4. Misconfigurations are caught: by the module's assertions, and by the real type system.
   bad = evalModule {
     enable = true;
     credentials.forge-token = "/nix/store/00000000000000000000000000000000-token";
@@ -583,18 +431,18 @@ let
         path = "/x/y";
         restart.systemd = 5;
       };
-    }).config))
+    }).config.environment.etc))
     (check "bad: unknown source kind rejected" (fails (evalModule {
       enable = true;
       settings.targets.x = {
         source.kind = "svn";
         path = "/x/y";
       };
-    }).config))
-    (check "bad: undeclared top-level option rejected" (fails (evalModule {
+    }).config.environment.etc))
+    (check "bad: undeclared option rejected" (fails (evalModule {
       enable = true;
       bogus = 1;
-    }).config))
+    }).config.services.rulekeeper))
     (check "bad: managedUnits is read-only" (fails (evalModule {
       enable = true;
       managedUnits = [ "x.service" ];
@@ -603,12 +451,22 @@ let
       enable = true;
       powersyncValidator.enable = true;
     }).config.systemd.services.rulekeeper.path))
+    # The stubs are not so loose that anything passes: a wrong NixOS-side type is caught too.
+    (check "bad: the stubs type-check as well" (fails (lib.evalModules {
+      modules = [
+        nixosStubs
+        { networking.firewall.allowedTCPPorts = [ "http" ]; }
+      ];
+    }).config.networking.firewall.allowedTCPPorts))
   ];
 
-  # 5. Disabled: nothing at all.
+  # 5. Disabled: the module defines nothing.
   disabled = evalModule { };
   disabledChecks = [
-    (checkEq "disabled: no config" disabled.config { })
+    (checkEq "disabled: no units" disabled.config.systemd.services { })
+    (checkEq "disabled: no files" disabled.config.environment.etc { })
+    (checkEq "disabled: no assertions" disabled.config.assertions [ ])
+    (checkEq "disabled: no packages" disabled.config.environment.systemPackages [ ])
   ];
 
   allChecks = powersyncChecks ++ minimalChecks ++ unprivChecks ++ badChecks ++ disabledChecks;

@@ -1,5 +1,9 @@
 //! The Nix expressions (flake.nix, nix/): every file parses, and nix/tests/eval.nix (the NixOS
-//! module and the package evaluated against a stub lib/pkgs, no nixpkgs needed) passes.
+//! module evaluated by nixpkgs' own `lib.evalModules`, with stub pkgs) passes.
+//!
+//! nixpkgs' `lib` comes from `$NIXPKGS_LIB`, else `<nixpkgs/lib>` if nix finds it, else the
+//! vendored copy in `../shared/nixpkgs-lib/lib` next to the checkout; without any, the eval
+//! tests skip loudly (and fail under RULEKEEPER_REQUIRE_TOOLS=1).
 //!
 //! Every call uses `--store dummy://`: nothing here needs a Nix store, and that works as root
 //! or as an unprivileged user on a fresh machine with Debian's nix-bin (no daemon, no
@@ -66,11 +70,34 @@ fn nix_every_file_parses() {
     }
 }
 
-fn run_eval_test(tool: &Path, eval_nix: &Path) -> (bool, String, String) {
+/// nixpkgs' `lib` directory, found as the module doc says.
+fn nixpkgs_lib(tool: &Path) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("NIXPKGS_LIB") {
+        return Some(PathBuf::from(p));
+    }
+    let (ok, out, _) = util::run(nix_instantiate(tool).args(["--find-file", "nixpkgs/lib"]));
+    if ok && !out.trim().is_empty() {
+        return Some(PathBuf::from(out.trim()));
+    }
+    let shared = util::repo_root().join("../shared/nixpkgs-lib/lib");
+    if shared.join("default.nix").exists() {
+        return Some(shared);
+    }
+    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("no nixpkgs lib: set NIXPKGS_LIB (RULEKEEPER_REQUIRE_TOOLS=1)");
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: no nixpkgs lib (NIXPKGS_LIB, <nixpkgs/lib>, ../shared/nixpkgs-lib); this test did not run !!!!!!!!\n");
+    None
+}
+
+fn run_eval_test(tool: &Path, lib: &Path, eval_nix: &Path) -> (bool, String, String) {
     util::run(
         nix_instantiate(tool)
             .args(["--eval", "--strict", "--json"])
-            .arg(eval_nix),
+            .arg(eval_nix)
+            .arg("--arg")
+            .arg("nixpkgsLib")
+            .arg(lib),
     )
 }
 
@@ -79,8 +106,11 @@ fn nix_module_eval_test_passes() {
     let Some(tool) = util::require_tool("nix-instantiate") else {
         return;
     };
+    let Some(lib) = nixpkgs_lib(&tool) else {
+        return;
+    };
     let root = util::repo_root();
-    let (ok, out, err) = run_eval_test(&tool, &root.join("nix/tests/eval.nix"));
+    let (ok, out, err) = run_eval_test(&tool, &lib, &root.join("nix/tests/eval.nix"));
     assert!(ok, "nix/tests/eval.nix failed:\n{err}");
     let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
 
@@ -164,6 +194,9 @@ fn nix_eval_test_catches_a_broken_module() {
     let Some(tool) = util::require_tool("nix-instantiate") else {
         return;
     };
+    let Some(lib) = nixpkgs_lib(&tool) else {
+        return;
+    };
     let root = util::repo_root();
     let cases = [
         ("Type = \"notify\";", "Type = \"simple\";", "Type=notify"),
@@ -188,7 +221,7 @@ fn nix_eval_test_catches_a_broken_module() {
         );
         std::fs::write(&module, text.replace(from, to)).unwrap();
 
-        let (ok, out, err) = run_eval_test(&tool, &tmp.path().join("nix/tests/eval.nix"));
+        let (ok, out, err) = run_eval_test(&tool, &lib, &tmp.path().join("nix/tests/eval.nix"));
         assert!(!ok, "eval test passed with `{to}` in the module:\n{out}");
         assert!(
             err.contains(&format!("eval test FAILED: {failed_check}")),
