@@ -384,6 +384,7 @@ async fn run_target(cfg: &Config, t: &Target, trigger: Trigger) -> (i32, Option<
         state_dir: cfg.state_dir.clone(),
         stop: Stop::default(),
         boot: false,
+        tidy: true,
     };
     match cycle::run(&ctx, trigger).await {
         Ok(rep) => {

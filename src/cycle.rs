@@ -259,6 +259,9 @@ pub struct Ctx<'a> {
     /// own start job (the managed unit is ordered After= rulekeeper), so such applies are
     /// deferred; the live file is left as it is.
     pub boot: bool,
+    /// The first cycles of this target in this process: a killed predecessor may have left
+    /// temp files beside the live file, so they are removed even if nothing is applied.
+    pub tidy: bool,
 }
 
 /// Runs one cycle under the target's lock.
@@ -268,6 +271,9 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     let _lock = tokio::task::spawn_blocking(move || store.lock())
         .await
         .map_err(|e| CycleError::Refused(format!("lock task failed: {e}")))??;
+    if ctx.tidy {
+        install::remove_stale_temps(&ctx.target.path);
+    }
     let mut rep = Report::new(&ctx.target.name);
     let mut st = match ctx.store.load() {
         Ok(st) => st,
@@ -606,7 +612,9 @@ impl Runner<'_, '_> {
         let live_sha = live.as_deref().map(sha256_hex);
         let t0 = Instant::now();
         // Only an interrupted run leaves temp files, and only applying creates them.
-        install::remove_stale_temps(&t.path);
+        if !self.ctx.tidy {
+            install::remove_stale_temps(&t.path);
+        }
         let candidate = install::stage(&t.path, &body, t.mode_bits)?;
         let checked = if mode == Mode::ManualRollback {
             Ok(())

@@ -293,6 +293,7 @@ async fn run_one(
         state_dir: shared.cfg.state_dir.clone(),
         stop: stop.clone(),
         boot,
+        tidy: boot,
     };
     shared.set_deadline(&t.name, cycle_budget(t));
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.

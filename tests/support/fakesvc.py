@@ -44,7 +44,15 @@ def serve(d):
             pass
 
     HTTPServer.allow_reuse_address = True
-    srv = HTTPServer(("127.0.0.1", conf["port"]), H)
+    for attempt in range(100):
+        try:
+            srv = HTTPServer(("127.0.0.1", conf["port"]), H)
+            break
+        except OSError:
+            # the previous instance may still be going away
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
     if "health: flaky" in rules:
         def die():
             time.sleep(0.3)
@@ -88,15 +96,29 @@ def start(d):
         [sys.executable, os.path.abspath(__file__), "serve", d],
         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
     )
-    with open(os.path.join(d, "pid"), "w") as f:
+    tmp = os.path.join(d, "pid.tmp")
+    with open(tmp, "w") as f:
         f.write(str(p.pid))
+    os.replace(tmp, os.path.join(d, "pid"))
+
+
+def control(d):
+    """One control command at a time per service directory: a restart command left running
+    by a killed rulekeeper finishes before the next one starts, so there is never a second
+    instance or a half-written pid file."""
+    import fcntl
+    f = open(os.path.join(d, "control.lock"), "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
 
 
 def main():
     cmd, d = sys.argv[1], sys.argv[2]
     if cmd == "serve":
         serve(d)
-    elif cmd == "restart":
+        return
+    lock = control(d)
+    if cmd == "restart":
         with open(os.path.join(d, "restarts.log"), "a") as f:
             f.write("restart\n")
         stop(d)
@@ -107,6 +129,7 @@ def main():
         stop(d)
     else:
         sys.exit("usage: fakesvc.py serve|restart|start|stop DIR")
+    lock.close()
 
 
 if __name__ == "__main__":
