@@ -411,6 +411,73 @@ fn vmalert_dry_run() {
     );
 }
 
+/// alerts/alertmanager.yml passes Alertmanager's own check, its templates render, and its routes
+/// send exactly the critical alerts to the emergency (priority 2) Pushover receiver.
+#[test]
+fn alertmanager_config_checks_and_routes_critical_to_emergency() {
+    let Some(amtool) = util::require_tool("amtool") else {
+        return;
+    };
+    let am = root().join("alerts/alertmanager.yml");
+    let (out, _) = run_tool(Command::new(&amtool).arg("check-config").arg(&am));
+    assert!(out.contains("1 templates"), "{out}");
+    let (out, _) = run_tool(
+        Command::new(&amtool)
+            .arg("template")
+            .arg("render")
+            .arg(format!(
+                "--template.glob={}",
+                root().join("alerts/rulekeeper.tmpl").display()
+            ))
+            .arg("--template.text={{ template \"rulekeeper.title\" . }}|{{ template \"rulekeeper.message\" . }}"),
+    );
+    assert!(out.contains("host: "), "{out}");
+    let v: Value = serde_yaml::from_str(&std::fs::read_to_string(&am).unwrap()).unwrap();
+    let text = std::fs::read_to_string(&am).unwrap();
+    assert!(
+        !text.contains("user_key: ") || text.contains("user_key: $PUSHOVER_USER_KEY"),
+        "no literal Pushover secrets"
+    );
+    let receivers: BTreeMap<String, &Value> = v["receivers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap().to_string(), r))
+        .collect();
+    let emergency = &receivers["rulekeeper-pushover-emergency"]["pushover_configs"][0];
+    assert!(emergency["priority"].as_str().unwrap().contains('2'));
+    assert!(emergency["retry"].is_string() && emergency["expire"].is_string());
+    let normal = &receivers["rulekeeper-pushover-normal"]["pushover_configs"][0];
+    assert_eq!(normal["priority"].as_str(), Some("0"));
+    // Which receiver each alert reaches: amtool's routing test against the shipped tree.
+    let prom = prometheus_alerts();
+    for name in ALERTS {
+        let sev = prom[name]["labels"]["severity"].as_str().unwrap();
+        let (out, _) = run_tool(
+            Command::new(&amtool)
+                .arg("config")
+                .arg("routes")
+                .arg("test")
+                .arg(format!("--config.file={}", am.display()))
+                .arg(format!("alertname={name}"))
+                .arg(format!("severity={sev}")),
+        );
+        let want = if sev == "critical" {
+            "rulekeeper-pushover-emergency"
+        } else {
+            "rulekeeper-pushover-normal"
+        };
+        assert_eq!(out.trim(), want, "{name} ({sev})");
+    }
+    for name in ["RulekeeperDown", "RulekeeperRollbackFailed"] {
+        assert_eq!(
+            prom[name]["labels"]["severity"].as_str(),
+            Some("critical"),
+            "{name}"
+        );
+    }
+}
+
 /// Every dashboard query (with Grafana's variables filled in) is valid PromQL: promtool parses
 /// them as recording rules.
 #[test]

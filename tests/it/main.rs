@@ -1,5 +1,6 @@
 //! rulekeeper's one integration test binary: black-box tests against real processes,
 //! real files and real sockets on 127.0.0.1. `util` is the shared harness.
+mod alertchain;
 mod alerts;
 mod lab;
 mod nix;
@@ -7,6 +8,7 @@ mod operator;
 mod powersync_api;
 mod powersync_offline;
 mod util;
+mod vmstack;
 
 mod cycle;
 mod daemon;
