@@ -47,6 +47,9 @@ fn d_60s() -> Duration {
 fn d_30s() -> Duration {
     secs(30)
 }
+fn d_5s() -> Duration {
+    secs(5)
+}
 fn d_10s() -> Duration {
     secs(10)
 }
@@ -110,6 +113,9 @@ pub struct Target {
     pub verify: Verify,
     #[serde(default)]
     pub webhook: Option<Webhook>,
+    /// Fleets: new upstream content waits until this query says so.
+    #[serde(default)]
+    pub gate: Option<Gate>,
     /// Filled in by [`load`].
     #[serde(skip)]
     pub name: String,
@@ -290,6 +296,23 @@ pub struct Webhook {
     pub secret_file: PathBuf,
 }
 
+/// A staged-rollout gate: a Prometheus-compatible query that must answer before new upstream
+/// content is swapped in (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Base URL of the query API (`GET {url}/api/v1/query`).
+    pub url: String,
+    /// PromQL; `{sha256}` and `{revision}` are replaced by the candidate's.
+    pub query: String,
+    #[serde(default = "d_30s", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "d_5s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
 /// Reads and checks a config file.
 pub fn load(file: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
@@ -443,6 +466,19 @@ fn check(cfg: &mut Config) -> Result<(), ConfigError> {
         }
         if let Some(p) = &t.validate.powersync_api {
             check_url(&p.url, true).map_err(|m| err(tn, k("validate.powersync_api.url"), m))?;
+        }
+        if let Some(g) = &t.gate {
+            // A bearer token may travel with the query: TLS unless loopback.
+            check_url(&g.url, true).map_err(|m| err(tn, k("gate.url"), m))?;
+            if g.query.trim().is_empty() {
+                return Err(err(tn, k("gate.query"), "must not be empty".into()));
+            }
+            if g.interval < Duration::from_secs(1) {
+                return Err(err(tn, k("gate.interval"), "must be at least 1s".into()));
+            }
+            if g.timeout.is_zero() {
+                return Err(err(tn, k("gate.timeout"), "must be greater than 0".into()));
+            }
         }
     }
     check_overlaps(cfg)

@@ -19,11 +19,13 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::config::{RestartKind, Target};
+use crate::gate;
 use crate::install;
 use crate::restart::{self, Restarted, WasRunning};
 use crate::source::{FetchError, Fetched, Source};
 use crate::state::{
-    self, Applied, Pending, PendingStage, Quarantine, SourceMemo, StateError, Store, TargetState,
+    self, Applied, GateWait, Pending, PendingStage, Quarantine, SourceMemo, StateError, Store,
+    TargetState,
 };
 use crate::validate;
 use crate::verify;
@@ -448,6 +450,10 @@ impl Runner<'_, '_> {
         loop {
             self.st.upstream_revision = up.revision.clone();
             self.st.upstream_sha256 = Some(up.sha.clone());
+            // A wait is for one sha: new upstream content starts over.
+            if self.st.gate.as_ref().is_some_and(|g| g.sha256 != up.sha) {
+                self.st.gate = None;
+            }
             if live_sha.as_deref() == Some(up.sha.as_str()) {
                 return self.in_sync(&up, live.as_deref()).await;
             }
@@ -536,6 +542,7 @@ impl Runner<'_, '_> {
         }
         // In sync there is nothing left to keep out, whatever the hash.
         self.st.quarantine = None;
+        self.st.gate = None;
         self.rep.outcome = Outcome::Unchanged;
         // Content we applied was validated then; this also covers a file found in place.
         self.rep.usable = live
@@ -635,6 +642,17 @@ impl Runner<'_, '_> {
             self.rep.revision = self.st.applied.as_ref().and_then(|a| a.revision.clone());
             return Ok(());
         }
+        if let Mode::Upstream { .. } = mode {
+            if let Some(why) = self.gate_closed(&sha, revision.as_deref()).await {
+                drop(candidate);
+                self.rep.outcome = Outcome::Gated;
+                self.rep.reason = Some(why);
+                self.rep.usable = self.usable(live.as_deref()).await;
+                self.rep.live_sha256 = live_sha;
+                self.rep.revision = self.st.applied.as_ref().and_then(|a| a.revision.clone());
+                return Ok(());
+            }
+        }
         if self.ctx.stop.requested() {
             return Err(CycleError::Aborted);
         }
@@ -699,12 +717,47 @@ impl Runner<'_, '_> {
         }
     }
 
+    /// Asks the target's gate about new upstream content; Some(why) while it stays closed.
+    /// Content already applied (a drift correction back to it) passed the gate before.
+    async fn gate_closed(&mut self, sha: &str, revision: Option<&str>) -> Option<String> {
+        let g = self.t().gate.as_ref()?;
+        if self.st.applied.as_ref().is_some_and(|a| a.sha256 == sha) {
+            return None;
+        }
+        match gate::ask(g, sha, revision).await {
+            gate::Answer::Open => {
+                tracing::info!(target_name = %self.t().name, sha256 = %sha, "gate open");
+                self.st.gate = None;
+                None
+            }
+            gate::Answer::Closed(reason) => {
+                let since = match &self.st.gate {
+                    Some(w) if w.sha256 == sha => w.since,
+                    _ => Utc::now(),
+                };
+                let why = format!(
+                    "gated since {}: {reason}; upstream {} waits (asked again every {})",
+                    since.format("%Y-%m-%d %H:%M:%S UTC"),
+                    short(sha),
+                    humantime::format_duration(g.interval)
+                );
+                self.st.gate = Some(GateWait {
+                    sha256: sha.to_string(),
+                    since,
+                    reason,
+                });
+                Some(why)
+            }
+        }
+    }
+
     fn commit_applied(&mut self, sha: &str, revision: Option<String>) {
         // Content that passed verification now is no longer known-bad (an operator pushed it
         // again after fixing what made it fail).
         if self.st.quarantine.as_ref().is_some_and(|q| q.sha256 == sha) {
             self.st.quarantine = None;
         }
+        self.st.gate = None;
         self.st.applied = Some(Applied {
             sha256: sha.to_string(),
             revision: revision.clone(),

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod cycle;
 pub mod exec;
+pub mod gate;
 pub mod install;
 pub mod logging;
 pub mod metrics;

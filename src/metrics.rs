@@ -210,7 +210,7 @@ impl Metrics {
         self.poll_interval
             .with_label_values(&[target])
             .set(interval.as_secs_f64());
-        self.gated.with_label_values(&[target]).set(0);
+
         for o in Outcome::ALL {
             self.cycles.with_label_values(&[target, o.as_str()]);
         }
@@ -246,6 +246,9 @@ impl Metrics {
         };
         self.quarantined.with_label_values(&[target]).set(q as i64);
         self.held.with_label_values(&[target]).set(st.hold as i64);
+        self.gated
+            .with_label_values(&[target])
+            .set(st.gate.is_some() as i64);
         self.set_quarantined_info(target, st.quarantine.as_ref().map(|q| q.sha256.clone()));
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st

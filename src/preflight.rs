@@ -35,6 +35,9 @@ fn urls(t: &Target) -> Vec<(&'static str, &str)> {
     if let Some(p) = &t.verify.powersync_api {
         out.push(("verify.powersync_api.url", p.url.as_str()));
     }
+    if let Some(g) = &t.gate {
+        out.push(("gate.url", g.url.as_str()));
+    }
     out
 }
 
@@ -52,6 +55,9 @@ pub fn secret_files(t: &Target) -> Vec<(&'static str, &Path)> {
     }
     if let Some(p) = &t.verify.powersync_api {
         out.push(("verify.powersync_api.token_file", p.token_file.as_path()));
+    }
+    if let Some(p) = t.gate.as_ref().and_then(|g| g.token_file.as_ref()) {
+        out.push(("gate.token_file", p.as_path()));
     }
     out
 }

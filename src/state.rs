@@ -85,6 +85,16 @@ pub struct Quarantine {
     pub at: DateTime<Utc>,
 }
 
+/// New upstream content waiting on the target's gate (fleets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GateWait {
+    pub sha256: String,
+    /// When this content started waiting.
+    pub since: DateTime<Utc>,
+    /// Why the gate is closed, as of the last time it was asked.
+    pub reason: String,
+}
+
 /// What the source said last time, so the next fetch can be conditional.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceMemo {
@@ -125,6 +135,9 @@ pub struct TargetState {
     /// sha256 of the content upstream served last time it was asked.
     #[serde(default)]
     pub upstream_sha256: Option<String>,
+    /// New upstream content waiting on the gate.
+    #[serde(default)]
+    pub gate: Option<GateWait>,
 }
 
 impl TargetState {

@@ -29,6 +29,10 @@ pub struct TargetStatus {
     pub busy: bool,
     /// The state file cannot be read or parsed (the target is left alone until fixed).
     pub state_error: Option<String>,
+    /// New upstream content waiting on the gate: its sha256, since when, and why.
+    pub gated_sha256: Option<String>,
+    pub gated_since: Option<DateTime<Utc>>,
+    pub gate_reason: Option<String>,
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -79,6 +83,9 @@ pub fn of(
         pending: st.pending.is_some(),
         busy,
         state_error,
+        gated_sha256: st.gate.as_ref().map(|g| g.sha256.clone()),
+        gated_since: st.gate.as_ref().map(|g| g.since),
+        gate_reason: st.gate.as_ref().map(|g| g.reason.clone()),
     }
 }
 
@@ -160,6 +167,15 @@ pub fn table(all: &[TargetStatus]) -> String {
         }
         if let Some(n) = &s.last_note {
             let _ = writeln!(out, "{}: note: {n}", s.target);
+        }
+        if let (Some(sha), Some(why)) = (&s.gated_sha256, &s.gate_reason) {
+            let _ = writeln!(
+                out,
+                "{}: upstream {} waits on the gate ({}): {why}",
+                s.target,
+                short(&Some(sha.clone())),
+                ago(s.gated_since)
+            );
         }
         if s.pending {
             let _ = writeln!(

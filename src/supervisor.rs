@@ -364,7 +364,12 @@ async fn target_loop(
             .as_ref()
             .map(|r| r.outcome == Outcome::FetchFailed)
             .unwrap_or(true);
-        let delay = if fetch_failed {
+        let gated = rep.as_ref().is_some_and(|r| r.outcome == Outcome::Gated);
+        let delay = if let (true, Some(g)) = (gated, &t.gate) {
+            // Waiting content is re-asked on the gate's own clock, not only at the next poll.
+            failures = 0;
+            jittered(t.interval).min(g.interval)
+        } else if fetch_failed {
             let d = backoff(t.interval, failures);
             failures = failures.saturating_add(1);
             d

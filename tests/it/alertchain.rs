@@ -112,7 +112,7 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         h.start();
     }
     wait_until(30, "every daemon scraped", || {
-        stack.query("up{job=\"rulekeeper\"} == 1").len() == ports.len()
+        stack.vm.query("up{job=\"rulekeeper\"} == 1").len() == ports.len()
     });
 
     // The causes.

@@ -104,10 +104,85 @@ pub fn find(
     })
 }
 
-pub struct Stack {
-    /// Configs, data and logs of the three processes.
+/// VictoriaMetrics alone, scraping rulekeeper daemons every second as job `rulekeeper`.
+pub struct Vm {
+    pub port: u16,
+    child: Child,
     _dir: tempfile::TempDir,
-    pub vm_port: u16,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Vm {
+    /// Scrapes each `(port, role)`: the daemon's `listen` port and an optional `role` label
+    /// set by the scrape config (as docs/fleet.md recommends).
+    pub fn start(targets: &[(u16, Option<&str>)]) -> Option<Vm> {
+        let vm = require_tool("victoria-metrics")?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let port = free_port();
+        let mut scrape = String::from(
+            "scrape_configs:\n  - job_name: rulekeeper\n    scrape_interval: 1s\n    static_configs:\n",
+        );
+        for (p, role) in targets {
+            scrape.push_str(&format!("      - targets: [\"127.0.0.1:{p}\"]\n"));
+            if let Some(r) = role {
+                scrape.push_str(&format!("        labels: {{role: {r}}}\n"));
+            }
+        }
+        std::fs::write(d.join("scrape.yml"), scrape).unwrap();
+        let child = spawn(
+            Command::new(&vm)
+                .arg(format!("-storageDataPath={}", d.join("vm").display()))
+                .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+                .arg(format!(
+                    "-promscrape.config={}",
+                    d.join("scrape.yml").display()
+                ))
+                .arg("-search.latencyOffset=1s")
+                .arg("-search.disableCache")
+                .arg("-loggerLevel=ERROR"),
+            &d.join("victoria-metrics.log"),
+        );
+        wait_until(30, "victoria-metrics ready", || {
+            http(port, "GET", "/health", &[], b"").0 == 200
+        });
+        Some(Vm {
+            port,
+            child,
+            _dir: dir,
+        })
+    }
+
+    /// An instant query: the result vector.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let q: String = url_escape(promql);
+        let (code, body) = http(
+            self.port,
+            "GET",
+            &format!("/api/v1/query?query={q}"),
+            &[],
+            b"",
+        );
+        if code != 200 {
+            return Vec::new();
+        }
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+pub struct Stack {
+    /// Configs, data and logs of vmalert and Alertmanager.
+    _dir: tempfile::TempDir,
+    pub vm: Vm,
     pub sink: Sink,
     children: Vec<Child>,
 }
@@ -195,26 +270,15 @@ impl Stack {
     /// Starts the chain scraping `targets` (rulekeeper `listen` ports). None (after a loud
     /// message) when a tool is missing.
     pub fn start(targets: &[u16]) -> Option<Stack> {
-        let vm = require_tool("victoria-metrics")?;
         let vmalert = require_tool("vmalert")?;
         let am = require_tool("prometheus-alertmanager")?;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         let sink = Sink::start();
-        let (vm_port, vmalert_port, am_port) = (free_port(), free_port(), free_port());
-
-        let list: Vec<String> = targets
-            .iter()
-            .map(|p| format!("\"127.0.0.1:{p}\""))
-            .collect();
-        std::fs::write(
-            d.join("scrape.yml"),
-            format!(
-                "scrape_configs:\n  - job_name: rulekeeper\n    scrape_interval: 1s\n    static_configs:\n      - targets: [{}]\n",
-                list.join(", ")
-            ),
-        )
-        .unwrap();
+        let (vmalert_port, am_port) = (free_port(), free_port());
+        let scraped: Vec<(u16, Option<&str>)> = targets.iter().map(|p| (*p, None)).collect();
+        let vm = Vm::start(&scraped)?;
+        let vm_port = vm.port;
         let rules =
             std::fs::read_to_string(repo_root().join("alerts/rulekeeper.rules.yml")).unwrap();
         std::fs::write(d.join("rules.yml"), fast_rules(&rules)).unwrap();
@@ -244,19 +308,6 @@ impl Stack {
             &d.join("alertmanager.log"),
         ));
         children.push(spawn(
-            Command::new(&vm)
-                .arg(format!("-storageDataPath={}", d.join("vm").display()))
-                .arg(format!("-httpListenAddr=127.0.0.1:{vm_port}"))
-                .arg(format!(
-                    "-promscrape.config={}",
-                    d.join("scrape.yml").display()
-                ))
-                .arg("-search.latencyOffset=1s")
-                .arg("-search.disableCache")
-                .arg("-loggerLevel=ERROR"),
-            &d.join("victoria-metrics.log"),
-        ));
-        children.push(spawn(
             Command::new(&vmalert)
                 .arg(format!("-rule={}", d.join("rules.yml").display()))
                 .arg(format!("-datasource.url=http://127.0.0.1:{vm_port}"))
@@ -268,39 +319,17 @@ impl Stack {
         ));
         let stack = Stack {
             _dir: dir,
-            vm_port,
+            vm,
             sink,
             children,
         };
         wait_until(30, "alertmanager ready", || {
             http(am_port, "GET", "/-/ready", &[], b"").0 == 200
         });
-        wait_until(30, "victoria-metrics ready", || {
-            http(vm_port, "GET", "/health", &[], b"").0 == 200
-        });
         wait_until(30, "vmalert ready", || {
             http(vmalert_port, "GET", "/health", &[], b"").0 == 200
         });
         Some(stack)
-    }
-
-    /// An instant query against VictoriaMetrics: the result vector.
-    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let q: String = url_escape(promql);
-        let (code, body) = http(
-            self.vm_port,
-            "GET",
-            &format!("/api/v1/query?query={q}"),
-            &[],
-            b"",
-        );
-        if code != 200 {
-            return Vec::new();
-        }
-        serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["data"]["result"].as_array().cloned())
-            .unwrap_or_default()
     }
 }
 
