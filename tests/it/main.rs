@@ -12,6 +12,7 @@ mod vmstack;
 
 mod cycle;
 mod daemon;
+mod fleet;
 mod forge;
 mod hostile;
 mod sources;
