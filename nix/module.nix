@@ -542,9 +542,10 @@ in
               t:
               lib.optional (t.source ? token_file) t.source.token_file
               ++ lib.optional (t.webhook != null && t.webhook ? secret_file) t.webhook.secret_file
+              ++ lib.optional (t ? gate && t.gate ? token_file) t.gate.token_file
             ) targetList
           );
-          message = "services.rulekeeper: token_file / secret_file must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
+          message = "services.rulekeeper: token_file / secret_file (source, webhook, gate) must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
         }
       ];
 
