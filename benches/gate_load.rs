@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{env_u64, free_port, http, mib, status_field};
+use common::{cpu_seconds, env_u64, free_port, http, mib, status_field};
 
 const SHA_OLD: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SHA_NEW: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -27,27 +27,6 @@ fn gate_query(sha: &str) -> String {
          and on () min(time() - rulekeeper_last_apply_timestamp_seconds{{target=\"powersync\", role=\"canary\"}}) > 900 \
          unless on () rulekeeper_quarantined_info{{sha256=\"{sha}\"}}"
     )
-}
-
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    (ut + st) / (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 fn main() {
@@ -121,7 +100,10 @@ fn main() {
         assert!(r.starts_with("HTTP/1.1 204"), "import: {r}");
     }
     // VictoriaMetrics makes imported data searchable after a short delay.
-    let q_new = format!("/api/v1/query?query={}", url_escape(&gate_query(SHA_NEW)));
+    let q_new = format!(
+        "/api/v1/query?query={}",
+        url::form_urlencoded::byte_serialize(gate_query(SHA_NEW).as_bytes()).collect::<String>()
+    );
     let t0 = Instant::now();
     loop {
         let (_, b) = http(port, "GET", &q_new, &[]).expect("query");
@@ -134,7 +116,10 @@ fn main() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let q_old = format!("/api/v1/query?query={}", url_escape(&gate_query(SHA_OLD)));
+    let q_old = format!(
+        "/api/v1/query?query={}",
+        url::form_urlencoded::byte_serialize(gate_query(SHA_OLD).as_bytes()).collect::<String>()
+    );
     let (_, closed) = http(port, "GET", &q_old, &[]).expect("query");
     assert!(
         closed.contains("\"result\":[]"),

@@ -161,7 +161,7 @@ impl Vm {
 
     /// An instant query: the result vector.
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let q: String = url_escape(promql);
+        let q: String = url::form_urlencoded::byte_serialize(promql.as_bytes()).collect();
         let (code, body) = http(
             self.port,
             "GET",
@@ -331,17 +331,6 @@ impl Stack {
         });
         Some(stack)
     }
-}
-
-fn url_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[test]
