@@ -437,26 +437,36 @@ fn forge_source(port: u16) -> String {
 // The storms
 // ---------------------------------------------------------------------------------------
 
-fn kill_storm_once(bin: &Path, kills: u64) {
+/// A kill storm's world: an upstream on a good revision, one target polling it every
+/// `interval`, already applied once; and the set of every revision upstream ever served.
+fn kill_storm_world(bin: &Path, interval: &str) -> (Arc<Mutex<Upstream>>, World, HashSet<Vec<u8>>) {
     let up = Arc::new(Mutex::new(Upstream {
         content: rules("start", "good"),
         fault_rate: 0.0,
         served: BTreeMap::new(),
     }));
     let port = serve_upstream(up.clone());
-    let w = World::new(bin, &[("t", forge_source(port))], free_port(), "1h");
-    let mut known: HashSet<Vec<u8>> = HashSet::new();
-    known.insert(rules("start", "good"));
+    let w = World::new(bin, &[("t", forge_source(port))], free_port(), interval);
     let (code, _) = w.once();
     assert_eq!(code, 0, "the first apply works");
+    (up, w, HashSet::from([rules("start", "good")]))
+}
+
+/// Upstream moves to a random next revision (good, unhealthy or crashing).
+fn move_upstream(up: &Mutex<Upstream>, known: &mut HashSet<Vec<u8>>, i: u64) {
+    let r = next_revision(i);
+    known.insert(r.clone());
+    up.lock().expect("upstream").content = r;
+}
+
+fn kill_storm_once(bin: &Path, kills: u64) {
+    let (up, w, mut known) = kill_storm_world(bin, "1h");
     let mut seen = Seen::default();
     let t0 = Instant::now();
     for i in 0..kills {
         // Upstream moves every few runs, so kills land in applies, verifications and rollbacks.
         if i % 3 == 0 {
-            let r = next_revision(i);
-            known.insert(r.clone());
-            up.lock().expect("upstream").content = r;
+            move_upstream(&up, &mut known, i);
         }
         let mut child = w
             .command(&["once"])
@@ -507,24 +517,12 @@ fn kill_storm_once(bin: &Path, kills: u64) {
 }
 
 fn kill_storm_run(bin: &Path, kills: u64) {
-    let up = Arc::new(Mutex::new(Upstream {
-        content: rules("start", "good"),
-        fault_rate: 0.0,
-        served: BTreeMap::new(),
-    }));
-    let port = serve_upstream(up.clone());
-    let w = World::new(bin, &[("t", forge_source(port))], free_port(), "1s");
-    let mut known: HashSet<Vec<u8>> = HashSet::new();
-    known.insert(rules("start", "good"));
-    let (code, _) = w.once();
-    assert_eq!(code, 0, "the first apply works");
+    let (up, w, mut known) = kill_storm_world(bin, "1s");
     let mut seen = Seen::default();
     let t0 = Instant::now();
     for i in 0..kills {
         if i % 2 == 0 {
-            let r = next_revision(i);
-            known.insert(r.clone());
-            up.lock().expect("upstream").content = r;
+            move_upstream(&up, &mut known, i);
         }
         let mut child = w
             .command(&["run"])
