@@ -648,3 +648,59 @@ fn manual_rollback_brings_back_a_crashed_unit_but_not_a_stopped_one() {
     assert_eq!(w.active(UNIT), "inactive");
     assert_eq!(w.starts().len(), starts);
 }
+
+#[test]
+fn last_good_failing_too_is_rollback_failed() {
+    let Some(w) = World::new(Setup::default()) else {
+        return;
+    };
+    w.boot_with("v1");
+    w.set_upstream(&rules("v2", "good"));
+    assert_eq!(w.hook(SECRET), 202);
+    w.wait_cycles("applied", 2.0);
+    // Something outside the rules breaks (a dependency down): the service now dies on any
+    // rules, last-good included.
+    std::fs::write(w.lab.dir.path().join("svc/broken"), "").unwrap();
+    w.set_upstream(&rules("v3", "good"));
+    assert_eq!(w.hook(SECRET), 202);
+    w.wait_cycles("rollback_failed", 1.0);
+    assert_eq!(w.cycles("rolled_back"), 0.0, "never reported as healed");
+    // The last-good file is back in place, and rulekeeper tried it: started, watched it die.
+    assert_eq!(w.live(), rules("v2", "good"));
+    assert_eq!(
+        w.starts(),
+        vec!["start # v1", "start # v2", "start # v3", "start # v2"]
+    );
+    let e = w.cycle_entries("rollback_failed");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(field(&e[0], "SHA256"), sha256(&rules("v2", "good")));
+    assert!(
+        !field(&e[0], "REASON").contains("not healthy within"),
+        "found by watching the unit, not at the timeout: {e:?}"
+    );
+    let m = w.http("GET", "/metrics", &[]).1;
+    assert_eq!(
+        util::metric(&m, "rulekeeper_rollbacks_total", &[("target", "powersync")]),
+        Some(1.0),
+        "{m}"
+    );
+    // The operator mends the dependency and starts the unit: it runs last-good.
+    let broken = w.lab.dir.path().join("svc/broken");
+    std::fs::remove_file(&broken).unwrap();
+    w.start(UNIT);
+    wait_until(20, "the unit started by hand", || w.starts().len() == 5);
+    assert_eq!(w.starts()[4], "start # v2");
+    // It breaks again, and someone pushes more content by hand: the same end, as exit 4.
+    std::fs::write(&broken, "").unwrap();
+    std::fs::write(w.lab.dir.path().join("v4.yaml"), rules("v4", "good")).unwrap();
+    let o = w.lab.sh(
+        "/run/lab/bin/rulekeeper --log-format journald push -c /run/lab/config.yaml -t powersync /run/lab/v4.yaml",
+    );
+    assert_eq!(o.code, 4, "{}", o.all());
+    assert!(o.stdout.contains("rollback_failed"), "{}", o.all());
+    assert_eq!(w.live(), rules("v2", "good"));
+    assert_eq!(
+        w.starts()[5..],
+        ["start # v4", "start # v2"].map(String::from)
+    );
+}

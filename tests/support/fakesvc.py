@@ -7,6 +7,8 @@ GET /probe on 127.0.0.1:port:
   - rules containing "health: bad"   -> 500 forever
   - rules containing "health: flaky" -> 200 for 0.3 s, then the process exits 1
   - otherwise                        -> 200
+  - DIR/broken exists                -> like "health: flaky" on any rules: a broken
+                                        dependency (database down), so last-good fails too
 `restart DIR`: stops the running instance (pid file) and starts a new one, detached.
 `stop DIR`: stops it.
 """
@@ -53,7 +55,7 @@ def serve(d):
             if attempt == 99:
                 raise
             time.sleep(0.05)
-    if "health: flaky" in rules:
+    if "health: flaky" in rules or os.path.exists(os.path.join(d, "broken")):
         def die():
             time.sleep(0.3)
             os._exit(1)
