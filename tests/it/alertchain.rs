@@ -94,7 +94,8 @@ fn every_alert_fires_from_its_cause_and_resolves() {
     let mut stale = Host::new("stale", &rules("st1", "good"));
     let mut fleet1 = Host::new("fleet", &rules("fleet-a", "good"));
     let mut fleet2 = Host::new("fleet", &rules("fleet-b", "good"));
-    let ports: Vec<u16> = [&steady, &poison, &fresh, &stale, &fleet1, &fleet2]
+    let mut damaged = Host::new("damaged", &rules("d1", "good"));
+    let ports: Vec<u16> = [&steady, &poison, &fresh, &stale, &fleet1, &fleet2, &damaged]
         .iter()
         .map(|h| h.env.listen)
         .collect();
@@ -108,6 +109,7 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         &mut stale,
         &mut fleet1,
         &mut fleet2,
+        &mut damaged,
     ] {
         h.start();
     }
@@ -120,6 +122,9 @@ fn every_alert_fires_from_its_cause_and_resolves() {
     poison.forge.set(&rules("p2-bad", "bad"));
     stale.forge.fail_with(Some(503));
     steady.forge.set(&rules("s2", "good")); // a normal apply: must not alert
+                                            // Outside damage to one target's state file (a bad restore from backup, a disk error).
+    let state_file = damaged.env.state.join("targets/damaged/state.json");
+    std::fs::write(&state_file, "{\"applied\": {\"sha256\": ").unwrap();
 
     // RulekeeperRolledBack: the poisoned revision was applied, failed, rolled back.
     let (note, a) = wait_note(
@@ -203,7 +208,25 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         "hosts disagree on the live rules of target fleet"
     );
 
+    // RulekeeperStateError: that target's cycles end state_error.
+    let (note, a) = wait_note(
+        &stack,
+        60,
+        "RulekeeperStateError",
+        "firing",
+        &[("target", "damaged")],
+    );
+    assert_eq!(note.receiver, "normal");
+    assert_eq!(a["labels"]["severity"], "warning");
+    assert_eq!(
+        annotation(&a, "summary"),
+        "rulekeeper cannot read the state of target damaged"
+    );
+    assert!(annotation(&a, "description").contains("mv state.json state.json.broken"));
+
     // Take the causes away.
+    // The documented recovery: move the state file aside.
+    std::fs::rename(&state_file, state_file.with_extension("json.broken")).unwrap();
     poison.forge.set(&rules("p3", "good"));
     fresh.forge.set(&rules("f2", "good"));
     stale.forge.fail_with(None);
@@ -248,6 +271,14 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         "resolved",
         &[("target", "fresh")],
     );
+    wait_note(
+        &stack,
+        90,
+        "RulekeeperStateError",
+        "resolved",
+        &[("target", "damaged")],
+    );
+    assert_eq!(damaged.env.live(), rules("d1", "good"));
 
     // RulekeeperDown: the daemon is killed; critical, the emergency receiver.
     stale.stop();
