@@ -122,7 +122,8 @@ fn every_alert_fires_from_its_cause_and_resolves() {
     poison.forge.set(&rules("p2-bad", "bad"));
     stale.forge.fail_with(Some(503));
     steady.forge.set(&rules("s2", "good")); // a normal apply: must not alert
-                                            // Outside damage to one target's state file (a bad restore from backup, a disk error).
+
+    // Outside damage to one target's state file (a bad restore from backup, a disk error).
     let state_file = damaged.env.state.join("targets/damaged/state.json");
     std::fs::write(&state_file, "{\"applied\": {\"sha256\": ").unwrap();
 

@@ -116,6 +116,19 @@ impl World {
         std::fs::rename(d.join(".next"), d.join("sync-rules.yaml")).unwrap();
     }
 
+    /// Publishes new upstream content and pushes the webhook for it.
+    fn publish(&self, text: &str) {
+        self.set_upstream(text);
+        assert_eq!(self.hook(SECRET), 202);
+    }
+
+    /// `rulekeeper ARGS -c <lab config> -t powersync` inside the lab, logging to the journal.
+    fn rk(&self, args: &str) -> util::Out {
+        self.lab.sh(&format!(
+            "/run/lab/bin/rulekeeper --log-format journald {args} -c /run/lab/config.yaml -t powersync"
+        ))
+    }
+
     fn live(&self) -> String {
         std::fs::read_to_string(self.lab.path(LIVE)).unwrap_or_default()
     }
@@ -241,8 +254,7 @@ fn crash_revision_with_restart_no_is_rolled_back_and_running() {
         return;
     };
     w.boot_with("good1");
-    w.set_upstream(&rules("crash", "flaky"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("crash", "flaky"));
     w.wait_cycles("rolled_back", 1.0);
     // Restart=no: the bad revision left the unit failed; the rollback started it again on
     // last-good and verified it.
@@ -295,8 +307,7 @@ fn crash_loop_past_the_start_limit_is_rolled_back() {
         return;
     };
     w.boot_with("good1");
-    w.set_upstream(&rules("crash", "flaky"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("crash", "flaky"));
     w.wait_cycles("rolled_back", 1.0);
     assert_eq!(w.active(UNIT), "active");
     assert_eq!(w.live(), rules("good1", "good"));
@@ -324,8 +335,7 @@ fn operator_stopped_unit_is_not_started() {
     w.boot_with("v1");
     let o = w.lab.systemctl(&["stop", UNIT]);
     assert_eq!(o.code, 0, "{}", o.all());
-    w.set_upstream(&rules("v2", "good"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("v2", "good"));
     w.wait_cycles("applied", 2.0);
     assert_eq!(w.live(), rules("v2", "good"));
     assert_eq!(w.active(UNIT), "inactive", "still stopped");
@@ -496,9 +506,7 @@ fn concurrent_push_waits_for_the_daemons_cycle() {
     });
     // The daemon is inside its verify window now, holding the target's lock.
     let started = Instant::now();
-    let o = w
-        .lab
-        .sh("/run/lab/bin/rulekeeper --log-format journald push -c /run/lab/config.yaml -t powersync /run/lab/v3.yaml");
+    let o = w.rk("push /run/lab/v3.yaml");
     let took = started.elapsed();
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(o.stdout.contains("applied"), "{}", o.all());
@@ -583,8 +591,7 @@ fn interrupted_apply_found_at_start_up_brings_the_unit_back() {
         return;
     };
     w.boot_with("good1");
-    w.set_upstream(&rules("bad", "bad"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("bad", "bad"));
     wait_until(20, "the bad revision is running", || {
         w.starts().last().map(String::as_str) == Some("start # bad")
     });
@@ -617,14 +624,9 @@ fn manual_rollback_brings_back_a_crashed_unit_but_not_a_stopped_one() {
         return;
     };
     w.boot_with("v1");
-    w.set_upstream(&rules("v2", "good"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("v2", "good"));
     w.wait_cycles("applied", 2.0);
-    let rollback = || {
-        w.lab.sh(
-            "/run/lab/bin/rulekeeper --log-format journald rollback -c /run/lab/config.yaml -t powersync",
-        )
-    };
+    let rollback = || w.rk("rollback");
     // The service died (Restart=no leaves it failed); the operator rolls back.
     w.kill_main(UNIT);
     wait_until(20, "the managed unit is failed", || {
@@ -655,14 +657,13 @@ fn last_good_failing_too_is_rollback_failed() {
         return;
     };
     w.boot_with("v1");
-    w.set_upstream(&rules("v2", "good"));
-    assert_eq!(w.hook(SECRET), 202);
+    w.publish(&rules("v2", "good"));
     w.wait_cycles("applied", 2.0);
     // Something outside the rules breaks (a dependency down): the service now dies on any
     // rules, last-good included.
-    std::fs::write(w.lab.dir.path().join("svc/broken"), "").unwrap();
-    w.set_upstream(&rules("v3", "good"));
-    assert_eq!(w.hook(SECRET), 202);
+    let broken = w.lab.dir.path().join("svc/broken");
+    std::fs::write(&broken, "").unwrap();
+    w.publish(&rules("v3", "good"));
     w.wait_cycles("rollback_failed", 1.0);
     assert_eq!(w.cycles("rolled_back"), 0.0, "never reported as healed");
     // The last-good file is back in place, and rulekeeper tried it: started, watched it die.
@@ -685,7 +686,6 @@ fn last_good_failing_too_is_rollback_failed() {
         "{m}"
     );
     // The operator mends the dependency and starts the unit: it runs last-good.
-    let broken = w.lab.dir.path().join("svc/broken");
     std::fs::remove_file(&broken).unwrap();
     w.start(UNIT);
     wait_until(20, "the unit started by hand", || w.starts().len() == 5);
@@ -693,9 +693,7 @@ fn last_good_failing_too_is_rollback_failed() {
     // It breaks again, and someone pushes more content by hand: the same end, as exit 4.
     std::fs::write(&broken, "").unwrap();
     std::fs::write(w.lab.dir.path().join("v4.yaml"), rules("v4", "good")).unwrap();
-    let o = w.lab.sh(
-        "/run/lab/bin/rulekeeper --log-format journald push -c /run/lab/config.yaml -t powersync /run/lab/v4.yaml",
-    );
+    let o = w.rk("push /run/lab/v4.yaml");
     assert_eq!(o.code, 4, "{}", o.all());
     assert!(o.stdout.contains("rollback_failed"), "{}", o.all());
     assert_eq!(w.live(), rules("v2", "good"));
