@@ -205,6 +205,27 @@ fn systemd_child(outer: u32) -> Option<i32> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed lab test is read from CI's log: leave there what systemd saw.
+            let o = self.sh("systemctl --no-pager list-units --all 'rulekeeper*' 'podman-*'");
+            eprintln!("---- lab state at failure ----\n{}", o.all());
+            // With the fields rulekeeper logs (reason, error, outcome), which short forms drop.
+            for e in self.journal("_TRANSPORT=journal + _TRANSPORT=stdout") {
+                let Some(m) = e.as_object() else { continue };
+                let fields: Vec<String> = m
+                    .iter()
+                    .filter(|(k, _)| {
+                        !k.starts_with('_')
+                            && !k.starts_with("SYSLOG")
+                            && !k.starts_with("CODE_")
+                            && !["MESSAGE", "PRIORITY", "INVOCATION_ID"].contains(&k.as_str())
+                    })
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
+                    .collect();
+                let msg = m.get("MESSAGE").and_then(|v| v.as_str()).unwrap_or("");
+                eprintln!("journal: {msg} {}", fields.join(" "));
+            }
+        }
         // SAFETY: plain kill of the lab's PID 1; the kernel then kills the whole namespace.
         unsafe {
             libc::kill(self.pid, libc::SIGKILL);
