@@ -116,17 +116,22 @@ impl Lab {
 
     /// Runs a shell script inside every namespace of the lab, in `/run/lab`.
     pub fn sh(&self, script: &str) -> Out {
+        self.try_sh(script).expect("nsenter")
+    }
+
+    /// [`Lab::sh`] without the panic, for code that runs while a test is already panicking
+    /// (a second panic there aborts the whole test binary).
+    fn try_sh(&self, script: &str) -> std::io::Result<Out> {
         let out = Command::new("nsenter")
             .args(["-t", &self.pid.to_string(), "-a", "sh", "-c"])
             .arg(format!("cd /run/lab && {script}"))
             .env_remove("NOTIFY_SOCKET")
-            .output()
-            .expect("nsenter");
-        Out {
+            .output()?;
+        Ok(Out {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        })
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Out {
@@ -149,11 +154,7 @@ impl Lab {
 
     /// Journal entries (as JSON objects) matching `args` (units, FIELD=value matches).
     pub fn journal(&self, args: &str) -> Vec<serde_json::Value> {
-        let o = self.sh(&format!("journalctl --no-pager -o json {args}"));
-        o.stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        parse_journal(&self.sh(&format!("journalctl --no-pager -o json {args}")))
     }
 
     /// Runs `f` on this thread inside the lab's network namespace: sockets it opens (clients
@@ -203,14 +204,27 @@ fn systemd_child(outer: u32) -> Option<i32> {
         })
 }
 
+fn parse_journal(o: &Out) -> Vec<serde_json::Value> {
+    o.stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A failed lab test is read from CI's log: leave there what systemd saw.
-            let o = self.sh("systemctl --no-pager list-units --all 'rulekeeper*' 'podman-*'");
-            eprintln!("---- lab state at failure ----\n{}", o.all());
+            let units = "systemctl --no-pager list-units --all 'rulekeeper*' 'podman-*'";
+            if let Ok(o) = self.try_sh(units) {
+                eprintln!("---- lab state at failure ----\n{}", o.all());
+            }
             // With the fields rulekeeper logs (reason, error, outcome), which short forms drop.
-            for e in self.journal("_TRANSPORT=journal + _TRANSPORT=stdout") {
+            let journal = self
+                .try_sh("journalctl --no-pager -o json _TRANSPORT=journal + _TRANSPORT=stdout")
+                .map(|o| parse_journal(&o))
+                .unwrap_or_default();
+            for e in journal {
                 let Some(m) = e.as_object() else { continue };
                 let fields: Vec<String> = m
                     .iter()

@@ -212,10 +212,13 @@ fn fast_rules(text: &str) -> String {
             if let Some(name) = t.strip_prefix("- alert: ") {
                 alert = name.trim();
             }
-            if t.starts_with("for: ") && alert == "RulekeeperUpstreamQuarantined" {
-                format!("{indent}for: 15s")
-            } else if t.starts_with("for: ") {
-                format!("{indent}for: 3s")
+            if t.starts_with("for: ") {
+                let d = if alert == "RulekeeperUpstreamQuarantined" {
+                    "15s"
+                } else {
+                    "3s"
+                };
+                format!("{indent}for: {d}")
             } else if t == "interval: 1m" {
                 format!("{indent}interval: 1s")
             } else {
