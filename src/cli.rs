@@ -1,6 +1,6 @@
-//! The command line (DESIGN.md "CLI"): parsing, logging set-up, and turning each command's
-//! result into the documented exit code. Everything here is thin glue over `cycle`,
-//! `state` and `supervisor`.
+//! The command line (docs/contract.md "CLI"): parsing, logging set-up, and one function per
+//! command that turns its result into an [`Exit`]. Everything here is thin glue over
+//! `cycle`, `state`, `status` and `supervisor`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -8,19 +8,11 @@ use std::path::{Path, PathBuf};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, Target};
-use crate::cycle::{self, Ctx, Report, Stop, Trigger};
+use crate::cycle::{self, Ctx, Stop, Trigger};
+use crate::exit::Exit;
 use crate::logging::LogFormat;
 use crate::source::Source;
 use crate::state::Store;
-
-/// Exit codes (DESIGN.md "CLI").
-pub mod exit {
-    pub const OK: i32 = 0;
-    pub const FAILED: i32 = 1;
-    pub const USAGE: i32 = 2;
-    pub const NO_USABLE_FILE: i32 = 3;
-    pub const ROLLBACK_FAILED: i32 = 4;
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,52 +111,68 @@ pub enum Command {
     Man,
 }
 
-/// Entry point used by `main`: returns the process exit code.
-pub fn main() -> i32 {
+/// Entry point used by `main`: the exit status of the command.
+pub fn main() -> Exit {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
-                exit::USAGE
+                Exit::Usage
             } else {
-                exit::OK
+                Exit::Ok
             };
             let _ = e.print();
             return code;
         }
     };
     crate::logging::init(cli.log_format);
-    match run(cli) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("rulekeeper: {e:#}");
-            exit::USAGE
+            Exit::Usage
         }
     }
 }
 
-fn load(c: &ConfigArg) -> Result<Config, i32> {
+fn load(c: &ConfigArg) -> Result<Config, Exit> {
     config::load(&c.config).map_err(|e| {
         eprintln!("rulekeeper: {e}");
-        exit::USAGE
+        Exit::Usage
     })
 }
 
-/// Loads the config and checks that `name` is one of its targets (so indexing by it is safe).
-fn load_with_target(c: &ConfigArg, name: &str) -> Result<Config, i32> {
-    let cfg = load(c)?;
-    target(&cfg, name)?;
-    Ok(cfg)
-}
-
-fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, i32> {
+fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, Exit> {
     cfg.targets.get(name).ok_or_else(|| {
         eprintln!(
             "rulekeeper: {}: no target `{name}` (targets: {})",
             cfg.file.display(),
             cfg.targets.keys().cloned().collect::<Vec<_>>().join(", ")
         );
-        exit::USAGE
+        Exit::Usage
+    })
+}
+
+/// Runs `f` on the loaded config; a config error (already printed) is `Exit::Usage`.
+fn with_config(
+    c: &ConfigArg,
+    f: impl FnOnce(&Config) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    match load(c) {
+        Ok(cfg) => f(&cfg),
+        Err(code) => Ok(code),
+    }
+}
+
+/// As [`with_config`], for a command about one target.
+fn with_target(
+    c: &ConfigArg,
+    name: &str,
+    f: impl FnOnce(&Config, &Target) -> anyhow::Result<Exit>,
+) -> anyhow::Result<Exit> {
+    with_config(c, |cfg| match target(cfg, name) {
+        Ok(t) => f(cfg, t),
+        Err(code) => Ok(code),
     })
 }
 
@@ -174,136 +182,31 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
-    let code = match cli.command {
-        Command::Run { c } => {
-            let cfg = match load(&c) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            crate::supervisor::run(cfg)?
+fn run(command: Command) -> anyhow::Result<Exit> {
+    match command {
+        Command::Run { c } => with_config(&c, |cfg| crate::supervisor::run(cfg.clone())),
+        Command::Check { c } => with_config(&c, check),
+        Command::Once { c, target } => with_config(&c, |cfg| once(cfg, target.as_deref())),
+        Command::Validate { c, target, path } => {
+            with_target(&c, &target, |_, t| validate(t, &path))
         }
-        Command::Check { c } => match load(&c) {
-            Ok(cfg) => {
-                for w in crate::preflight::warnings(&cfg) {
-                    eprintln!("rulekeeper: warning: {w}");
-                }
-                let problems = crate::preflight::file_problems(&cfg);
-                for p in &problems {
-                    eprintln!("rulekeeper: {p}");
-                }
-                if problems.is_empty() {
-                    println!("{}: ok ({} targets)", cfg.file.display(), cfg.targets.len());
-                    exit::OK
-                } else {
-                    exit::USAGE
-                }
-            }
-            Err(code) => code,
-        },
-        Command::Once { c, target: only } => {
-            let cfg = match load(&c) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let names: Vec<String> = match &only {
-                Some(t) => match target(&cfg, t) {
-                    Ok(_) => vec![t.clone()],
-                    Err(code) => return Ok(code),
-                },
-                None => cfg.targets.keys().cloned().collect(),
-            };
-            let rt = runtime()?;
-            let mut worst = exit::OK;
-            for name in names {
-                let t = &cfg.targets[&name];
-                let code = rt.block_on(one(&cfg, t, Trigger::Poll));
-                worst = worse(worst, code);
-            }
-            worst
+        Command::Push { c, target, path } => {
+            with_target(&c, &target, |cfg, t| push(cfg, t, path.as_deref()))
         }
-        Command::Validate {
-            c,
-            target: name,
-            path,
-        } => {
-            let cfg = match load_with_target(&c, &name) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let t = &cfg.targets[&name];
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("rulekeeper: cannot read {}: {e}", path.display());
-                    return Ok(exit::USAGE);
-                }
-            };
-            let rt = runtime()?;
-            match rt.block_on(crate::validate::full(&t.validate, &path, &bytes)) {
-                Ok(()) => {
-                    println!("{}: valid for target `{name}`", path.display());
-                    exit::OK
-                }
-                Err(e) => {
-                    println!("{}: invalid for target `{name}`: {e}", path.display());
-                    exit::FAILED
-                }
-            }
+        Command::Rollback { c, target } => with_target(&c, &target, |cfg, t| {
+            Ok(runtime()?.block_on(one(cfg, t, Trigger::Rollback)))
+        }),
+        Command::Hold { c, target } => with_target(&c, &target, |cfg, t| set_hold(cfg, t, true)),
+        Command::Release { c, target } => {
+            with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))
         }
-        Command::Push {
-            c,
-            target: name,
-            path,
-        } => {
-            let cfg = match load_with_target(&c, &name) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let t = &cfg.targets[&name];
-            let body = match read_input(path.as_deref(), t.max_bytes) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("rulekeeper: {e}");
-                    return Ok(exit::USAGE);
-                }
-            };
-            let held = Store::new(&cfg.state_dir, &name)
-                .load()
-                .map(|s| s.hold)
-                .unwrap_or(false);
-            if !held {
-                eprintln!(
-                    "rulekeeper: note: target `{name}` is not held, so the next poll converges it back to upstream; run `rulekeeper hold -t {name}` first to keep a pushed file"
-                );
-            }
-            runtime()?.block_on(one(&cfg, t, Trigger::Push(body)))
-        }
-        Command::Rollback { c, target: name } => {
-            let cfg = match load_with_target(&c, &name) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            let t = &cfg.targets[&name];
-            // A manual rollback that left the service healthy did what was asked: exit 0.
-            match runtime()?.block_on(run_target(&cfg, t, Trigger::Rollback)) {
-                (exit::FAILED, Some(cycle::Outcome::RolledBack)) => exit::OK,
-                (code, _) => code,
-            }
-        }
-        Command::Hold { c, target: name } => set_hold(&c, &name, true)?,
-        Command::Release { c, target: name } => set_hold(&c, &name, false)?,
-        Command::Status { c, json } => {
-            let cfg = match load(&c) {
-                Ok(c) => c,
-                Err(code) => return Ok(code),
-            };
-            if crate::status::print(&cfg, json)? {
-                exit::OK
+        Command::Status { c, json } => with_config(&c, |cfg| {
+            Ok(if crate::status::print(cfg, json)? {
+                Exit::Ok
             } else {
-                exit::FAILED
-            }
-        }
+                Exit::Failed
+            })
+        }),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -311,30 +214,86 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 "rulekeeper",
                 &mut std::io::stdout(),
             );
-            exit::OK
+            Ok(Exit::Ok)
         }
         Command::Man => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            exit::OK
+            Ok(Exit::Ok)
         }
-    };
-    Ok(code)
+    }
 }
 
-/// Combines exit codes: the most serious wins (4 > 3 > 1 > 0; 2 is usage).
-fn worse(a: i32, b: i32) -> i32 {
-    let rank = |c: i32| match c {
-        exit::ROLLBACK_FAILED => 5,
-        exit::NO_USABLE_FILE => 4,
-        exit::USAGE => 3,
-        exit::FAILED => 2,
-        _ => 0,
-    };
-    if rank(b) > rank(a) {
-        b
-    } else {
-        a
+fn check(cfg: &Config) -> anyhow::Result<Exit> {
+    for w in crate::preflight::warnings(cfg) {
+        eprintln!("rulekeeper: warning: {w}");
     }
+    let problems = crate::preflight::file_problems(cfg);
+    for p in &problems {
+        eprintln!("rulekeeper: {p}");
+    }
+    if !problems.is_empty() {
+        return Ok(Exit::Usage);
+    }
+    println!("{}: ok ({} targets)", cfg.file.display(), cfg.targets.len());
+    Ok(Exit::Ok)
+}
+
+fn once(cfg: &Config, only: Option<&str>) -> anyhow::Result<Exit> {
+    let targets: Vec<&Target> = match only {
+        Some(name) => match target(cfg, name) {
+            Ok(t) => vec![t],
+            Err(code) => return Ok(code),
+        },
+        None => cfg.targets.values().collect(),
+    };
+    let rt = runtime()?;
+    let mut worst = Exit::Ok;
+    for t in targets {
+        worst = worst.worse(rt.block_on(one(cfg, t, Trigger::Poll)));
+    }
+    Ok(worst)
+}
+
+fn validate(t: &Target, path: &Path) -> anyhow::Result<Exit> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("rulekeeper: cannot read {}: {e}", path.display());
+            return Ok(Exit::Usage);
+        }
+    };
+    let name = &t.name;
+    match runtime()?.block_on(crate::validate::full(&t.validate, path, &bytes)) {
+        Ok(()) => {
+            println!("{}: valid for target `{name}`", path.display());
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            println!("{}: invalid for target `{name}`: {e}", path.display());
+            Ok(Exit::Failed)
+        }
+    }
+}
+
+fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> anyhow::Result<Exit> {
+    let body = match read_input(path, t.max_bytes) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("rulekeeper: {e}");
+            return Ok(Exit::Usage);
+        }
+    };
+    let name = &t.name;
+    let held = Store::new(&cfg.state_dir, name)
+        .load()
+        .map(|s| s.hold)
+        .unwrap_or(false);
+    if !held {
+        eprintln!(
+            "rulekeeper: note: target `{name}` is not held, so the next poll converges it back to upstream; run `rulekeeper hold -t {name}` first to keep a pushed file"
+        );
+    }
+    Ok(runtime()?.block_on(one(cfg, t, Trigger::Push(body))))
 }
 
 fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {
@@ -358,13 +317,9 @@ fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// Runs one cycle for one target and prints a one-line result; returns the exit code.
-pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> i32 {
-    run_target(cfg, t, trigger).await.0
-}
-
-/// As [`one`], also returning the outcome when the cycle ran.
-async fn run_target(cfg: &Config, t: &Target, trigger: Trigger) -> (i32, Option<cycle::Outcome>) {
+/// Runs one cycle for one target, prints a one-line result and logs it; returns its exit
+/// status.
+pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
     let store = Store::new(&cfg.state_dir, &t.name);
     let source = match Source::new(t, store.git_cache()) {
         Ok(s) => s,
@@ -374,7 +329,7 @@ async fn run_target(cfg: &Config, t: &Target, trigger: Trigger) -> (i32, Option<
                 cfg.file.display(),
                 t.name
             );
-            return (exit::USAGE, None);
+            return Exit::Usage;
         }
     };
     let ctx = Ctx {
@@ -388,59 +343,35 @@ async fn run_target(cfg: &Config, t: &Target, trigger: Trigger) -> (i32, Option<
     };
     match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
-            print_report(&rep);
-            (rep.exit_code(), Some(rep.outcome))
+            rep.log();
+            println!("{}", rep.summary());
+            Exit::of(&rep)
         }
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            let code = match e {
-                cycle::CycleError::Refused(_) => exit::FAILED,
-                _ if !crate::validate::live_usable(t) => exit::NO_USABLE_FILE,
-                _ => exit::FAILED,
-            };
-            (code, None)
+            let refused = matches!(
+                e,
+                cycle::CycleError::Refused(_) | cycle::CycleError::Internal(_)
+            );
+            Exit::of_error(refused, crate::validate::live_usable(t))
         }
     }
 }
 
-fn print_report(rep: &Report) {
-    let sha = rep
-        .live_sha256
-        .as_deref()
-        .map(|s| &s[..12.min(s.len())])
-        .unwrap_or("-");
-    let mut line = format!("{}: {} (live {sha}", rep.target, rep.outcome.as_str());
-    if let Some(r) = &rep.revision {
-        line.push_str(&format!(", revision {r}"));
-    }
-    line.push(')');
-    if let Some(r) = &rep.reason {
-        line.push_str(&format!(": {r}"));
-    }
-    if !rep.usable {
-        line.push_str(" [no usable live file]");
-    }
-    rep.log();
-    println!("{line}");
-}
-
-fn set_hold(c: &ConfigArg, name: &str, hold: bool) -> anyhow::Result<i32> {
-    let cfg = match load_with_target(c, name) {
-        Ok(c) => c,
-        Err(code) => return Ok(code),
-    };
-    let store = Store::new(&cfg.state_dir, name);
+fn set_hold(cfg: &Config, t: &Target, hold: bool) -> anyhow::Result<Exit> {
+    let store = Store::new(&cfg.state_dir, &t.name);
     let _lock = store.lock()?;
     let mut st = store.load()?;
     st.hold = hold;
     store.save(&st)?;
     println!(
-        "{name}: {}",
+        "{}: {}",
+        t.name,
         if hold {
             "held (cycles fetch and report, but apply nothing until `release`)"
         } else {
             "released"
         }
     );
-    Ok(exit::OK)
+    Ok(Exit::Ok)
 }

@@ -170,10 +170,7 @@ impl Capture {
                     match r.read(&mut chunk).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            let mut b = match buf.lock() {
-                                Ok(b) => b,
-                                Err(p) => p.into_inner(),
-                            };
+                            let mut b = crate::mutex::lock(&buf);
                             keep(&mut b, &chunk[..n], head);
                         }
                     }
@@ -192,10 +189,7 @@ impl Capture {
     }
 
     fn take(&self) -> Vec<u8> {
-        let b = match self.buf.lock() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
+        let b = crate::mutex::lock(&self.buf);
         b.clone()
     }
 }

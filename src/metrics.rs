@@ -11,40 +11,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::cycle::{Outcome, Report};
+use crate::labels::{FetchReason, Outcome, WebhookResult};
+use crate::mutex;
+use crate::report::Report;
 use crate::state::TargetState;
-
-/// Reasons a fetch can fail, created up front per target.
-pub const FETCH_REASONS: &[&str] = &[
-    "timeout",
-    "connect",
-    "transport",
-    "redirect",
-    "auth",
-    "not_found",
-    "server_error",
-    "http_status",
-    "too_large",
-    "token",
-    "git",
-    "io",
-    "config",
-    "protocol",
-    "integrity",
-];
-
-/// Results of webhook requests.
-pub const WEBHOOK_RESULTS: &[&str] = &[
-    "triggered",
-    "unchanged",
-    "ignored",
-    "unauthorized",
-    "not_configured",
-    "too_large",
-    "bad_request",
-    "busy",
-    "timeout",
-];
 
 pub struct Metrics {
     pub registry: Registry,
@@ -214,8 +184,8 @@ impl Metrics {
         for o in Outcome::ALL {
             self.cycles.with_label_values(&[target, o.as_str()]);
         }
-        for r in FETCH_REASONS {
-            self.fetch_failures.with_label_values(&[target, r]);
+        for r in FetchReason::ALL {
+            self.fetch_failures.with_label_values(&[target, r.as_str()]);
         }
         self.rollbacks.with_label_values(&[target]);
         self.drift.with_label_values(&[target]);
@@ -224,8 +194,8 @@ impl Metrics {
 
     /// Creates the webhook series of a target that has a webhook.
     pub fn init_webhook(&self, target: &str) {
-        for r in WEBHOOK_RESULTS {
-            self.webhook.with_label_values(&[target, r]);
+        for r in WebhookResult::ALL {
+            self.webhook.with_label_values(&[target, r.as_str()]);
         }
     }
 
@@ -240,11 +210,9 @@ impl Metrics {
                 .with_label_values(&[target])
                 .set(a.at.timestamp() as f64);
         }
-        let q = match (&st.quarantine, &st.upstream_sha256) {
-            (Some(q), Some(up)) => q.sha256 == *up,
-            _ => false,
-        };
-        self.quarantined.with_label_values(&[target]).set(q as i64);
+        self.quarantined
+            .with_label_values(&[target])
+            .set(st.upstream_quarantined() as i64);
         self.held.with_label_values(&[target]).set(st.hold as i64);
         self.gated
             .with_label_values(&[target])
@@ -262,10 +230,7 @@ impl Metrics {
 
     /// Keeps at most one quarantined_info series per target: the content it quarantined.
     fn set_quarantined_info(&self, target: &str, sha: Option<String>) {
-        let mut labels = match self.quarantined_labels.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let mut labels = mutex::lock(&self.quarantined_labels);
         if labels.get(target) == sha.as_ref() {
             return;
         }
@@ -282,10 +247,7 @@ impl Metrics {
 
     /// Keeps exactly one rules_info series per target.
     fn set_info(&self, target: &str, sha: String, revision: String) {
-        let mut labels = match self.info_labels.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let mut labels = mutex::lock(&self.info_labels);
         if let Some((old_sha, old_rev)) = labels.get(target) {
             if *old_sha == sha && *old_rev == revision {
                 return;
@@ -311,7 +273,9 @@ impl Metrics {
             .with_label_values(&[t, rep.outcome.as_str()])
             .inc();
         if let Some(r) = rep.fetch_reason {
-            self.fetch_failures.with_label_values(&[t, r]).inc();
+            self.fetch_failures
+                .with_label_values(&[t, r.as_str()])
+                .inc();
         }
         if matches!(rep.outcome, Outcome::RolledBack | Outcome::RollbackFailed) {
             self.rollbacks.with_label_values(&[t]).inc();
@@ -330,8 +294,10 @@ impl Metrics {
         }
     }
 
-    pub fn webhook(&self, target: &str, result: &str) {
-        self.webhook.with_label_values(&[target, result]).inc();
+    pub fn webhook(&self, target: &str, result: WebhookResult) {
+        self.webhook
+            .with_label_values(&[target, result.as_str()])
+            .inc();
     }
 
     /// The text exposition.
@@ -342,7 +308,7 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         drop(families);
-        crate::notify::release_memory();
+        crate::memory::release();
         buf
     }
 }

@@ -41,16 +41,6 @@ pub fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
-/// Hands freed heap back to the OS. A scrape with many targets or the burst of first
-/// cycles at boot leave megabytes glibc would otherwise keep for the process's lifetime.
-pub fn release_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// The watchdog period systemd expects pings within, if the watchdog is on for us.
 pub fn watchdog_period() -> Option<Duration> {
     let mut usec = 0u64;

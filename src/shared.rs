@@ -2,6 +2,10 @@
 //! `LoopHandle` per target (its trigger, liveness deadline and in-sync flag). The supervisor
 //! writes it; the HTTP server and the webhook only read it and ask for cycles. It sits below
 //! both, so neither imports the other.
+//!
+//! Liveness is decided here, in one place: a target loop only says what it is doing
+//! ([`Shared::loop_cycling`], [`Shared::loop_waiting`], [`Shared::loop_parked`]), and the
+//! loop counts as alive until that should be over plus its [`cycle_budget`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,9 +15,27 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::metrics::Metrics;
+use crate::mutex;
 use crate::state::Store;
+
+/// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
+/// and a rollback, doubled for waiting on a lock held by another cycle (CLI or a target of
+/// the same unit). A loop past this is stuck, and the watchdog stops pinging.
+pub fn cycle_budget(t: &Target) -> Duration {
+    let psync =
+        |p: &Option<crate::config::PowerSyncApi>| p.as_ref().map(|p| p.timeout).unwrap_or_default();
+    let one = t.source.timeout * 2
+        + t.validate.timeout * 2
+        + psync(&t.validate.powersync_api)
+        + (t.restart.timeout + t.verify.timeout + psync(&t.verify.powersync_api)) * 2
+        + Duration::from_secs(5);
+    one * 2 + Duration::from_secs(5)
+}
+
+/// A parked loop (the process is shutting down) counts as alive this long.
+const PARKED: Duration = Duration::from_secs(3600);
 
 /// One target's loop, as the rest of the daemon sees it.
 pub struct LoopHandle {
@@ -22,6 +44,8 @@ pub struct LoopHandle {
     pub pending: AtomicBool,
     /// Milliseconds since `Shared::epoch` until which the loop counts as alive.
     deadline_ms: AtomicU64,
+    /// [`cycle_budget`] of the target.
+    budget: Duration,
     in_sync: AtomicBool,
 }
 
@@ -40,14 +64,15 @@ impl Shared {
     pub fn new(cfg: Config, metrics: Metrics) -> Shared {
         let loops = cfg
             .targets
-            .keys()
-            .map(|name| {
+            .iter()
+            .map(|(name, t)| {
                 (
                     name.clone(),
                     LoopHandle {
                         trigger: Notify::new(),
                         pending: AtomicBool::new(false),
                         deadline_ms: AtomicU64::new(u64::MAX),
+                        budget: cycle_budget(t),
                         in_sync: AtomicBool::new(false),
                     },
                 )
@@ -107,9 +132,28 @@ impl Shared {
             .and_then(|a| a.revision)
     }
 
-    /// The loop of `target` counts as alive for `within` from now.
-    pub fn set_deadline(&self, target: &str, within: Duration) {
+    /// The loop of `target` starts a cycle now.
+    pub fn loop_cycling(&self, target: &str) {
+        self.loop_busy_until(target, Instant::now(), true);
+    }
+
+    /// The loop of `target` waits until `until` (its next poll) before its next cycle.
+    pub fn loop_waiting(&self, target: &str, until: Instant) {
+        self.loop_busy_until(target, until, true);
+    }
+
+    /// The loop of `target` has stopped (shutdown).
+    pub fn loop_parked(&self, target: &str) {
+        self.loop_busy_until(target, Instant::now() + PARKED, false);
+    }
+
+    /// The loop counts as alive until `until`, plus a cycle's budget when it will run one.
+    fn loop_busy_until(&self, target: &str, until: Instant, then_cycles: bool) {
         if let Some(l) = self.loops.get(target) {
+            let mut within = until.saturating_duration_since(Instant::now());
+            if then_cycles {
+                within += l.budget;
+            }
             let d = self.now_ms() + within.as_millis() as u64;
             l.deadline_ms.store(d, Ordering::SeqCst);
         }
@@ -120,9 +164,7 @@ impl Shared {
         if let Some(l) = self.loops.get(target) {
             l.in_sync.store(in_sync, Ordering::SeqCst);
         }
-        if let Ok(mut l) = self.last_cycle.lock() {
-            *l = line;
-        }
+        *mutex::lock(&self.last_cycle) = line;
     }
 
     /// The text for systemd's `STATUS=`.
@@ -133,11 +175,7 @@ impl Shared {
             .values()
             .filter(|l| l.in_sync.load(Ordering::SeqCst))
             .count();
-        let last = self
-            .last_cycle
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default();
+        let last = mutex::lock(&self.last_cycle).clone();
         if last.is_empty() {
             format!("{ok} of {n} targets in sync")
         } else {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::labels::Outcome;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("state file {path}: {source}")]
@@ -120,8 +122,10 @@ pub struct TargetState {
     pub source: Option<SourceMemo>,
     #[serde(default)]
     pub last_success: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub last_outcome: Option<String>,
+    /// An outcome this version does not know (a newer version wrote it) reads as none,
+    /// rather than making the whole file a `state_error`.
+    #[serde(default, deserialize_with = "lenient_outcome")]
+    pub last_outcome: Option<Outcome>,
     #[serde(default)]
     pub last_outcome_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -140,7 +144,20 @@ pub struct TargetState {
     pub gate: Option<GateWait>,
 }
 
+fn lenient_outcome<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Outcome>, D::Error> {
+    let s: Option<String> = Option::deserialize(d)?;
+    Ok(s.as_deref().and_then(Outcome::parse))
+}
+
 impl TargetState {
+    /// Upstream serves the content that is quarantined now.
+    pub fn upstream_quarantined(&self) -> bool {
+        match (&self.quarantine, &self.upstream_sha256) {
+            (Some(q), Some(up)) => q.sha256 == *up,
+            _ => false,
+        }
+    }
+
     /// Equal in everything but the bookkeeping of routine cycles (last outcome, its time,
     /// last success, last error).
     pub fn volatile_eq(&self, other: &TargetState) -> bool {

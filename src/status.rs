@@ -5,7 +5,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Target};
-use crate::cycle::sha256_hex;
+use crate::digest::{sha256_hex, short};
+use crate::labels::Outcome;
 use crate::state::{StateError, Store, TargetState};
 
 #[derive(Debug, Clone, Serialize)]
@@ -18,7 +19,7 @@ pub struct TargetStatus {
     pub upstream_revision: Option<String>,
     pub applied_at: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
-    pub last_outcome: Option<String>,
+    pub last_outcome: Option<Outcome>,
     pub last_outcome_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_note: Option<String>,
@@ -71,9 +72,9 @@ pub fn of(
         applied_at: st.applied.as_ref().map(|a| a.at),
         last_success: st.last_success,
         last_outcome: if state_error.is_some() {
-            Some("state_error".to_string())
+            Some(Outcome::StateError)
         } else {
-            st.last_outcome.clone()
+            st.last_outcome
         },
         last_outcome_at: st.last_outcome_at,
         last_error: st.last_error.clone(),
@@ -102,10 +103,9 @@ fn ago(t: Option<DateTime<Utc>>) -> String {
     }
 }
 
-fn short(s: &Option<String>) -> String {
-    s.as_deref()
-        .map(|s| s.chars().take(12).collect())
-        .unwrap_or_else(|| "-".into())
+/// A hash or revision in the table: its short form, or `-`.
+fn cell(s: &Option<String>) -> String {
+    s.as_deref().map(short).unwrap_or("-").to_string()
 }
 
 /// Prints the status; returns whether every target's state could be read.
@@ -137,7 +137,7 @@ pub fn table(all: &[TargetStatus]) -> String {
         "HELD"
     );
     for s in all {
-        let mut sha = short(&s.live_sha256);
+        let mut sha = cell(&s.live_sha256);
         if s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some() {
             sha.push('*');
         }
@@ -146,11 +146,11 @@ pub fn table(all: &[TargetStatus]) -> String {
             "{:<16} {:<12} {:<12} {:<16} {:<20} {:<20} {:<12} {:<4}",
             s.target,
             sha,
-            short(&s.revision),
-            s.last_outcome.as_deref().unwrap_or("-"),
+            cell(&s.revision),
+            s.last_outcome.map(Outcome::as_str).unwrap_or("-"),
             ago(s.last_outcome_at),
             ago(s.last_success),
-            short(&s.quarantined_sha256),
+            cell(&s.quarantined_sha256),
             if s.held { "yes" } else { "no" },
         );
     }
@@ -173,7 +173,7 @@ pub fn table(all: &[TargetStatus]) -> String {
                 out,
                 "{}: upstream {} waits on the gate ({}): {why}",
                 s.target,
-                short(&Some(sha.clone())),
+                short(sha),
                 ago(s.gated_since)
             );
         }

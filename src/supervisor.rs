@@ -13,10 +13,14 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, Target};
-use crate::cycle::{self, Ctx, Outcome, Report, Stop, Trigger};
+use crate::cycle::{self, Ctx, Stop, Trigger};
+use crate::digest::sha256_hex;
+use crate::exit::Exit;
 use crate::install;
+use crate::labels::Outcome;
 use crate::metrics::Metrics;
 use crate::notify;
+use crate::report::Report;
 use crate::server::webhook::Secrets;
 use crate::shared::Shared;
 use crate::source::Source;
@@ -39,20 +43,6 @@ fn record(shared: &Shared, rep: &Report) {
     if shared.is_ready() && notify::enabled() {
         notify::status(&shared.status_line());
     }
-}
-
-/// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
-/// and a rollback, doubled for waiting on a lock held by another cycle (CLI or a target of
-/// the same unit). A loop past this is stuck, and the watchdog stops pinging.
-fn cycle_budget(t: &Target) -> Duration {
-    let psync =
-        |p: &Option<crate::config::PowerSyncApi>| p.as_ref().map(|p| p.timeout).unwrap_or_default();
-    let one = t.source.timeout * 2
-        + t.validate.timeout * 2
-        + psync(&t.validate.powersync_api)
-        + (t.restart.timeout + t.verify.timeout + psync(&t.verify.powersync_api)) * 2
-        + Duration::from_secs(5);
-    one * 2 + Duration::from_secs(5)
 }
 
 fn jittered(interval: Duration) -> Duration {
@@ -88,8 +78,9 @@ fn raise_fd_limit() {
     }
 }
 
-/// Entry point of `rulekeeper run`.
-pub fn run(cfg: Config) -> anyhow::Result<i32> {
+/// Entry point of `rulekeeper run`: `Exit::Failed` when start-up fails (no usable file
+/// for some target within `startup_timeout`), else `Exit::Ok` after a clean shutdown.
+pub fn run(cfg: Config) -> anyhow::Result<Exit> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -100,7 +91,7 @@ pub fn run(cfg: Config) -> anyhow::Result<i32> {
     rt.block_on(daemon(cfg))
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<i32> {
+async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     let metrics = Metrics::new()?;
     let mut sources = BTreeMap::new();
     for t in cfg.targets.values() {
@@ -117,7 +108,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
         let live = install::read(&t.path)
             .ok()
             .flatten()
-            .map(|b| cycle::sha256_hex(&b));
+            .map(|b| sha256_hex(&b));
         metrics.init_target(&t.name, t.interval, &st, live.as_deref());
         if t.webhook.is_some() {
             metrics.init_webhook(&t.name);
@@ -157,7 +148,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
     notify::status("starting: first fetch of every target");
     match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
         Boot::Ready => {}
-        Boot::ShutDown => return Ok(0),
+        Boot::ShutDown => return Ok(Exit::Ok),
         Boot::Failed(names) => {
             let msg = format!(
                 "no usable rules file for target(s) {} within startup_timeout",
@@ -165,16 +156,16 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
             );
             tracing::error!("{msg}");
             notify::status(&format!("failed: {msg}"));
-            return Ok(1);
+            return Ok(Exit::Failed);
         }
     }
     // From here, every loop counts as alive until its first deadline passes.
     for (name, t) in &shared.cfg.targets {
-        shared.set_deadline(name, t.interval.mul_f64(1.1) + cycle_budget(t));
+        shared.loop_waiting(name, Instant::now() + t.interval.mul_f64(1.1));
     }
     shared.set_ready();
     notify::ready(&shared.status_line());
-    notify::release_memory();
+    crate::memory::release();
     tracing::info!("ready");
 
     let mut tasks = Vec::new();
@@ -194,7 +185,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<i32> {
         let _ = t.await;
     }
     tracing::info!("stopped");
-    Ok(0)
+    Ok(Exit::Ok)
 }
 
 enum Boot {
@@ -285,7 +276,7 @@ async fn run_one(
 ) -> Result<Report, cycle::CycleError> {
     let source = sources
         .get(&t.name)
-        .ok_or_else(|| cycle::CycleError::Refused("no source".into()))?;
+        .ok_or_else(|| cycle::CycleError::Internal("no source".into()))?;
     let ctx = Ctx {
         target: t,
         source,
@@ -295,7 +286,7 @@ async fn run_one(
         boot,
         tidy: boot,
     };
-    shared.set_deadline(&t.name, cycle_budget(t));
+    shared.loop_cycling(&t.name);
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.
     let r = Box::pin(cycle::run(&ctx, Trigger::Poll)).await;
     match &r {
@@ -330,10 +321,7 @@ async fn target_loop(
     let mut next_poll = Instant::now() + jittered(t.interval);
     let mut last_start: Option<Instant> = None;
     loop {
-        shared.set_deadline(
-            &name,
-            next_poll.saturating_duration_since(Instant::now()) + cycle_budget(t),
-        );
+        shared.loop_waiting(&name, next_poll);
         let timer = tokio::select! {
             _ = tokio::time::sleep_until(next_poll) => true,
             _ = handle.trigger.notified() => false,
@@ -380,7 +368,7 @@ async fn target_loop(
         next_poll = Instant::now() + delay;
     }
     // Parked: count as alive while the process shuts down.
-    shared.set_deadline(&name, Duration::from_secs(3600));
+    shared.loop_parked(&name);
 }
 
 /// Pings WATCHDOG=1 at half the period, only while every loop is alive.

@@ -92,12 +92,35 @@ fn kind(v: &serde_yaml::Value) -> &'static str {
     }
 }
 
-/// Whether a target's live file exists and passes the built-in checks: the cheap test
-/// used where no cycle ran (start-up deferral, CLI errors).
+/// "Usable" without running anything: the file exists and passes the built-in checks.
+/// Where content was validated when it was applied (an unchanged poll), where no process may
+/// run (a broken state file), and for `.prev` before it goes back in.
+pub fn usable_now(cfg: &Validate, file: Option<&[u8]>) -> bool {
+    file.is_some_and(|b| builtin(cfg, b).is_ok())
+}
+
+/// "Usable" in full for a live file left as it is: the built-in checks and the validate
+/// command (on the live path itself). PowerSync's API is not asked: it judges candidates
+/// against the running service, and the live file is what that service runs.
+pub async fn usable(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
+    let Some(bytes) = live else { return false };
+    if let Err(e) = builtin(&t.validate, bytes) {
+        tracing::warn!(target_name = %t.name, error = %e, "live file is not usable");
+        return false;
+    }
+    if let Some(argv) = &t.validate.command {
+        if let Err(e) = command(argv, t.validate.timeout, &t.path).await {
+            tracing::warn!(target_name = %t.name, error = %e, "live file is not usable");
+            return false;
+        }
+    }
+    true
+}
+
+/// [`usable_now`] read from disk: where no cycle ran (start-up deferral, CLI errors).
 pub fn live_usable(t: &crate::config::Target) -> bool {
-    crate::regular::read(&t.path, false, t.max_bytes)
-        .map(|b| builtin(&t.validate, &b).is_ok())
-        .unwrap_or(false)
+    let live = crate::regular::read(&t.path, false, t.max_bytes).ok();
+    usable_now(&t.validate, live.as_deref())
 }
 
 /// Every validator in order. `file` is the candidate's path (for `{file}`).

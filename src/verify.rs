@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{Verify, VerifyKind};
+use crate::digest::short;
 use crate::exec;
 use crate::powersync;
 use crate::restart::{self, Restarted};
@@ -96,10 +97,6 @@ impl UnitWatch<'_> {
         }
         Ok(())
     }
-}
-
-fn short(s: &str) -> &str {
-    s.get(..12).unwrap_or(s)
 }
 
 /// Polls `probe` every `interval` until `successes` in a row, or fails at `timeout`; fails at

@@ -1,4 +1,4 @@
-//! `POST /hooks/<target>`: push triggers from a forge. Authentication (DESIGN.md "HTTP"):
+//! `POST /hooks/<target>`: push triggers from a forge. Authentication (docs/contract.md "HTTP"):
 //! `Authorization: Bearer <secret>`, Forgejo/Gitea `X-Forgejo-Signature` /
 //! `X-Gitea-Signature` (hex HMAC-SHA256 of the body), GitHub `X-Hub-Signature-256:
 //! sha256=<hex>`, or GitLab `X-Gitlab-Token`. Every comparison is constant-time, every auth
@@ -28,6 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::{json, Body};
 use crate::config::Config;
+use crate::labels::WebhookResult;
 use crate::shared::Shared;
 use crate::source::{read_secret, Secret};
 
@@ -71,18 +72,12 @@ impl Guard {
     }
 
     fn auth_failed(&self, target: &str) {
-        let mut m = match self.auth_failures.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut m = crate::mutex::lock(&self.auth_failures);
         *m.entry(target.to_string()).or_default() += 1;
     }
 
     fn take_auth_failures(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut m = match self.auth_failures.lock() {
-            Ok(m) => m,
-            Err(p) => p.into_inner(),
-        };
+        let mut m = crate::mutex::lock(&self.auth_failures);
         std::mem::take(&mut *m)
     }
 }
@@ -144,10 +139,7 @@ impl Secrets {
 
     /// Re-reads every secret file (SIGHUP).
     pub fn reload(&self) {
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut cache = crate::mutex::lock(&self.cache);
         cache.clear();
         for (t, f) in &self.files {
             cache.insert(t.clone(), read(t, f));
@@ -158,10 +150,7 @@ impl Secrets {
     fn get(&self, target: &str) -> Option<Secret> {
         let file = self.files.get(target)?;
         let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
-        let mut cache = match self.cache.lock() {
-            Ok(c) => c,
-            Err(p) => p.into_inner(),
-        };
+        let mut cache = crate::mutex::lock(&self.cache);
         let stale = cache.get(target).map(|(m, _)| *m != mtime).unwrap_or(true);
         if stale {
             cache.insert(target.to_string(), read(target, file));
@@ -294,13 +283,6 @@ async fn drain(mut body: Incoming) {
     .await;
 }
 
-fn unauthorized() -> hyper::Response<Body> {
-    json(
-        StatusCode::UNAUTHORIZED,
-        &serde_json::json!({"error": "unauthorized"}),
-    )
-}
-
 /// Why a body could not be read whole.
 enum BodyError {
     TooLarge,
@@ -334,6 +316,62 @@ fn ref_matches(configured: Option<&str>, pushed: &str) -> bool {
     }
 }
 
+/// How a webhook request ends: its status, its `rulekeeper_webhook_requests_total` result
+/// (None: not counted, for an unknown target), its JSON body, and whether it is sent before
+/// the body was read whole (then the connection closes and the rest is drained).
+struct Answer {
+    status: StatusCode,
+    result: Option<WebhookResult>,
+    body: serde_json::Value,
+    early: bool,
+    retry_after: Option<&'static str>,
+}
+
+impl Answer {
+    fn new(status: StatusCode, result: WebhookResult, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            result: Some(result),
+            body,
+            early: false,
+            retry_after: None,
+        }
+    }
+
+    /// Sent before the body was read whole.
+    fn early(status: StatusCode, result: WebhookResult, body: serde_json::Value) -> Answer {
+        Answer {
+            early: true,
+            ..Answer::new(status, result, body)
+        }
+    }
+
+    fn unauthorized() -> Answer {
+        // The same body for missing and wrong credentials: nothing to learn from it.
+        Answer::early(
+            StatusCode::UNAUTHORIZED,
+            WebhookResult::Unauthorized,
+            serde_json::json!({"error": "unauthorized"}),
+        )
+    }
+
+    fn too_large() -> Answer {
+        Answer::early(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            WebhookResult::TooLarge,
+            serde_json::json!({"error": "body over 1 MiB"}),
+        )
+    }
+
+    fn bad_request(error: &str) -> Answer {
+        Answer::new(
+            StatusCode::BAD_REQUEST,
+            WebhookResult::BadRequest,
+            serde_json::json!({ "error": error }),
+        )
+    }
+}
+
 pub async fn handle(
     shared: &Shared,
     secrets: &Secrets,
@@ -342,63 +380,69 @@ pub async fn handle(
     headers: &HeaderMap,
     mut body: Incoming,
 ) -> hyper::Response<Body> {
-    let m = &shared.metrics;
-    let known = shared.cfg.targets.contains_key(name);
-    let count = |result: &str| {
-        // Only known targets get a label, so random paths cannot grow the metric.
-        if known {
-            m.webhook(name, result);
-        }
+    let a = match decide(shared, secrets, guard, name, headers, &mut body).await {
+        Ok(a) | Err(a) => a,
     };
-    let Some(cred) = credentials(headers) else {
-        count("unauthorized");
-        return early(guard, unauthorized(), body);
-    };
-    let Some(target) = shared.cfg.targets.get(name) else {
-        return early(
-            guard,
-            json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "unknown target"}),
-            ),
-            body,
+    // Only known targets get a label, so random paths cannot grow the metric.
+    if let (Some(result), true) = (a.result, shared.cfg.targets.contains_key(name)) {
+        shared.metrics.webhook(name, result);
+    }
+    let mut resp = json(a.status, &a.body);
+    if let Some(secs) = a.retry_after {
+        resp.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static(secs),
         );
-    };
-    let Some(secret) = secrets.get(name) else {
-        count("not_configured");
-        return early(
-            guard,
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "webhook not configured for this target"}),
-            ),
-            body,
-        );
-    };
-    let too_large = || {
-        json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &serde_json::json!({"error": "body over 1 MiB"}),
+    }
+    if a.early {
+        early(guard, resp, body)
+    } else {
+        resp
+    }
+}
+
+/// The webhook's decisions in their documented order (docs/contract.md "HTTP"): `Err` for
+/// a request refused, `Ok` for one taken.
+async fn decide(
+    shared: &Shared,
+    secrets: &Secrets,
+    guard: &Guard,
+    name: &str,
+    headers: &HeaderMap,
+    body: &mut Incoming,
+) -> Result<Answer, Answer> {
+    let cred = credentials(headers).ok_or_else(Answer::unauthorized)?;
+    let target = shared.cfg.targets.get(name).ok_or_else(|| Answer {
+        result: None,
+        ..Answer::early(
+            StatusCode::NOT_FOUND,
+            WebhookResult::NotConfigured,
+            serde_json::json!({"error": "unknown target"}),
         )
-    };
+    })?;
+    let secret = secrets.get(name).ok_or_else(|| {
+        Answer::early(
+            StatusCode::SERVICE_UNAVAILABLE,
+            WebhookResult::NotConfigured,
+            serde_json::json!({"error": "webhook not configured for this target"}),
+        )
+    })?;
     let declared = headers
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.map(|l| l > MAX_BODY as u64).unwrap_or(false) {
-        count("too_large");
-        return early(guard, too_large(), body);
+    if declared.is_some_and(|l| l > MAX_BODY as u64) {
+        return Err(Answer::too_large());
     }
-    let wrong = |body: Incoming| {
-        count("unauthorized");
+    let wrong = || {
         guard.auth_failed(name);
-        early(guard, unauthorized(), body)
+        Answer::unauthorized()
     };
     // Token schemes are decided before a byte of the body is read.
     let _admitted = match &cred {
         Cred::Bearer(_) | Cred::Token(_) | Cred::Malformed => {
             if !verify(&cred, &secret, b"") {
-                return wrong(body);
+                return Err(wrong());
             }
             None
         }
@@ -406,84 +450,59 @@ pub async fn handle(
             // The signature needs the whole body: admit it within the budget of bytes in
             // flight, or answer 503 now.
             let want = declared.map(|l| l as usize).unwrap_or(MAX_BODY).max(1);
-            match guard.budget.clone().try_acquire_many_owned(want as u32) {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    count("busy");
-                    let mut r = json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &serde_json::json!({"error": "busy: too many webhook bodies in flight"}),
-                    );
-                    r.headers_mut().insert(
-                        hyper::header::RETRY_AFTER,
-                        hyper::header::HeaderValue::from_static("5"),
-                    );
-                    return early(guard, r, body);
-                }
-            }
+            let permit = guard.budget.clone().try_acquire_many_owned(want as u32);
+            Some(permit.map_err(|_| Answer {
+                retry_after: Some("5"),
+                ..Answer::early(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    WebhookResult::Busy,
+                    serde_json::json!({"error": "busy: too many webhook bodies in flight"}),
+                )
+            })?)
         }
     };
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(&mut body)).await {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(BodyError::TooLarge)) => {
-            count("too_large");
-            return early(guard, too_large(), body);
-        }
-        Ok(Err(BodyError::Broken)) => {
-            count("bad_request");
-            return json(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "cannot read body"}),
-            );
-        }
+        Ok(Err(BodyError::TooLarge)) => return Err(Answer::too_large()),
+        Ok(Err(BodyError::Broken)) => return Err(Answer::bad_request("cannot read body")),
         Err(_) => {
-            count("timeout");
-            return early(
-                guard,
-                json(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &serde_json::json!({"error": "body not received in time"}),
-                ),
-                body,
-            );
+            return Err(Answer::early(
+                StatusCode::REQUEST_TIMEOUT,
+                WebhookResult::Timeout,
+                serde_json::json!({"error": "body not received in time"}),
+            ))
         }
     };
     if !verify(&cred, &secret, &bytes) {
-        return wrong(body);
+        return Err(wrong());
     }
     // The payload is optional: a bare authenticated POST just triggers a cycle.
-    let Ok((pushed, after)) = payload(&bytes) else {
-        count("bad_request");
-        return json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "body is not JSON"}),
-        );
-    };
+    let (pushed, after) = payload(&bytes).map_err(|_| Answer::bad_request("body is not JSON"))?;
     if let Some(pushed) = pushed {
         if !ref_matches(target.source.git_ref.as_deref(), &pushed) {
-            count("ignored");
-            return json(
+            return Ok(Answer::new(
                 StatusCode::ACCEPTED,
-                &serde_json::json!({"status": "ignored", "reason": "push to another ref", "ref": pushed}),
-            );
+                WebhookResult::Ignored,
+                serde_json::json!({"status": "ignored", "reason": "push to another ref", "ref": pushed}),
+            ));
         }
     }
     if let Some(after) = after {
         if shared.applied_revision(name).as_deref() == Some(after.as_str()) {
-            count("unchanged");
-            return json(
+            return Ok(Answer::new(
                 StatusCode::OK,
-                &serde_json::json!({"status": "unchanged", "revision": after}),
-            );
+                WebhookResult::Unchanged,
+                serde_json::json!({"status": "unchanged", "revision": after}),
+            ));
         }
     }
     shared.trigger(name);
-    count("triggered");
     tracing::info!(target_name = name, "webhook triggered a cycle");
-    json(
+    Ok(Answer::new(
         StatusCode::ACCEPTED,
-        &serde_json::json!({"status": "triggered", "target": name}),
-    )
+        WebhookResult::Triggered,
+        serde_json::json!({"status": "triggered", "target": name}),
+    ))
 }
 
 #[cfg(test)]

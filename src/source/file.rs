@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{FetchError, Fetched};
+use super::{FetchError, FetchReason, Fetched};
 use crate::config::Target;
 
 pub struct FileSource {
@@ -24,7 +24,7 @@ impl FileSource {
         let max = self.max_bytes;
         tokio::task::spawn_blocking(move || read_capped_file(&path, max))
             .await
-            .map_err(|e| FetchError::new("io", format!("reader task failed: {e}")))?
+            .map_err(|e| FetchError::new(FetchReason::Io, format!("reader task failed: {e}")))?
     }
 }
 
@@ -32,12 +32,16 @@ fn read_capped_file(path: &std::path::Path, max: u64) -> Result<Fetched, FetchEr
     // A symbolic link to the real file is fine for a source; a FIFO or device is not (it
     // would block the cycle).
     let body = crate::regular::read(path, true, max).map_err(|e| {
-        let reason = if e.is_not_found() { "not_found" } else { "io" };
+        let reason = if e.is_not_found() {
+            FetchReason::NotFound
+        } else {
+            FetchReason::Io
+        };
         FetchError::new(reason, format!("cannot read {}: {e}", path.display()))
     })?;
     if body.len() as u64 > max {
         return Err(FetchError::new(
-            "too_large",
+            FetchReason::TooLarge,
             format!("{} is over max_bytes ({max})", path.display()),
         ));
     }

@@ -10,7 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::StatusCode;
 
 use super::integrity;
-use super::{read_secret, FetchError, Fetched};
+use super::{read_secret, FetchError, FetchReason, Fetched};
 use crate::config::{SourceKind, Target};
 
 pub struct ForgeSource {
@@ -42,10 +42,7 @@ pub fn client(
     type Key = (Duration, Option<PathBuf>);
     static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
     let key = (timeout, ca_file.map(|p| p.to_path_buf()));
-    let mut cache = match CLIENTS.get_or_init(Default::default).lock() {
-        Ok(c) => c,
-        Err(p) => p.into_inner(),
-    };
+    let mut cache = crate::mutex::lock(CLIENTS.get_or_init(Default::default));
     if let Some(c) = cache.get(&key) {
         return Ok(c.clone());
     }
@@ -79,13 +76,13 @@ fn build_client(
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca).map_err(|e| {
             FetchError::new(
-                "config",
+                FetchReason::Config,
                 format!("cannot read ca_file {}: {e}", ca.display()),
             )
         })?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             FetchError::new(
-                "config",
+                FetchReason::Config,
                 format!("ca_file {} is not PEM: {e}", ca.display()),
             )
         })?;
@@ -93,13 +90,17 @@ fn build_client(
             b = b.add_root_certificate(c);
         }
     }
-    b.build()
-        .map_err(|e| FetchError::new("config", format!("cannot build HTTP client: {e}")))
+    b.build().map_err(|e| {
+        FetchError::new(
+            FetchReason::Config,
+            format!("cannot build HTTP client: {e}"),
+        )
+    })
 }
 
 fn parse_base(base: &str) -> Result<url::Url, FetchError> {
-    let mut u =
-        url::Url::parse(base).map_err(|e| FetchError::new("config", format!("base_url: {e}")))?;
+    let mut u = url::Url::parse(base)
+        .map_err(|e| FetchError::new(FetchReason::Config, format!("base_url: {e}")))?;
     // Treat base_url as a directory even without a trailing slash (forge behind a sub-path).
     if !u.path().ends_with('/') {
         let p = format!("{}/", u.path());
@@ -111,7 +112,7 @@ fn parse_base(base: &str) -> Result<url::Url, FetchError> {
 fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
     let mut p = u
         .path_segments_mut()
-        .map_err(|_| FetchError::new("config", "base URL cannot have a path"))?;
+        .map_err(|_| FetchError::new(FetchReason::Config, "base URL cannot have a path"))?;
     p.pop_if_empty();
     for s in segs {
         p.push(s);
@@ -204,7 +205,7 @@ impl ForgeSource {
             }
             _ => {
                 let u = url::Url::parse(s.url.as_deref().unwrap_or_default())
-                    .map_err(|e| FetchError::new("config", format!("url: {e}")))?;
+                    .map_err(|e| FetchError::new(FetchReason::Config, format!("url: {e}")))?;
                 (u, None)
             }
         };
@@ -243,7 +244,7 @@ impl ForgeSource {
         };
         let mut v = HeaderValue::from_str(&value).map_err(|_| {
             FetchError::new(
-                "token",
+                FetchReason::Token,
                 format!(
                     "token file {} holds characters not allowed in a header",
                     tf.display()
@@ -280,10 +281,10 @@ impl ForgeSource {
         }
         if !status.is_success() {
             let reason = match status {
-                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "auth",
-                StatusCode::NOT_FOUND => "not_found",
-                s if s.is_server_error() => "server_error",
-                _ => "http_status",
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => FetchReason::Auth,
+                StatusCode::NOT_FOUND => FetchReason::NotFound,
+                s if s.is_server_error() => FetchReason::ServerError,
+                _ => FetchReason::HttpStatus,
             };
             return Err(FetchError::new(
                 reason,
@@ -350,7 +351,7 @@ impl ForgeSource {
                     integrity::check_blob_id(&raw, &id, "X-Gitlab-Blob-Id")?;
                 } else {
                     return Err(FetchError::new(
-                        "integrity",
+                        FetchReason::Integrity,
                         format!(
                             "GET {} sent neither X-Gitlab-Content-Sha256 nor X-Gitlab-Blob-Id, so the bytes cannot be checked",
                             self.shown
@@ -362,7 +363,7 @@ impl ForgeSource {
             _ => {
                 if close_delimited && !self.allow_close_delimited {
                     return Err(FetchError::new(
-                        "integrity",
+                        FetchReason::Integrity,
                         format!(
                             "GET {} ended its body by closing the connection (no Content-Length, not chunked), so a body cut short cannot be told from a whole one ({} bytes arrived); set source.allow_close_delimited: true to accept such bodies",
                             self.shown,
@@ -385,10 +386,12 @@ impl ForgeSource {
     /// Forgejo/Gitea: the file's blob id from the contents API (when the raw answer's ETag
     /// is not one, e.g. behind a proxy that rewrites ETags).
     async fn meta_blob_id(&self) -> Result<String, FetchError> {
-        let u = self
-            .meta_url
-            .as_ref()
-            .ok_or_else(|| FetchError::new("integrity", "no blob id to check the bytes against"))?;
+        let u = self.meta_url.as_ref().ok_or_else(|| {
+            FetchError::new(
+                FetchReason::Integrity,
+                "no blob id to check the bytes against",
+            )
+        })?;
         let resp = self
             .client
             .get(u.clone())
@@ -398,7 +401,7 @@ impl ForgeSource {
             .map_err(|e| classify(&e))?;
         if !resp.status().is_success() {
             return Err(FetchError::new(
-                "integrity",
+                FetchReason::Integrity,
                 format!(
                     "the raw answer's ETag is not a blob id and GET {u} answered {}, so the bytes cannot be checked",
                     resp.status()
@@ -416,7 +419,7 @@ impl ForgeSource {
             .and_then(|v| v.get("sha")?.as_str().and_then(integrity::object_id))
             .ok_or_else(|| {
                 FetchError::new(
-                    "integrity",
+                    FetchReason::Integrity,
                     format!("GET {u} did not name the file's blob id (`sha`)"),
                 )
             })
@@ -474,10 +477,10 @@ fn close_delimited(resp: &reqwest::Response) -> bool {
 /// `sha` and `size` it names.
 fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
     use base64::Engine;
-    let protocol = |m: String| FetchError::new("protocol", m);
+    let protocol = |m: String| FetchError::new(FetchReason::Protocol, m);
     let v: serde_json::Value = serde_json::from_slice(raw).map_err(|e| {
         FetchError::new(
-            "integrity",
+            FetchReason::Integrity,
             format!(
                 "GET {url}: the contents object is not whole JSON ({e}; {} bytes arrived)",
                 raw.len()
@@ -490,7 +493,7 @@ fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError
     let size = v.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
     if size > max {
         return Err(FetchError::new(
-            "too_large",
+            FetchReason::TooLarge,
             format!("{url} is {size} bytes, over max_bytes ({max})"),
         ));
     }
@@ -510,7 +513,7 @@ fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError
         .decode(b64.as_bytes())
         .map_err(|e| {
             FetchError::new(
-                "integrity",
+                FetchReason::Integrity,
                 format!("GET {url}: content is not base64: {e}"),
             )
         })?;
@@ -535,13 +538,13 @@ fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
 /// credentials redacted.
 fn classify(e: &reqwest::Error) -> FetchError {
     let reason = if e.is_timeout() {
-        "timeout"
+        FetchReason::Timeout
     } else if e.is_connect() {
-        "connect"
+        FetchReason::Connect
     } else if e.is_redirect() {
-        "redirect"
+        FetchReason::Redirect
     } else {
-        "transport"
+        FetchReason::Transport
     };
     let shown = e.url().map(|u| crate::redact::url(u.as_str()));
     let mut bare = e.to_string();
@@ -574,7 +577,7 @@ pub async fn read_capped(
     if let Some(len) = declared {
         if len > max {
             return Err(FetchError::new(
-                "too_large",
+                FetchReason::TooLarge,
                 format!("{url} is {len} bytes, over max_bytes ({max})"),
             ));
         }
@@ -588,7 +591,7 @@ pub async fn read_capped(
                 // A body shorter than its Content-Length: say how short.
                 return Err(match declared {
                     Some(len) if !e.is_timeout() => FetchError::new(
-                        "integrity",
+                        FetchReason::Integrity,
                         format!(
                             "GET {url}: got {} of {len} bytes: the body was cut short ({})",
                             out.len(),
@@ -601,7 +604,7 @@ pub async fn read_capped(
         };
         if (out.len() + chunk.len()) as u64 > max {
             return Err(FetchError::new(
-                "too_large",
+                FetchReason::TooLarge,
                 format!("{url} is over max_bytes ({max})"),
             ));
         }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{FetchError, Fetched};
+use super::{FetchError, FetchReason, Fetched};
 use crate::config::Target;
 use crate::exec;
 
@@ -57,14 +57,14 @@ impl GitSource {
             .await
             .map_err(|e| match e {
                 exec::ExecError::Timeout { .. } => {
-                    FetchError::new("timeout", format!("git {} timed out", args[0]))
+                    FetchError::new(FetchReason::Timeout, format!("git {} timed out", args[0]))
                 }
-                other => FetchError::new("git", other.to_string()),
+                other => FetchError::new(FetchReason::Git, other.to_string()),
             })?;
         if !out.success {
             let msg = crate::redact::in_text(&out.summary(), &self.url);
             return Err(FetchError::new(
-                "git",
+                FetchReason::Git,
                 format!(
                     "git {} on {} failed ({}): {msg}",
                     args[0],
@@ -79,7 +79,10 @@ impl GitSource {
     /// The commit the configured ref points at upstream.
     async fn remote_commit(&self) -> Result<String, FetchError> {
         if self.url.starts_with('-') {
-            return Err(FetchError::new("config", "git url must not start with `-`"));
+            return Err(FetchError::new(
+                FetchReason::Config,
+                "git url must not start with `-`",
+            ));
         }
         let out = self
             .git(&["ls-remote", "--", &self.url, &self.git_ref], false)
@@ -107,7 +110,7 @@ impl GitSource {
         }
         best.map(|(_, s)| s).ok_or_else(|| {
             FetchError::new(
-                "not_found",
+                FetchReason::NotFound,
                 format!(
                     "ref `{}` not found on {}",
                     self.git_ref,
@@ -124,7 +127,10 @@ impl GitSource {
         }
         if !self.cache.join("HEAD").exists() {
             std::fs::create_dir_all(&self.cache).map_err(|e| {
-                FetchError::new("io", format!("cannot create {}: {e}", self.cache.display()))
+                FetchError::new(
+                    FetchReason::Io,
+                    format!("cannot create {}: {e}", self.cache.display()),
+                )
             })?;
             self.git(&["init", "--quiet", "--bare"], true).await?;
         }
@@ -156,7 +162,10 @@ impl GitSource {
             .git(&["cat-file", "-s", &spec], true)
             .await
             .map_err(|e| {
-                FetchError::new("not_found", format!("{} (is `path` right?)", e.message))
+                FetchError::new(
+                    FetchReason::NotFound,
+                    format!("{} (is `path` right?)", e.message),
+                )
             })?;
         let size: u64 = String::from_utf8_lossy(&size.stdout)
             .trim()
@@ -164,7 +173,7 @@ impl GitSource {
             .unwrap_or(u64::MAX);
         if size > self.max_bytes {
             return Err(FetchError::new(
-                "too_large",
+                FetchReason::TooLarge,
                 format!(
                     "{} at {fetched} is {size} bytes, over max_bytes ({})",
                     self.path, self.max_bytes

@@ -9,10 +9,11 @@
 use base64::Engine;
 use sha2::Digest as _;
 
-use super::FetchError;
+use super::{FetchError, FetchReason};
+use crate::digest::short;
 
 fn integrity(message: String) -> FetchError {
-    FetchError::new("integrity", message)
+    FetchError::new(FetchReason::Integrity, message)
 }
 
 /// The git blob id of `body`: sha1 (or sha256 for SHA-256 repositories, `hex_len` 64) of
@@ -104,10 +105,6 @@ pub fn digest_sha256(header: &str) -> Option<String> {
     })
 }
 
-fn short(s: &str) -> &str {
-    s.get(..12).unwrap_or(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,7 +148,7 @@ mod tests {
         assert_eq!(digest_sha256("sha-512=:AAAA:"), None);
         assert!(check_sha256(b"hello\n", want, "x").is_ok());
         let e = check_len(30, 575, "Content-Length").unwrap_err();
-        assert_eq!(e.reason, "integrity");
+        assert_eq!(e.reason, FetchReason::Integrity);
         assert!(e.message.contains("got 30 of 575 bytes"), "{}", e.message);
         let e = check_blob_id(
             b"hello",
@@ -159,6 +156,6 @@ mod tests {
             "the ETag",
         )
         .unwrap_err();
-        assert_eq!(e.reason, "integrity");
+        assert_eq!(e.reason, FetchReason::Integrity);
     }
 }

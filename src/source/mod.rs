@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{SourceKind, Target};
+pub use crate::labels::FetchReason;
 
 /// What a fetch found.
 #[derive(Debug)]
@@ -30,13 +31,13 @@ pub enum Fetched {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct FetchError {
-    /// Short label for `rulekeeper_fetch_failures_total{reason}`.
-    pub reason: &'static str,
+    /// `rulekeeper_fetch_failures_total{reason}`.
+    pub reason: FetchReason,
     pub message: String,
 }
 
 impl FetchError {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(reason: FetchReason, message: impl Into<String>) -> Self {
         FetchError {
             reason,
             message: message.into(),
@@ -68,14 +69,14 @@ impl fmt::Debug for Secret {
 pub fn read_secret(path: &Path) -> Result<Secret, FetchError> {
     let raw = std::fs::read_to_string(path).map_err(|e| {
         FetchError::new(
-            "token",
+            FetchReason::Token,
             format!("cannot read token file {}: {e}", path.display()),
         )
     })?;
     let s = raw.trim().to_string();
     if s.is_empty() {
         return Err(FetchError::new(
-            "token",
+            FetchReason::Token,
             format!("token file {} is empty", path.display()),
         ));
     }

@@ -1,0 +1,318 @@
+//! Applying content: the operator's `push` and `rollback` entry points, then the common path
+//! of every apply: stage a candidate beside the live file, validate it (rejected →
+//! quarantine), ask the fleet gate, record `pending`, swap, restart + verify, and commit
+//! `applied` or hand over to `rollback`.
+
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::{CycleError, Mode, Runner};
+use crate::config::RestartKind;
+use crate::digest::{sha256_hex, short};
+use crate::gate;
+use crate::install::{self, Candidate};
+use crate::labels::{Outcome, Phase};
+use crate::restart::{self, RestartError, Restarted, WasRunning};
+use crate::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
+use crate::validate;
+use crate::verify::{self, VerifyError};
+
+/// A restart + verify that did not fail.
+#[derive(Debug)]
+pub(super) enum Checked {
+    Verified,
+    /// The unit was not running and not ours to start: nothing restarted, nothing verified.
+    Skipped {
+        unit: String,
+    },
+}
+
+impl Checked {
+    /// What a good outcome still wants said.
+    pub(super) fn note(&self) -> Option<String> {
+        match self {
+            Checked::Verified => None,
+            Checked::Skipped { unit } => Some(format!(
+                "{unit} is not active, so it was not restarted; verification skipped"
+            )),
+        }
+    }
+}
+
+/// Why a restart + verify failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CheckFailed {
+    #[error("restart failed: {0}")]
+    Restart(#[from] RestartError),
+    #[error("verification failed: {0}")]
+    Verify(#[from] VerifyError),
+}
+
+/// Content to apply and where it comes from.
+struct Apply {
+    body: Vec<u8>,
+    sha: String,
+    revision: Option<String>,
+    live: Option<Vec<u8>>,
+    mode: Mode,
+}
+
+impl Runner<'_, '_> {
+    pub(super) async fn push(&mut self, body: Vec<u8>) -> Result<(), CycleError> {
+        let live = self.read_live()?;
+        let sha = sha256_hex(&body);
+        if live.as_deref().map(sha256_hex).as_deref() == Some(sha.as_str()) {
+            self.rep.outcome = Outcome::Unchanged;
+            self.rep.usable = true;
+            self.rep.success = true;
+            self.rep.live_sha256 = Some(sha);
+            self.rep.reason = Some("the live file already has this content".into());
+            return Ok(());
+        }
+        self.apply(body, sha, Some("push".into()), live, Mode::Push)
+            .await
+    }
+
+    pub(super) async fn manual_rollback(&mut self) -> Result<(), CycleError> {
+        let live = self.read_live()?;
+        let prev_path = install::prev_path(&self.t().path);
+        let prev = install::read(&prev_path)?.ok_or_else(|| {
+            CycleError::Refused(format!(
+                "nothing to roll back to: {} does not exist",
+                prev_path.display()
+            ))
+        })?;
+        let prev_sha = sha256_hex(&prev);
+        let live_sha = live.as_deref().map(sha256_hex);
+        if live_sha.as_deref() == Some(prev_sha.as_str()) {
+            return Err(CycleError::Refused(format!(
+                "nothing to roll back to: {} equals the live file",
+                prev_path.display()
+            )));
+        }
+        validate::builtin(&self.t().validate, &prev).map_err(|e| {
+            CycleError::Refused(format!("{} is not usable: {e}", prev_path.display()))
+        })?;
+        if let Some(l) = &live_sha {
+            self.quarantine(l, "rolled back by an operator");
+        }
+        let revision = self.st.applied.as_ref().map(|_| "rollback".to_string());
+        self.apply(prev, prev_sha, revision, live, Mode::ManualRollback)
+            .await
+    }
+
+    pub(super) fn quarantine(&mut self, sha: &str, reason: &str) {
+        tracing::warn!(target_name = %self.t().name, sha256 = %sha, reason, "quarantining content");
+        self.st.quarantine = Some(Quarantine {
+            sha256: sha.to_string(),
+            reason: reason.to_string(),
+            at: Utc::now(),
+        });
+    }
+
+    /// Validate (unless a manual rollback), swap, restart, verify; roll back on failure.
+    pub(super) async fn apply(
+        &mut self,
+        body: Vec<u8>,
+        sha: String,
+        revision: Option<String>,
+        live: Option<Vec<u8>>,
+        mode: Mode,
+    ) -> Result<(), CycleError> {
+        let a = Apply {
+            body,
+            sha,
+            revision,
+            live,
+            mode,
+        };
+        let Some(candidate) = self.admit(&a).await? else {
+            return Ok(());
+        };
+        if self.ctx.stop.requested() {
+            return Err(CycleError::Aborted);
+        }
+        self.defer_at_boot(mode.forward()).await?;
+        let _unit = self.unit_lock().await?;
+        let unit_running = self.swap(&a, candidate).await?;
+        match self.restart_and_verify(&a.body, mode.forward()).await {
+            Ok(checked) => {
+                self.commit_applied(&a.sha, a.revision);
+                self.rep.outcome = mode.verified();
+                self.rep.reason = checked.note();
+                self.rep.drift_corrected = mode.drift();
+                self.rep.success = mode.success();
+                Ok(())
+            }
+            Err(e) if mode == Mode::ManualRollback => {
+                self.st.pending = None;
+                self.commit_applied(&a.sha, a.revision);
+                self.rep.outcome = Outcome::RollbackFailed;
+                self.rep.reason = Some(format!("unhealthy after rolling back: {e}"));
+                self.rep.usable = true;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(target_name = %self.t().name, sha256 = %a.sha, error = %e, "new content failed; rolling back");
+                self.roll_back(&a.sha, &e.to_string(), WasRunning::from(unit_running))
+                    .await
+            }
+        }
+    }
+
+    /// Stages and validates the candidate and asks the gate. None when the cycle ends here
+    /// (rejected, gated) with the live file left as it is.
+    async fn admit(&mut self, a: &Apply) -> Result<Option<Candidate>, CycleError> {
+        let t = self.ctx.target;
+        let live = a.live.as_deref();
+        let t0 = Instant::now();
+        // Only an interrupted run leaves temp files, and only applying creates them.
+        if !self.ctx.tidy {
+            install::remove_stale_temps(&t.path);
+        }
+        let candidate = install::stage(&t.path, &a.body, t.mode_bits)?;
+        let checked = if a.mode.validates() {
+            validate::full(&t.validate, candidate.path(), &a.body).await
+        } else {
+            Ok(())
+        };
+        self.timed(Phase::Validate, t0);
+        if let Err(e) = checked {
+            drop(candidate);
+            tracing::warn!(target_name = %t.name, sha256 = %a.sha, error = %e, "candidate rejected");
+            if a.mode.quarantines_rejects() {
+                self.quarantine(&a.sha, &format!("validation failed: {e}"));
+            }
+            self.leave(Outcome::Rejected, Some(e.to_string()), live)
+                .await?;
+            return Ok(None);
+        }
+        if a.mode.gated() {
+            if let Some(why) = self.gate_closed(&a.sha, a.revision.as_deref()).await {
+                drop(candidate);
+                self.leave(Outcome::Gated, Some(why), live).await?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(candidate))
+    }
+
+    /// Records `pending` durably, then puts the candidate in place (the old live file
+    /// becomes `.prev`). Returns whether the unit was running before the swap.
+    async fn swap(&mut self, a: &Apply, candidate: Candidate) -> Result<Option<bool>, CycleError> {
+        let t = self.ctx.target;
+        let unit_running = match restart::running_now(&t.restart).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(target_name = %t.name, error = %e, "cannot tell whether the unit runs");
+                None
+            }
+        };
+        self.st.pending = Some(Pending {
+            new_sha256: a.sha.clone(),
+            prev_sha256: a.live.as_deref().map(sha256_hex),
+            revision: a.revision.clone(),
+            stage: PendingStage::Applying,
+            started_at: Utc::now(),
+            unit_running,
+            boot_id: state::boot_id(),
+        });
+        self.ctx.store.save(self.st)?;
+        let t0 = Instant::now();
+        install::install(candidate, &t.path, a.live.as_deref(), t.mode_bits)?;
+        self.timed(Phase::Install, t0);
+        tracing::info!(target_name = %t.name, sha256 = %a.sha, revision = a.revision.as_deref().unwrap_or(""), "installed new content");
+        Ok(unit_running)
+    }
+
+    /// Asks the target's gate about new upstream content; Some(why) while it stays closed.
+    /// Content already applied (a drift correction back to it) passed the gate before.
+    async fn gate_closed(&mut self, sha: &str, revision: Option<&str>) -> Option<String> {
+        let g = self.t().gate.as_ref()?;
+        if self.st.applied.as_ref().is_some_and(|a| a.sha256 == sha) {
+            return None;
+        }
+        match gate::ask(g, sha, revision).await {
+            gate::Answer::Open => {
+                tracing::info!(target_name = %self.t().name, sha256 = %sha, "gate open");
+                self.st.gate = None;
+                None
+            }
+            gate::Answer::Closed(reason) => {
+                let since = match &self.st.gate {
+                    Some(w) if w.sha256 == sha => w.since,
+                    _ => Utc::now(),
+                };
+                let why = format!(
+                    "gated since {}: {reason}; upstream {} waits (asked again every {})",
+                    since.format("%Y-%m-%d %H:%M:%S UTC"),
+                    short(sha),
+                    humantime::format_duration(g.interval)
+                );
+                self.st.gate = Some(GateWait {
+                    sha256: sha.to_string(),
+                    since,
+                    reason,
+                });
+                Some(why)
+            }
+        }
+    }
+
+    pub(super) fn commit_applied(&mut self, sha: &str, revision: Option<String>) {
+        // Content that passed verification now is no longer known-bad (an operator pushed it
+        // again after fixing what made it fail).
+        if self.st.quarantine.as_ref().is_some_and(|q| q.sha256 == sha) {
+            self.st.quarantine = None;
+        }
+        self.st.gate = None;
+        self.st.applied = Some(Applied {
+            sha256: sha.to_string(),
+            revision: revision.clone(),
+            at: Utc::now(),
+        });
+        self.st.pending = None;
+        self.rep.usable = true;
+        self.rep.live_sha256 = Some(sha.to_string());
+        self.rep.revision = revision;
+    }
+
+    pub(super) async fn unit_lock(&self) -> Result<Option<state::LockGuard>, CycleError> {
+        let RestartKind::Systemd(unit) = self.t().restart.kind() else {
+            return Ok(None);
+        };
+        let dir = self.ctx.state_dir.clone();
+        let g = tokio::task::spawn_blocking(move || state::unit_lock(&dir, &unit))
+            .await
+            .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))??;
+        Ok(Some(g))
+    }
+
+    /// Restarts and verifies `content`. `was` says whether the unit ran before the apply
+    /// this belongs to (see `restart::restart`).
+    pub(super) async fn restart_and_verify(
+        &mut self,
+        content: &[u8],
+        was: WasRunning,
+    ) -> Result<Checked, CheckFailed> {
+        let t = self.ctx.target;
+        let t0 = Instant::now();
+        let r = restart::restart(&t.restart, was).await;
+        self.timed(Phase::Restart, t0);
+        let restarted = r?;
+        if let Restarted::NotActive { unit } = restarted {
+            let skipped = Checked::Skipped { unit };
+            tracing::info!(target_name = %t.name, "{}", skipped.note().unwrap_or_default());
+            return Ok(skipped);
+        }
+        if restarted != Restarted::Nothing {
+            self.rep.restarts += 1;
+        }
+        let t0 = Instant::now();
+        let v = verify::verify(&t.verify, &restarted, content).await;
+        self.timed(Phase::Verify, t0);
+        v?;
+        Ok(Checked::Verified)
+    }
+}

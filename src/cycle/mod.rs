@@ -1,0 +1,290 @@
+//! One target's cycle (docs/contract.md "The cycle"): fetch, compare with the live file on
+//! disk, skip quarantined content, validate, record `pending`, swap, restart, verify, and roll
+//! back to `.prev` on failure. The same code serves `once`, `push`, `rollback` and the daemon.
+//! It returns a [`Report`] and knows nothing of Prometheus, HTTP, sd-notify or tasks.
+//!
+//! The rooms follow the cycle's diagram: [`run`] here (lock, state in, state out), `poll`
+//! (fetch and the exits that leave the live file alone), `apply` (validate, gate, pending,
+//! swap, restart + verify), `rollback` (back to `.prev`), `recover` (an interrupted apply
+//! found at the start of a cycle).
+//!
+//! Invariants kept here:
+//! - the managed service is restarted only for new content, drift, an interrupted apply that
+//!   must be verified, or an operator's command;
+//! - a hash that failed validation or verification is quarantined and not applied again
+//!   while upstream serves it;
+//! - `pending` is persisted before the swap and cleared only with the outcome.
+
+mod apply;
+mod poll;
+mod recover;
+mod rollback;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+
+use crate::config::Target;
+use crate::digest::sha256_hex;
+use crate::install;
+use crate::labels::{Outcome, Phase};
+use crate::report::{Asked, Report};
+use crate::source::Source;
+use crate::state::{StateError, Store, TargetState};
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Install(#[from] install::InstallError),
+    #[error("shutting down: cycle stopped before the swap")]
+    Aborted,
+    /// At boot, applying would restart an active systemd unit: left for after READY=1.
+    #[error("a restart of an active unit is deferred until start-up is over")]
+    Deferred,
+    /// An operator's request that cannot be carried out (nothing to roll back to, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// rulekeeper itself failed (a lock task panicked, a target without a source).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What triggered the cycle.
+#[derive(Debug, Clone)]
+pub enum Trigger {
+    /// Poll upstream (timer, webhook, `once`).
+    Poll,
+    /// Apply this content (operator's `push`).
+    Push(Vec<u8>),
+    /// Restore `.prev` (operator's `rollback`).
+    Rollback,
+}
+
+impl Trigger {
+    fn asked(&self) -> Asked {
+        match self {
+            Trigger::Poll => Asked::Poll,
+            Trigger::Push(_) => Asked::Push,
+            Trigger::Rollback => Asked::Rollback,
+        }
+    }
+}
+
+/// Set when the process is shutting down: a cycle stops before its point of no return.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<AtomicBool>);
+
+impl Stop {
+    pub fn request(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn requested(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// What one target's cycle needs.
+pub struct Ctx<'a> {
+    pub target: &'a Target,
+    pub source: &'a Source,
+    pub store: Store,
+    pub state_dir: PathBuf,
+    pub stop: Stop,
+    /// The daemon has not sent READY=1 yet. A systemd restart job now would wait for our
+    /// own start job (the managed unit is ordered After= rulekeeper), so such applies are
+    /// deferred; the live file is left as it is.
+    pub boot: bool,
+    /// The first cycles of this target in this process: a killed predecessor may have left
+    /// temp files beside the live file, so they are removed even if nothing is applied.
+    pub tidy: bool,
+}
+
+/// Runs one cycle under the target's lock.
+pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> {
+    let started = Instant::now();
+    let store = ctx.store.clone();
+    let _lock = tokio::task::spawn_blocking(move || store.lock())
+        .await
+        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))??;
+    if ctx.tidy {
+        install::remove_stale_temps(&ctx.target.path);
+    }
+    let mut rep = Report::new(&ctx.target.name, trigger.asked());
+    let mut st = match ctx.store.load() {
+        Ok(st) => st,
+        Err(e) => {
+            state_error(ctx.target, &mut rep, &e);
+            rep.phases.push((Phase::Total, started.elapsed()));
+            return Ok(rep);
+        }
+    };
+    let loaded = st.clone();
+    let res = Runner {
+        ctx,
+        st: &mut st,
+        rep: &mut rep,
+    }
+    .go(trigger)
+    .await;
+    rep.phases.push((Phase::Total, started.elapsed()));
+    rep.held = st.hold;
+    rep.quarantined = st.upstream_quarantined();
+    if rep.live_sha256.is_none() {
+        rep.live_sha256 = st.applied.as_ref().map(|a| a.sha256.clone());
+    }
+    if let Err(e) = &res {
+        st.last_error = Some(e.to_string());
+    } else {
+        st.last_outcome = Some(rep.outcome);
+        st.last_outcome_at = Some(Utc::now());
+        let ok = rep.outcome.is_good();
+        st.last_error = rep.reason.clone().filter(|_| !ok);
+        // What a good outcome still wants said, such as "verification skipped".
+        st.last_note = rep.reason.clone().filter(|_| ok);
+        if rep.success {
+            st.last_success = Some(Utc::now());
+        }
+    }
+    if st.volatile_eq(&loaded) {
+        ctx.store.save_volatile(&st)?;
+    } else {
+        ctx.store.save(&st)?;
+    }
+    rep.state = st;
+    res.map(|()| rep)
+}
+
+/// The state file holds the quarantine and any pending apply: never reset it silently, and
+/// touch nothing of this target until an operator has looked.
+fn state_error(t: &Target, rep: &mut Report, e: &StateError) {
+    let live = install::read(&t.path).ok().flatten();
+    rep.outcome = Outcome::StateError;
+    rep.reason = Some(format!(
+        "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
+    ));
+    rep.live_sha256 = live.as_deref().map(sha256_hex);
+    rep.usable = validate::usable_now(&t.validate, live.as_deref());
+}
+
+/// One cycle in progress: the context, the state as it will be saved, the report so far.
+struct Runner<'a, 'b> {
+    ctx: &'a Ctx<'b>,
+    st: &'a mut TargetState,
+    rep: &'a mut Report,
+}
+
+/// How a cycle came to apply content; it decides what validation, the gate, a failure and
+/// success mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// New upstream content (`drift`: the live file had been edited by hand).
+    Upstream { drift: bool },
+    /// An operator's `push`.
+    Push,
+    /// An operator's `rollback`: last-good goes back in.
+    ManualRollback,
+}
+
+impl Mode {
+    /// Last-good was validated when it was applied, and must go back in even if a validator
+    /// changed its mind since.
+    fn validates(self) -> bool {
+        self != Mode::ManualRollback
+    }
+
+    /// A rejected candidate is quarantined unless an operator pushed it: the operator sees
+    /// the rejection, and upstream's content is not the pushed one.
+    fn quarantines_rejects(self) -> bool {
+        self != Mode::Push
+    }
+
+    /// Only upstream content waits on a fleet gate; operators bypass it.
+    fn gated(self) -> bool {
+        matches!(self, Mode::Upstream { .. })
+    }
+
+    /// What the restart of the new content may assume about the unit: new content never
+    /// starts a unit that is not running; putting last-good back by hand brings back one
+    /// the bad content killed.
+    fn forward(self) -> crate::restart::WasRunning {
+        if self == Mode::ManualRollback {
+            crate::restart::WasRunning::Unknown
+        } else {
+            crate::restart::WasRunning::No
+        }
+    }
+
+    /// Success means "equal to upstream": a push or a manual rollback is not.
+    fn success(self) -> bool {
+        self.gated()
+    }
+
+    fn drift(self) -> bool {
+        matches!(self, Mode::Upstream { drift: true })
+    }
+
+    /// The outcome of a verified apply.
+    fn verified(self) -> Outcome {
+        if self == Mode::ManualRollback {
+            Outcome::RolledBack
+        } else {
+            Outcome::Applied
+        }
+    }
+}
+
+impl Runner<'_, '_> {
+    fn t(&self) -> &Target {
+        self.ctx.target
+    }
+
+    fn timed(&mut self, phase: Phase, since: Instant) {
+        self.rep.phases.push((phase, since.elapsed()));
+    }
+
+    async fn go(&mut self, trigger: Trigger) -> Result<(), CycleError> {
+        if let Some(p) = self.st.pending.clone() {
+            if self.recover(p).await? {
+                return Ok(());
+            }
+        }
+        match trigger {
+            Trigger::Poll => self.poll().await,
+            Trigger::Push(body) => self.push(body).await,
+            Trigger::Rollback => self.manual_rollback().await,
+        }
+    }
+
+    fn read_live(&self) -> Result<Option<Vec<u8>>, CycleError> {
+        Ok(install::read(&self.t().path)?)
+    }
+
+    /// The revision of the content last applied (what the live file is, as far as we know).
+    fn applied_revision(&self) -> Option<String> {
+        self.st.applied.as_ref().and_then(|a| a.revision.clone())
+    }
+
+    /// Ends the cycle with `outcome`, leaving the live file as it is: the report describes
+    /// the live file (usable? which content, which revision) and says why.
+    async fn leave(
+        &mut self,
+        outcome: Outcome,
+        reason: Option<String>,
+        live: Option<&[u8]>,
+    ) -> Result<(), CycleError> {
+        self.rep.outcome = outcome;
+        self.rep.reason = reason;
+        self.rep.usable = validate::usable(self.t(), live).await;
+        self.rep.live_sha256 = live.map(sha256_hex);
+        self.rep.revision = self.applied_revision();
+        Ok(())
+    }
+}

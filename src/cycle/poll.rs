@@ -1,0 +1,165 @@
+//! A poll: fetch upstream (conditionally), then the exits that leave the live file as it is
+//! (fetch failed, in sync, quarantined, held), and the hand-over of new content (or drift)
+//! to `apply`. A 304 with a drifted live file fetches again unconditionally.
+
+use std::time::Instant;
+
+use chrono::Utc;
+
+use super::{CycleError, Mode, Runner};
+use crate::digest::{sha256_hex, short};
+use crate::labels::{Outcome, Phase};
+use crate::source::{FetchError, Fetched};
+use crate::state::{Applied, SourceMemo};
+use crate::validate;
+
+/// Upstream as one fetch saw it.
+pub(super) struct Upstream {
+    sha: String,
+    body: Option<Vec<u8>>,
+    revision: Option<String>,
+}
+
+impl Runner<'_, '_> {
+    async fn fetch(&mut self, conditional: bool) -> Result<Upstream, FetchError> {
+        let t0 = Instant::now();
+        let memo = self.st.source.clone().filter(|_| conditional);
+        let r = self
+            .ctx
+            .source
+            .fetch(memo.as_ref().map(|m| m.token.as_str()))
+            .await;
+        self.timed(Phase::Fetch, t0);
+        match r? {
+            Fetched::NotModified => {
+                let m = memo.ok_or_else(|| {
+                    FetchError::new(
+                        crate::labels::FetchReason::Protocol,
+                        "304 without a remembered validator",
+                    )
+                })?;
+                Ok(Upstream {
+                    sha: m.sha256,
+                    body: None,
+                    revision: m.revision,
+                })
+            }
+            Fetched::Content {
+                body,
+                token,
+                revision,
+            } => {
+                let sha = sha256_hex(&body);
+                self.st.source = token.map(|token| SourceMemo {
+                    token,
+                    sha256: sha.clone(),
+                    revision: revision.clone(),
+                });
+                Ok(Upstream {
+                    sha,
+                    body: Some(body),
+                    revision,
+                })
+            }
+        }
+    }
+
+    async fn fetch_failed(&mut self, e: FetchError, live: Option<&[u8]>) -> Result<(), CycleError> {
+        self.rep.fetch_reason = Some(e.reason);
+        self.leave(Outcome::FetchFailed, Some(e.message), live)
+            .await
+    }
+
+    pub(super) async fn poll(&mut self) -> Result<(), CycleError> {
+        let live = self.read_live()?;
+        let live_sha = live.as_deref().map(sha256_hex);
+        let mut up = match self.fetch(true).await {
+            Ok(u) => u,
+            Err(e) => return self.fetch_failed(e, live.as_deref()).await,
+        };
+        loop {
+            self.st.upstream_revision = up.revision.clone();
+            self.st.upstream_sha256 = Some(up.sha.clone());
+            // A wait is for one sha: new upstream content starts over.
+            if self.st.gate.as_ref().is_some_and(|g| g.sha256 != up.sha) {
+                self.st.gate = None;
+            }
+            if live_sha.as_deref() == Some(up.sha.as_str()) {
+                return self.in_sync(&up, live.as_deref()).await;
+            }
+            if let Some(q) = self.st.quarantine.as_ref().filter(|q| q.sha256 == up.sha) {
+                let why = format!("upstream {} is quarantined: {}", short(&q.sha256), q.reason);
+                return self
+                    .leave(Outcome::Quarantined, Some(why), live.as_deref())
+                    .await;
+            }
+            if self.st.quarantine.take().is_some() {
+                tracing::info!(target_name = %self.t().name, sha256 = %up.sha, "new upstream content clears the quarantine");
+            }
+            if self.st.hold {
+                let why = format!(
+                    "held: upstream {} not applied (run `rulekeeper release`)",
+                    short(&up.sha)
+                );
+                return self.leave(Outcome::Held, Some(why), live.as_deref()).await;
+            }
+            if up.body.is_some() {
+                break;
+            }
+            // A 304 says upstream did not move, not that the live file is intact: the live
+            // file drifted, so get the body again unconditionally.
+            tracing::info!(target_name = %self.t().name, "live file differs from upstream; fetching upstream again");
+            up = match self.fetch(false).await {
+                Ok(u) => u,
+                Err(e) => return self.fetch_failed(e, live.as_deref()).await,
+            };
+        }
+        let body = up.body.take().unwrap_or_default();
+        let drift = match (&self.st.applied, &live_sha) {
+            (Some(a), Some(l)) => &a.sha256 != l,
+            _ => false,
+        };
+        self.apply(body, up.sha, up.revision, live, Mode::Upstream { drift })
+            .await
+    }
+
+    async fn in_sync(&mut self, up: &Upstream, live: Option<&[u8]>) -> Result<(), CycleError> {
+        if let Some(q) = self.st.quarantine.clone().filter(|q| q.sha256 == up.sha) {
+            // The live file is content that failed: a first apply with nothing to roll back
+            // to, or a hand edit that restored it. Never adopt it as good, never clear it.
+            let why = format!(
+                "the live file is quarantined content {} ({}); waiting for new upstream content or an operator (`push`, `rollback`)",
+                short(&q.sha256),
+                q.reason
+            );
+            return self.leave(Outcome::Quarantined, Some(why), live).await;
+        }
+        let adopt = match &self.st.applied {
+            Some(a) => a.sha256 != up.sha || (a.revision.is_none() && up.revision.is_some()),
+            None => true,
+        };
+        if adopt {
+            self.st.applied = Some(Applied {
+                sha256: up.sha.clone(),
+                revision: up.revision.clone(),
+                at: self
+                    .st
+                    .applied
+                    .as_ref()
+                    .filter(|a| a.sha256 == up.sha)
+                    .map(|a| a.at)
+                    .unwrap_or_else(Utc::now),
+            });
+        }
+        // In sync there is nothing left to keep out, whatever the hash.
+        self.st.quarantine = None;
+        self.st.gate = None;
+        self.rep.outcome = Outcome::Unchanged;
+        // Content we applied was validated then; this also covers a file found in place.
+        self.rep.usable = validate::usable_now(&self.t().validate, live);
+        self.rep.success = self.rep.usable;
+        self.rep.live_sha256 = Some(up.sha.clone());
+        self.rep.revision = up.revision.clone();
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! An apply a previous run died in (a `pending` record found at the start of a cycle), and
+//! the boot rule that goes with it: before READY=1 the daemon never asks systemd to restart
+//! or start a unit (its job would wait behind our own start job), so such work is deferred.
+
+use super::{CycleError, Runner};
+use crate::digest::sha256_hex;
+use crate::labels::Outcome;
+use crate::restart::{self, WasRunning};
+use crate::state::{self, Pending, PendingStage};
+
+impl Runner<'_, '_> {
+    /// Finishes an apply a previous run died in. Returns true when that was the cycle.
+    pub(super) async fn recover(&mut self, p: Pending) -> Result<bool, CycleError> {
+        let t = self.ctx.target;
+        let live = self.read_live()?;
+        let live_sha = live.as_deref().map(sha256_hex);
+        let is_new = live_sha.as_deref() == Some(p.new_sha256.as_str());
+        tracing::warn!(target_name = %t.name, stage = ?p.stage, live_is_new = is_new, "found an interrupted apply");
+        match p.stage {
+            PendingStage::Applying if !is_new => {
+                // Died before the swap: nothing was touched.
+                self.st.pending = None;
+                self.ctx.store.save(self.st)?;
+                Ok(false)
+            }
+            PendingStage::Applying => {
+                let was = was_running(&p);
+                self.defer_at_boot(was).await?;
+                let _unit = self.unit_lock().await?;
+                let body = live.unwrap_or_default();
+                match self.restart_and_verify(&body, was).await {
+                    Ok(checked) => {
+                        self.commit_applied(&p.new_sha256, p.revision.clone());
+                        self.rep.outcome = Outcome::Applied;
+                        self.rep.success = true;
+                        self.rep.reason = Some(match checked.note() {
+                            Some(n) => format!("interrupted apply completed; {n}"),
+                            None => "interrupted apply verified".into(),
+                        });
+                    }
+                    Err(e) => {
+                        self.roll_back(&p.new_sha256, &format!("interrupted apply: {e}"), was)
+                            .await?;
+                    }
+                }
+                Ok(true)
+            }
+            PendingStage::RollingBack => {
+                let was = was_running(&p);
+                self.defer_at_boot(was).await?;
+                let _unit = self.unit_lock().await?;
+                let why = self
+                    .st
+                    .quarantine
+                    .as_ref()
+                    .map(|q| q.reason.clone())
+                    .unwrap_or_else(|| "interrupted rollback".into());
+                self.restore_prev(&p.new_sha256, &why, was).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Err(Deferred) when, during boot, this would restart or start a systemd unit (its
+    /// job would wait behind our own start job).
+    pub(super) async fn defer_at_boot(&self, was: WasRunning) -> Result<(), CycleError> {
+        if !self.ctx.boot {
+            return Ok(());
+        }
+        match restart::would_touch(&self.t().restart, was).await {
+            Ok(false) => Ok(()),
+            _ => Err(CycleError::Deferred),
+        }
+    }
+}
+
+/// What an interrupted apply knew about its unit, if it still holds: after a reboot the
+/// unit's state before the apply says nothing about now.
+fn was_running(p: &Pending) -> WasRunning {
+    if p.boot_id.is_none() || p.boot_id != state::boot_id() {
+        return WasRunning::Unknown;
+    }
+    WasRunning::from(p.unit_running)
+}

@@ -1,0 +1,93 @@
+//! Going back to last-good after new content failed: quarantine the bad hash, move `pending`
+//! to `rolling_back`, put `.prev` back, restart and verify. A unit that ran before the apply
+//! is brought back even if the bad content killed it, and is always verified: healthy is
+//! `rolled_back`, anything else `rollback_failed`.
+
+use chrono::Utc;
+
+use super::{CycleError, Runner};
+use crate::digest::sha256_hex;
+use crate::install;
+use crate::labels::Outcome;
+use crate::restart::WasRunning;
+use crate::state::{Applied, PendingStage};
+use crate::validate;
+
+impl Runner<'_, '_> {
+    /// Restores `.prev` after `bad_sha` failed; quarantines it.
+    pub(super) async fn roll_back(
+        &mut self,
+        bad_sha: &str,
+        why: &str,
+        was: WasRunning,
+    ) -> Result<(), CycleError> {
+        self.quarantine(bad_sha, why);
+        if let Some(p) = self.st.pending.as_mut() {
+            p.stage = PendingStage::RollingBack;
+        }
+        self.ctx.store.save(self.st)?;
+        self.restore_prev(bad_sha, why, was).await
+    }
+
+    /// Puts `.prev` back (if the live file is still `bad_sha`), restarts and verifies. A unit
+    /// that ran before the apply (`was`) is brought back up even if the bad content killed
+    /// it, and is always verified.
+    pub(super) async fn restore_prev(
+        &mut self,
+        bad_sha: &str,
+        why: &str,
+        was: WasRunning,
+    ) -> Result<(), CycleError> {
+        let t = self.ctx.target;
+        let prev_path = install::prev_path(&t.path);
+        let prev = install::read(&prev_path)?;
+        let live = self.read_live()?;
+        let live_sha = live.as_deref().map(sha256_hex);
+        self.rep.revision = self.applied_revision();
+        let Some(prev) = prev.filter(|p| validate::usable_now(&t.validate, Some(p))) else {
+            self.st.pending = None;
+            self.rep.outcome = Outcome::RollbackFailed;
+            self.rep.usable = false;
+            self.rep.live_sha256 = live_sha;
+            self.rep.reason = Some(format!(
+                "{why}; and there is no usable {} to roll back to",
+                prev_path.display()
+            ));
+            return Ok(());
+        };
+        let prev_sha = sha256_hex(&prev);
+        if live_sha.as_deref() == Some(bad_sha) {
+            let c = install::stage(&t.path, &prev, t.mode_bits)?;
+            install::install(c, &t.path, None, t.mode_bits)?;
+            tracing::warn!(target_name = %t.name, sha256 = %prev_sha, "restored .prev");
+        }
+        let checked = self.restart_and_verify(&prev, was).await;
+        self.st.pending = None;
+        self.rep.usable = true;
+        self.rep.live_sha256 = Some(prev_sha.clone());
+        if self
+            .st
+            .applied
+            .as_ref()
+            .is_none_or(|a| a.sha256 != prev_sha)
+        {
+            self.st.applied = Some(Applied {
+                sha256: prev_sha,
+                revision: None,
+                at: Utc::now(),
+            });
+        }
+        match checked {
+            Ok(_) => {
+                self.rep.outcome = Outcome::RolledBack;
+                self.rep.reason = Some(format!("rolled back: {why}"));
+            }
+            Err(e) => {
+                tracing::error!(target_name = %t.name, error = %e, "service unhealthy on the last-good file too");
+                self.rep.outcome = Outcome::RollbackFailed;
+                self.rep.reason = Some(format!("{why}; after rolling back: {e}"));
+            }
+        }
+        Ok(())
+    }
+}

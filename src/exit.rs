@@ -1,0 +1,109 @@
+//! The process's exit status (docs/contract.md "CLI"): one enum with the documented codes,
+//! the one mapping from a cycle's report (or its error) to it, and the rule that combines
+//! several targets' codes. `main` is the one place an `Exit` becomes the process status.
+
+use crate::labels::Outcome;
+use crate::report::{Asked, Report};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The live file is usable and current (applied, unchanged, or upstream unreachable
+    /// while a usable file exists); a command did what was asked.
+    Ok,
+    /// A candidate was rejected or rolled back, upstream's content is quarantined, a
+    /// target's state cannot be read, or an operator's request could not be carried out.
+    Failed,
+    /// Usage or configuration error.
+    Usage,
+    /// No usable live file exists.
+    NoUsableFile,
+    /// A rollback left the service unhealthy on last-good (the emergency case).
+    RollbackFailed,
+}
+
+impl Exit {
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::NoUsableFile => 3,
+            Exit::RollbackFailed => 4,
+        }
+    }
+
+    /// How serious, for [`Exit::worse`]: 4 > 3 > 2 > 1 > 0.
+    fn rank(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::NoUsableFile => 3,
+            Exit::RollbackFailed => 4,
+        }
+    }
+
+    /// Of two targets' codes, the more serious (`once` over several targets).
+    pub fn worse(self, other: Exit) -> Exit {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// What a finished cycle means for `once`, `push` and `rollback`.
+    pub fn of(rep: &Report) -> Exit {
+        match rep.outcome {
+            Outcome::RollbackFailed => Exit::RollbackFailed,
+            _ if !rep.usable => Exit::NoUsableFile,
+            // A manual rollback that left the service healthy did what was asked.
+            Outcome::RolledBack if rep.asked == Asked::Rollback => Exit::Ok,
+            Outcome::Rejected
+            | Outcome::RolledBack
+            | Outcome::Quarantined
+            | Outcome::StateError => Exit::Failed,
+            _ => Exit::Ok,
+        }
+    }
+
+    /// What a cycle that could not run means: an operator's request that cannot be carried
+    /// out is `Failed`; anything else depends on whether a usable live file is left.
+    pub fn of_error(refused: bool, live_usable: bool) -> Exit {
+        if refused || live_usable {
+            Exit::Failed
+        } else {
+            Exit::NoUsableFile
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worse_ranks_rollback_failed_highest() {
+        use Exit::*;
+        assert_eq!(Ok.worse(Failed), Failed);
+        assert_eq!(Failed.worse(NoUsableFile), NoUsableFile);
+        assert_eq!(RollbackFailed.worse(NoUsableFile), RollbackFailed);
+        assert_eq!(Usage.worse(Failed), Usage);
+        assert_eq!(Failed.worse(Usage), Usage);
+    }
+
+    #[test]
+    fn report_mapping() {
+        let mut r = Report::new("t", Asked::Poll);
+        r.usable = true;
+        r.outcome = Outcome::RolledBack;
+        assert_eq!(Exit::of(&r), Exit::Failed);
+        r.asked = Asked::Rollback;
+        assert_eq!(Exit::of(&r), Exit::Ok);
+        r.outcome = Outcome::RollbackFailed;
+        assert_eq!(Exit::of(&r), Exit::RollbackFailed);
+        r.outcome = Outcome::Applied;
+        r.usable = false;
+        assert_eq!(Exit::of(&r), Exit::NoUsableFile);
+    }
+}

@@ -1,0 +1,131 @@
+//! What one cycle tells its caller: the [`Report`] (outcome, reason, whether the live file is
+//! usable and current, restarts, phase timings, the state left behind) and the two ways it
+//! leaves the process besides metrics: the journal entry ([`Report::log`]) and the CLI's
+//! one-line summary. The cycle fills it in; the supervisor, the CLI and the metrics read it.
+
+use std::time::Duration;
+
+use crate::digest::short;
+use crate::labels::{FetchReason, Outcome, Phase};
+use crate::state::TargetState;
+
+/// What asked for the cycle, without its payload (the cycle's `Trigger` carries that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// A poll of upstream (timer, webhook, `once`, boot).
+    Poll,
+    /// An operator's `push`.
+    Push,
+    /// An operator's `rollback`.
+    Rollback,
+}
+
+/// Everything the caller needs to record a cycle.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub target: String,
+    pub asked: Asked,
+    pub outcome: Outcome,
+    /// Why (an error or a note such as "verification skipped").
+    pub reason: Option<String>,
+    /// `rulekeeper_fetch_failures_total{reason}` when the fetch failed.
+    pub fetch_reason: Option<FetchReason>,
+    /// The live file exists and passes validation.
+    pub usable: bool,
+    /// The live file is usable and equal to upstream (or to what an operator pushed).
+    pub success: bool,
+    pub live_sha256: Option<String>,
+    pub revision: Option<String>,
+    /// How many times the managed service was restarted.
+    pub restarts: u32,
+    pub drift_corrected: bool,
+    /// Upstream now serves quarantined content.
+    pub quarantined: bool,
+    pub held: bool,
+    pub phases: Vec<(Phase, Duration)>,
+    /// The target's persisted state after the cycle (for gauges).
+    pub state: TargetState,
+}
+
+impl Report {
+    pub fn new(target: &str, asked: Asked) -> Self {
+        Report {
+            target: target.to_string(),
+            asked,
+            outcome: Outcome::Unchanged,
+            reason: None,
+            fetch_reason: None,
+            usable: false,
+            success: false,
+            live_sha256: None,
+            revision: None,
+            restarts: 0,
+            drift_corrected: false,
+            quarantined: false,
+            held: false,
+            phases: Vec::new(),
+            state: TargetState::default(),
+        }
+    }
+
+    /// How long the whole cycle took (zero before it is over).
+    pub fn total(&self) -> Duration {
+        self.phases
+            .iter()
+            .find(|(p, _)| *p == Phase::Total)
+            .map(|(_, d)| *d)
+            .unwrap_or_default()
+    }
+
+    /// Logs the cycle as one entry (docs/contract.md "journald": TARGET_NAME, OUTCOME,
+    /// SHA256, REVISION, DURATION_MS, RESTARTS, REASON), at a level that says how much it
+    /// matters. Unchanged cycles are debug: a poll that changes nothing is not news.
+    pub fn log(&self) {
+        let duration_ms = self.total().as_millis() as u64;
+        let reason = self.reason.as_deref().unwrap_or("");
+        let sha256 = self.live_sha256.as_deref().unwrap_or("");
+        let revision = self.revision.as_deref().unwrap_or("");
+        let (target_name, outcome, restarts) =
+            (self.target.as_str(), self.outcome.as_str(), self.restarts);
+        macro_rules! entry {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    target_name,
+                    outcome,
+                    sha256,
+                    revision,
+                    duration_ms,
+                    restarts,
+                    reason,
+                    "cycle"
+                )
+            };
+        }
+        match self.outcome {
+            Outcome::Unchanged => entry!(tracing::Level::DEBUG),
+            Outcome::Applied | Outcome::Held | Outcome::Quarantined | Outcome::Gated => {
+                entry!(tracing::Level::INFO)
+            }
+            Outcome::RollbackFailed | Outcome::StateError => entry!(tracing::Level::ERROR),
+            _ => entry!(tracing::Level::WARN),
+        }
+    }
+
+    /// The CLI's one line: `target: outcome (live SHA, revision R): reason`.
+    pub fn summary(&self) -> String {
+        let sha = self.live_sha256.as_deref().map(short).unwrap_or("-");
+        let mut line = format!("{}: {} (live {sha}", self.target, self.outcome);
+        if let Some(r) = &self.revision {
+            line.push_str(&format!(", revision {r}"));
+        }
+        line.push(')');
+        if let Some(r) = &self.reason {
+            line.push_str(&format!(": {r}"));
+        }
+        if !self.usable {
+            line.push_str(" [no usable live file]");
+        }
+        line
+    }
+}
