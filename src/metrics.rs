@@ -43,6 +43,8 @@ pub struct Metrics {
 pub struct MetricsError(#[from] prometheus::Error);
 
 impl Metrics {
+    /// Long on purpose: each metric's name, help text and labels stand together, in the
+    /// order of docs/contract.md "Metrics", so the registry reads as the contract does.
     pub fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let build = GaugeVec::new(

@@ -183,3 +183,60 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        let text = "targets:\n  t:\n    source: { kind: file, path: /srv/up.yaml }\n    path: /srv/live/r.yaml\n    restart: { none: true }\n    verify: { none: true }\n";
+        let cfg = crate::config::parse(text, std::path::Path::new("c.yaml")).unwrap();
+        Shared::new(cfg, Metrics::new().unwrap())
+    }
+
+    #[test]
+    fn not_alive_before_ready() {
+        let s = shared();
+        assert!(!s.alive());
+        s.set_ready();
+        assert!(s.alive());
+    }
+
+    #[test]
+    fn a_loop_is_alive_until_its_wait_and_a_cycle_budget_are_over() {
+        let s = shared();
+        s.set_ready();
+        // A wait that ended longer ago than a cycle may take: stuck.
+        let budget = cycle_budget(&s.cfg.targets["t"]);
+        let long_ago = Instant::now()
+            .checked_sub(budget + Duration::from_secs(1))
+            .unwrap();
+        s.loop_waiting("t", long_ago);
+        // loop_busy_until saturates a past `until` to now, so it still has one budget.
+        assert!(s.alive());
+        s.loop_cycling("t");
+        assert!(s.alive());
+        s.loops["t"].deadline_ms.store(0, Ordering::SeqCst);
+        // Deadlines are in whole milliseconds since the epoch: wait for the first to pass.
+        while s.now_ms() == 0 {
+            std::hint::spin_loop();
+        }
+        assert!(!s.alive(), "a deadline in the past is a stuck loop");
+        s.loop_parked("t");
+        assert!(s.alive());
+    }
+
+    #[test]
+    fn triggers_set_pending_and_status_counts_in_sync_targets() {
+        let s = shared();
+        s.trigger("t");
+        assert!(s.loops["t"].pending.load(Ordering::SeqCst));
+        s.trigger("nope");
+        assert_eq!(s.status_line(), "0 of 1 targets in sync");
+        s.note_cycle("t", true, "12:00:00 (t unchanged)".into());
+        assert_eq!(
+            s.status_line(),
+            "1 of 1 targets in sync; last cycle 12:00:00 (t unchanged)"
+        );
+    }
+}

@@ -91,8 +91,8 @@ pub fn run(cfg: Config) -> anyhow::Result<Exit> {
     rt.block_on(daemon(cfg))
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
-    let metrics = Metrics::new()?;
+/// Every target's state directory, metric series and source, before anything is served.
+fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<String, Source>> {
     let mut sources = BTreeMap::new();
     for t in cfg.targets.values() {
         let store = Store::new(&cfg.state_dir, &t.name);
@@ -117,6 +117,12 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
             .map_err(|e| anyhow::anyhow!("{}: target `{}`: {e}", cfg.file.display(), t.name))?;
         sources.insert(t.name.clone(), src);
     }
+    Ok(sources)
+}
+
+async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
+    let metrics = Metrics::new()?;
+    let sources = init_targets(&cfg, &metrics)?;
     let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "{}: key `listen`: cannot listen on {}",
@@ -414,4 +420,33 @@ async fn signals(secrets: Arc<Secrets>, stop: Stop, shutdown: watch::Sender<bool
     notify::stopping();
     stop.request();
     let _ = shutdown.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_few_seconds_and_stops_at_the_interval() {
+        let interval = Duration::from_secs(300);
+        let within = |d: Duration, want: u64| {
+            let w = Duration::from_secs(want);
+            assert!(d >= w.mul_f64(0.9) && d <= w.mul_f64(1.1), "{d:?} vs {w:?}");
+        };
+        within(backoff(interval, 0), 5);
+        within(backoff(interval, 1), 10);
+        within(backoff(interval, 3), 40);
+        within(backoff(interval, 10), 300);
+        within(backoff(interval, u32::MAX), 300);
+        // An interval shorter than the base: never longer than the interval.
+        within(backoff(Duration::from_secs(2), 4), 2);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let d = jittered(Duration::from_secs(100));
+            assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110));
+        }
+    }
 }

@@ -401,6 +401,59 @@ pub async fn handle(
     }
 }
 
+/// The body of a request whose credentials hold. Token schemes are decided before a byte of
+/// the body is read; a signature needs the whole body, which is admitted only within the
+/// budget of bytes in flight and [`BODY_TIMEOUT`].
+async fn authenticated_body(
+    guard: &Guard,
+    name: &str,
+    cred: &Cred,
+    secret: &Secret,
+    declared: Option<u64>,
+    body: &mut Incoming,
+) -> Result<Vec<u8>, Answer> {
+    let wrong = || {
+        guard.auth_failed(name);
+        Answer::unauthorized()
+    };
+    let _admitted = match cred {
+        Cred::Bearer(_) | Cred::Token(_) | Cred::Malformed => {
+            if !verify(cred, secret, b"") {
+                return Err(wrong());
+            }
+            None
+        }
+        Cred::Hmac(_) => {
+            let want = declared.map(|l| l as usize).unwrap_or(MAX_BODY).max(1);
+            let permit = guard.budget.clone().try_acquire_many_owned(want as u32);
+            Some(permit.map_err(|_| Answer {
+                retry_after: Some("5"),
+                ..Answer::early(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    WebhookResult::Busy,
+                    serde_json::json!({"error": "busy: too many webhook bodies in flight"}),
+                )
+            })?)
+        }
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => return Err(Answer::too_large()),
+        Ok(Err(BodyError::Broken)) => return Err(Answer::bad_request("cannot read body")),
+        Err(_) => {
+            return Err(Answer::early(
+                StatusCode::REQUEST_TIMEOUT,
+                WebhookResult::Timeout,
+                serde_json::json!({"error": "body not received in time"}),
+            ))
+        }
+    };
+    if !verify(cred, secret, &bytes) {
+        return Err(wrong());
+    }
+    Ok(bytes)
+}
+
 /// The webhook's decisions in their documented order (docs/contract.md "HTTP"): `Err` for
 /// a request refused, `Ok` for one taken.
 async fn decide(
@@ -434,48 +487,7 @@ async fn decide(
     if declared.is_some_and(|l| l > MAX_BODY as u64) {
         return Err(Answer::too_large());
     }
-    let wrong = || {
-        guard.auth_failed(name);
-        Answer::unauthorized()
-    };
-    // Token schemes are decided before a byte of the body is read.
-    let _admitted = match &cred {
-        Cred::Bearer(_) | Cred::Token(_) | Cred::Malformed => {
-            if !verify(&cred, &secret, b"") {
-                return Err(wrong());
-            }
-            None
-        }
-        Cred::Hmac(_) => {
-            // The signature needs the whole body: admit it within the budget of bytes in
-            // flight, or answer 503 now.
-            let want = declared.map(|l| l as usize).unwrap_or(MAX_BODY).max(1);
-            let permit = guard.budget.clone().try_acquire_many_owned(want as u32);
-            Some(permit.map_err(|_| Answer {
-                retry_after: Some("5"),
-                ..Answer::early(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    WebhookResult::Busy,
-                    serde_json::json!({"error": "busy: too many webhook bodies in flight"}),
-                )
-            })?)
-        }
-    };
-    let bytes = match tokio::time::timeout(BODY_TIMEOUT, read_body(body)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(BodyError::TooLarge)) => return Err(Answer::too_large()),
-        Ok(Err(BodyError::Broken)) => return Err(Answer::bad_request("cannot read body")),
-        Err(_) => {
-            return Err(Answer::early(
-                StatusCode::REQUEST_TIMEOUT,
-                WebhookResult::Timeout,
-                serde_json::json!({"error": "body not received in time"}),
-            ))
-        }
-    };
-    if !verify(&cred, &secret, &bytes) {
-        return Err(wrong());
-    }
+    let bytes = authenticated_body(guard, name, &cred, &secret, declared, body).await?;
     // The payload is optional: a bare authenticated POST just triggers a cycle.
     let (pushed, after) = payload(&bytes).map_err(|_| Answer::bad_request("body is not JSON"))?;
     if let Some(pushed) = pushed {

@@ -122,6 +122,8 @@ fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
 }
 
 impl ForgeSource {
+    /// Long on purpose: one arm per forge, so each forge's URL layout stands whole in one
+    /// place beside its API's documentation.
     pub fn new(target: &Target) -> Result<Self, FetchError> {
         let s = &target.source;
         let client = client(s.timeout, s.ca_file.as_deref())?;

@@ -1,0 +1,305 @@
+//! The semantic checks serde cannot express: which keys each source kind takes, exactly one
+//! form of `restart` and `verify`, URLs (TLS unless loopback wherever a token travels),
+//! argv lists, durations and counts. Also fills in derived fields (`name`, `mode_bits`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{paths, Config, ConfigError, Source, SourceKind, Target};
+
+/// A check's complaint about one target: the key under `targets.NAME.` and the message.
+type Complaint = (String, String);
+
+fn at(key: &str, message: impl Into<String>) -> Complaint {
+    (key.to_string(), message.into())
+}
+
+/// Checks the whole file (then the paths of every live file against each other).
+pub(super) fn config(cfg: &mut Config) -> Result<(), ConfigError> {
+    let file = cfg.file.clone();
+    if cfg.targets.is_empty() {
+        return Err(ConfigError {
+            file,
+            target: None,
+            key: "targets".into(),
+            message: "at least one target is required".into(),
+        });
+    }
+    for (name, t) in cfg.targets.iter_mut() {
+        let named = |key: String, message: String| ConfigError {
+            file: file.clone(),
+            target: Some(name.clone()),
+            key,
+            message,
+        };
+        if !valid_target_name(name) {
+            return Err(named(
+                format!("targets.{name}"),
+                "target names must match [a-z0-9_-]+ (at most 64 characters)".into(),
+            ));
+        }
+        t.name = name.clone();
+        target(t).map_err(|(key, m)| named(format!("targets.{name}.{key}"), m))?;
+    }
+    paths::check_overlaps(cfg)
+}
+
+/// One target's keys.
+fn target(t: &mut Target) -> Result<(), Complaint> {
+    if !t.path.is_absolute() {
+        return Err(at("path", "must be an absolute path"));
+    }
+    if t.path.file_name().is_none() {
+        return Err(at("path", "must name a file"));
+    }
+    t.mode_bits = match u32::from_str_radix(t.mode.trim_start_matches("0o"), 8) {
+        Ok(m) if m <= 0o7777 => m,
+        _ => {
+            return Err(at(
+                "mode",
+                format!("`{}` is not an octal file mode like \"0644\"", t.mode),
+            ))
+        }
+    };
+    if t.max_bytes == 0 {
+        return Err(at("max_bytes", "must be greater than 0"));
+    }
+    if t.interval < Duration::from_secs(1) {
+        return Err(at("interval", "must be at least 1s"));
+    }
+    source(&t.source)?;
+    restart(t)?;
+    verify(t)?;
+    if let Some(c) = &t.validate.command {
+        check_argv(c).map_err(|m| at("validate.command", m))?;
+    }
+    if let Some(p) = &t.validate.powersync_api {
+        check_url(&p.url, true).map_err(|m| at("validate.powersync_api.url", m))?;
+    }
+    gate(t)
+}
+
+fn restart(t: &Target) -> Result<(), Complaint> {
+    let r = &t.restart;
+    if !exactly_one(&[
+        r.systemd.is_some(),
+        r.command.is_some(),
+        r.none == Some(true),
+    ]) {
+        return Err(at(
+            "restart",
+            "set exactly one of `systemd: UNIT`, `command: [argv]` or `none: true`",
+        ));
+    }
+    if let Some(u) = &r.systemd {
+        if u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace) {
+            return Err(at("restart.systemd", "not a unit name"));
+        }
+    }
+    if let Some(c) = &r.command {
+        check_argv(c).map_err(|m| at("restart.command", m))?;
+    }
+    Ok(())
+}
+
+fn verify(t: &Target) -> Result<(), Complaint> {
+    let v = &t.verify;
+    if !exactly_one(&[v.http.is_some(), v.command.is_some(), v.none == Some(true)]) {
+        return Err(at(
+            "verify",
+            "set exactly one of `http: URL`, `command: [argv]` or `none: true`",
+        ));
+    }
+    if let Some(u) = &v.http {
+        check_url(u, false).map_err(|m| at("verify.http", m))?;
+    }
+    if let Some(c) = &v.command {
+        check_argv(c).map_err(|m| at("verify.command", m))?;
+    }
+    if v.successes == 0 {
+        return Err(at("verify.successes", "must be at least 1"));
+    }
+    if v.interval.is_zero() {
+        return Err(at("verify.interval", "must be greater than 0"));
+    }
+    // The PowerSync API token travels with these requests: TLS unless loopback.
+    if let Some(p) = &v.powersync_api {
+        check_url(&p.url, true).map_err(|m| at("verify.powersync_api.url", m))?;
+    }
+    Ok(())
+}
+
+fn gate(t: &Target) -> Result<(), Complaint> {
+    let Some(g) = &t.gate else { return Ok(()) };
+    // A bearer token may travel with the query: TLS unless loopback.
+    check_url(&g.url, true).map_err(|m| at("gate.url", m))?;
+    if g.query.trim().is_empty() {
+        return Err(at("gate.query", "must not be empty"));
+    }
+    if g.interval < Duration::from_secs(1) {
+        return Err(at("gate.interval", "must be at least 1s"));
+    }
+    if g.timeout.is_zero() {
+        return Err(at("gate.timeout", "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn valid_target_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// `restart` and `verify` each take exactly one of their forms.
+fn exactly_one(set: &[bool]) -> bool {
+    set.iter().filter(|b| **b).count() == 1
+}
+
+fn check_argv(argv: &[String]) -> Result<(), String> {
+    match argv.first() {
+        None => Err("must name a program (an argv list, no shell)".into()),
+        Some(p) if p.is_empty() => Err("the program name is empty".into()),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Which keys each source kind takes: (required, allowed-but-optional).
+fn source_keys(kind: SourceKind) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab => (
+            &["repo", "path"],
+            &["base_url", "ref", "token_file", "ca_file", "timeout"],
+        ),
+        SourceKind::Git => (&["url", "path"], &["ref", "timeout"]),
+        SourceKind::Http => (&["url"], &["token_file", "ca_file", "timeout"]),
+        SourceKind::File => (&["path"], &["timeout"]),
+    }
+}
+
+/// A source's keys and values.
+fn source(s: &Source) -> Result<(), Complaint> {
+    source_keys_present(s)?;
+    source_values(s)
+}
+
+/// Each kind takes its own keys: required ones present, nothing it does not use.
+fn source_keys_present(s: &Source) -> Result<(), Complaint> {
+    let present: [(&str, bool); 6] = [
+        ("base_url", s.base_url.is_some()),
+        ("repo", s.repo.is_some()),
+        ("path", s.path.is_some()),
+        ("ref", s.git_ref.is_some()),
+        ("token_file", s.token_file.is_some()),
+        ("url", s.url.is_some()),
+    ];
+    let (required, optional) = source_keys(s.kind);
+    for (key, is_set) in present {
+        if required.contains(&key) && !is_set {
+            return Err((
+                format!("source.{key}"),
+                format!("required for kind `{}`", s.kind.as_str()),
+            ));
+        }
+        if is_set && !required.contains(&key) && !optional.contains(&key) {
+            return Err((
+                format!("source.{key}"),
+                format!("not used by kind `{}`", s.kind.as_str()),
+            ));
+        }
+    }
+    if s.ca_file.is_some() && !optional.contains(&"ca_file") {
+        return Err((
+            "source.ca_file".into(),
+            format!("not used by kind `{}`", s.kind.as_str()),
+        ));
+    }
+    if s.allow_close_delimited && s.kind != SourceKind::Http {
+        return Err((
+            "source.allow_close_delimited".into(),
+            format!(
+                "not used by kind `{}` (forge kinds check the bytes against the forge's own digest)",
+                s.kind.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The values of a source's keys.
+fn source_values(s: &Source) -> Result<(), Complaint> {
+    let needs_base = matches!(
+        s.kind,
+        SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Gitlab
+    );
+    if needs_base && s.base_url.is_none() {
+        return Err((
+            "source.base_url".into(),
+            format!("required for kind `{}`", s.kind.as_str()),
+        ));
+    }
+    if let Some(u) = &s.base_url {
+        check_url(u, true).map_err(|m| ("source.base_url".to_string(), m))?;
+    }
+    if let Some(u) = &s.url {
+        if s.kind == SourceKind::Http {
+            check_url(u, true).map_err(|m| ("source.url".to_string(), m))?;
+        } else if u.is_empty() {
+            return Err(("source.url".into(), "must not be empty".into()));
+        }
+    }
+    if let Some(r) = &s.repo {
+        let ok = if s.kind == SourceKind::Gitlab {
+            !r.is_empty()
+        } else {
+            r.split('/').count() == 2 && r.split('/').all(|p| !p.is_empty())
+        };
+        if !ok {
+            return Err(("source.repo".into(), "must look like `owner/name`".into()));
+        }
+    }
+    if let Some(p) = &s.path {
+        if p.is_empty() {
+            return Err(("source.path".into(), "must not be empty".into()));
+        }
+        if s.kind == SourceKind::File && !Path::new(p).is_absolute() {
+            return Err(("source.path".into(), "must be an absolute path".into()));
+        }
+        if s.kind != SourceKind::File && p.split('/').any(|seg| seg == "..") {
+            return Err(("source.path".into(), "must not contain `..`".into()));
+        }
+    }
+    if let Some(r) = &s.git_ref {
+        if r.is_empty() || r.starts_with('-') {
+            return Err(("source.ref".into(), "not a valid ref".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a host (as written in a URL) is a loopback address.
+pub fn is_loopback_host(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => a.is_loopback(),
+    }
+}
+
+/// URLs must parse; for fetching (`require_tls`), plain http is allowed only to loopback.
+fn check_url(u: &str, require_tls: bool) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a URL: {e}"))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loop_ok = parsed.host().map(|h| is_loopback_host(&h)).unwrap_or(false);
+            if require_tls && !loop_ok {
+                Err("must be https:// (plain http:// is allowed only to a loopback host)".into())
+            } else {
+                Ok(())
+            }
+        }
+        other => Err(format!("unsupported scheme `{other}`")),
+    }
+}

@@ -1,0 +1,483 @@
+//! The configuration file: its schema (docs/contract.md "Config") and loading. `check` holds
+//! the semantic checks that make every later stage able to trust it, `paths` the ones about
+//! where live files are. Every error names the file, the target and the key path, and never
+//! quotes a secret (secrets live in files the config only points at).
+
+mod check;
+mod paths;
+
+pub use check::is_loopback_host;
+pub use paths::resolve;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: which file, which target (if any), which key, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub target: Option<String>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(t) = &self.target {
+            write!(f, ": target `{t}`")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9871))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rulekeeper")
+}
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+fn d_60s() -> Duration {
+    secs(60)
+}
+fn d_30s() -> Duration {
+    secs(30)
+}
+fn d_5s() -> Duration {
+    secs(5)
+}
+fn d_10s() -> Duration {
+    secs(10)
+}
+fn d_120s() -> Duration {
+    secs(120)
+}
+fn d_90s() -> Duration {
+    secs(90)
+}
+fn d_2s() -> Duration {
+    secs(2)
+}
+fn d_5m() -> Duration {
+    secs(300)
+}
+fn default_max_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_mode() -> String {
+    "0644".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_successes() -> u32 {
+    3
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "d_60s", with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    pub targets: BTreeMap<String, Target>,
+    /// Where the config was read from (filled in by [`load`]), for error messages.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// One managed rules file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub source: Source,
+    /// The live file the managed service reads.
+    pub path: PathBuf,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "d_5m", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub validate: Validate,
+    pub restart: Restart,
+    pub verify: Verify,
+    #[serde(default)]
+    pub webhook: Option<Webhook>,
+    /// Fleets: new upstream content waits until this query says so.
+    #[serde(default)]
+    pub gate: Option<Gate>,
+    /// Filled in by [`load`].
+    #[serde(skip)]
+    pub name: String,
+    /// `mode` parsed, filled in by [`load`].
+    #[serde(skip)]
+    pub mode_bits: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Forgejo,
+    Gitea,
+    Github,
+    Gitlab,
+    Git,
+    Http,
+    File,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Forgejo => "forgejo",
+            SourceKind::Gitea => "gitea",
+            SourceKind::Github => "github",
+            SourceKind::Gitlab => "gitlab",
+            SourceKind::Git => "git",
+            SourceKind::Http => "http",
+            SourceKind::File => "file",
+        }
+    }
+}
+
+/// Where upstream content comes from. One flat struct rather than a tagged enum so that
+/// serde reports unknown keys with their full path; `check::source` enforces which keys
+/// each kind takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub base_url: Option<String>,
+    pub repo: Option<String>,
+    pub path: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub url: Option<String>,
+    /// Extra CA certificate (PEM) trusted in addition to the system store.
+    pub ca_file: Option<PathBuf>,
+    /// `http` only: accept a body delimited by the server closing the connection (no
+    /// Content-Length, not chunked), which cannot be told from one cut short.
+    #[serde(default)]
+    pub allow_close_delimited: bool,
+    #[serde(default = "d_30s", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    #[serde(default = "default_true")]
+    pub yaml: bool,
+    #[serde(default)]
+    pub require_keys: Vec<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default = "d_60s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub powersync_api: Option<PowerSyncApi>,
+}
+
+impl Default for Validate {
+    fn default() -> Self {
+        Validate {
+            yaml: true,
+            require_keys: Vec::new(),
+            command: None,
+            timeout: d_60s(),
+            powersync_api: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Warnings {
+    #[default]
+    Allow,
+    Reject,
+}
+
+/// PowerSync's own admin API, used to validate a candidate or to check after a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSyncApi {
+    pub url: String,
+    pub token_file: PathBuf,
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub warnings: Warnings,
+    /// When true, an unreachable service rejects the candidate instead of skipping.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    pub systemd: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub none: Option<bool>,
+    #[serde(default = "d_120s", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// What [`Restart`] resolves to once checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartKind {
+    Systemd(String),
+    Command(Vec<String>),
+    None,
+}
+
+impl Restart {
+    pub fn kind(&self) -> RestartKind {
+        if let Some(u) = &self.systemd {
+            RestartKind::Systemd(u.clone())
+        } else if let Some(c) = &self.command {
+            RestartKind::Command(c.clone())
+        } else {
+            RestartKind::None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    pub http: Option<String>,
+    pub command: Option<Vec<String>>,
+    pub none: Option<bool>,
+    #[serde(default = "d_90s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "d_2s", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "default_successes")]
+    pub successes: u32,
+    /// After the probe window, ask PowerSync whether the new rules are live and clean.
+    #[serde(default)]
+    pub powersync_api: Option<PowerSyncApi>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyKind {
+    Http(String),
+    Command(Vec<String>),
+    None,
+}
+
+impl Verify {
+    pub fn kind(&self) -> VerifyKind {
+        if let Some(u) = &self.http {
+            VerifyKind::Http(u.clone())
+        } else if let Some(c) = &self.command {
+            VerifyKind::Command(c.clone())
+        } else {
+            VerifyKind::None
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    pub secret_file: PathBuf,
+}
+
+/// A staged-rollout gate: a Prometheus-compatible query that must answer before new upstream
+/// content is swapped in (docs/fleet.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gate {
+    /// Base URL of the query API (`GET {url}/api/v1/query`).
+    pub url: String,
+    /// PromQL; `{sha256}` and `{revision}` are replaced by the candidate's.
+    pub query: String,
+    #[serde(default = "d_30s", with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(default = "d_5s", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Reads and checks a config file.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        target: None,
+        key: String::new(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, file)
+}
+
+/// Parses config text; `file` is only used in messages.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let target = target_of_path(&key);
+        let inner = e.into_inner().to_string();
+        ConfigError {
+            file: file.to_path_buf(),
+            target,
+            key: if key == "." { String::new() } else { key },
+            message: inner,
+        }
+    })?;
+    cfg.file = file.to_path_buf();
+    check::config(&mut cfg)?;
+    Ok(cfg)
+}
+
+/// `targets.NAME.rest` -> Some(NAME).
+fn target_of_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("targets.")?;
+    let name = rest.split('.').next()?;
+    if name.is_empty() {
+        None
+    } else {
+        Some(name.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+state_dir: /tmp/x
+targets:
+  ps:
+    source: { kind: file, path: /tmp/up.yaml }
+    path: /tmp/live.yaml
+    restart: { none: true }
+    verify: { none: true }
+"#;
+
+    #[test]
+    fn minimal_parses() {
+        let c = parse(BASE, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.targets["ps"].mode_bits, 0o644);
+        assert_eq!(c.targets["ps"].interval, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_names_path_and_target() {
+        let t = BASE.replace(
+            "path: /tmp/live.yaml",
+            "path: /tmp/live.yaml\n    colour: red",
+        );
+        let e = parse(&t, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.target.as_deref(), Some("ps"));
+        assert!(e.to_string().contains("colour"), "{e}");
+        assert!(e.to_string().contains("c.yaml"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let t = BASE.replace(
+            "{ kind: file, path: /tmp/up.yaml }",
+            "{ kind: http, url: \"http://example.com/x\" }",
+        );
+        let e = parse(&t, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.ps.source.url");
+        let t = BASE.replace(
+            "{ kind: file, path: /tmp/up.yaml }",
+            "{ kind: http, url: \"http://127.0.0.1:9/x\" }",
+        );
+        parse(&t, Path::new("c.yaml")).unwrap();
+    }
+
+    #[test]
+    fn aliased_live_paths_are_refused_naming_both_targets() {
+        let d = tempfile::tempdir().unwrap();
+        let x = d.path().join("x");
+        let y = d.path().join("y");
+        std::fs::create_dir_all(&x).unwrap();
+        std::fs::create_dir_all(&y).unwrap();
+        let two = |a: String, b: String| {
+            format!(
+                "state_dir: {}\ntargets:\n  a:\n    source: {{ kind: file, path: /srv/up-a.yaml }}\n    path: {a}\n    restart: {{ none: true }}\n    verify: {{ none: true }}\n  b:\n    source: {{ kind: file, path: /srv/up-b.yaml }}\n    path: {b}\n    restart: {{ none: true }}\n    verify: {{ none: true }}\n",
+                d.path().join("state").display()
+            )
+        };
+        let r = x.join("r.yaml").display().to_string();
+        let cases = [
+            (format!("{}/../x/r.yaml", y.display()), "the same live file"),
+            (format!("{r}.prev"), "`.prev`"),
+            (x.join(".r.yaml.rk-abc").display().to_string(), "temp files"),
+        ];
+        for (b, want) in cases {
+            let e = parse(&two(r.clone(), b.clone()), Path::new("c.yaml")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(want), "{b}: {msg}");
+            assert!(
+                msg.contains("target `a`") && msg.contains("target `b`"),
+                "{msg}"
+            );
+        }
+        // through a symlinked directory
+        std::os::unix::fs::symlink(&x, d.path().join("link")).unwrap();
+        let e = parse(
+            &two(
+                r.clone(),
+                d.path().join("link/r.yaml").display().to_string(),
+            ),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("the same live file"), "{e}");
+        // inside state_dir
+        let e = parse(
+            &two(
+                r.clone(),
+                d.path()
+                    .join("state/targets/a/x.yaml")
+                    .display()
+                    .to_string(),
+            ),
+            Path::new("c.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("inside state_dir"), "{e}");
+        // a file source that is a live file
+        let t =
+            two(r.clone(), y.join("r.yaml").display().to_string()).replace("/srv/up-b.yaml", &r);
+        let e = parse(&t, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.b.source.path");
+        // distinct files are fine
+        parse(
+            &two(r, y.join("r.yaml").display().to_string()),
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn restart_needs_exactly_one() {
+        let t = BASE.replace("restart: { none: true }", "restart: {}");
+        let e = parse(&t, Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.ps.restart");
+    }
+}
