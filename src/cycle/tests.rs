@@ -78,6 +78,23 @@ impl World {
         run(&ctx, trigger).await.unwrap()
     }
 
+    /// A state as a run leaves it that died after recording `pending` for `new`.
+    fn interrupted(&self, new: &str, prev: &str) {
+        let st = crate::state::TargetState {
+            pending: Some(Pending {
+                new_sha256: sha256_hex(new.as_bytes()),
+                prev_sha256: Some(sha256_hex(prev.as_bytes())),
+                revision: None,
+                stage: PendingStage::Applying,
+                started_at: chrono::Utc::now(),
+                unit_running: None,
+                boot_id: None,
+            }),
+            ..Default::default()
+        };
+        self.store().save(&st).unwrap();
+    }
+
     async fn poll(&self) -> Report {
         self.cycle(Trigger::Poll).await
     }
@@ -163,17 +180,7 @@ async fn an_interrupted_apply_is_finished_before_anything_else() {
     w.publish(GOOD_2);
     w.put_live(GOOD_2);
     // A run died after the swap, before verification: the live file is the new content.
-    let mut st = crate::state::TargetState::default();
-    st.pending = Some(Pending {
-        new_sha256: sha256_hex(GOOD_2.as_bytes()),
-        prev_sha256: Some(sha256_hex(GOOD_1.as_bytes())),
-        revision: None,
-        stage: PendingStage::Applying,
-        started_at: chrono::Utc::now(),
-        unit_running: None,
-        boot_id: None,
-    });
-    w.store().save(&st).unwrap();
+    w.interrupted(GOOD_2, GOOD_1);
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::Applied, "{r:?}");
     assert_eq!(r.reason.as_deref(), Some("interrupted apply verified"));
@@ -186,17 +193,7 @@ async fn an_interrupted_bad_apply_is_rolled_back() {
     w.publish(GOOD_1);
     w.put_live(BAD);
     std::fs::write(prev_path(&w.live), GOOD_1).unwrap();
-    let mut st = crate::state::TargetState::default();
-    st.pending = Some(Pending {
-        new_sha256: sha256_hex(BAD.as_bytes()),
-        prev_sha256: Some(sha256_hex(GOOD_1.as_bytes())),
-        revision: None,
-        stage: PendingStage::Applying,
-        started_at: chrono::Utc::now(),
-        unit_running: None,
-        boot_id: None,
-    });
-    w.store().save(&st).unwrap();
+    w.interrupted(BAD, GOOD_1);
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
     assert_eq!(w.live(), GOOD_1);
