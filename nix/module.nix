@@ -384,7 +384,7 @@ in
       type = types.submodule settingsModule;
       default = { };
       description = ''
-        rulekeeper's configuration (see DESIGN.md / docs/configuration), rendered to YAML.
+        rulekeeper's configuration (see docs/contract.md / docs/configuration.md), rendered to YAML.
         Options set to null are left out. Never put secrets here: the file lands in the world
         readable Nix store. Point `token_file` / `secret_file` at
         `/run/credentials/rulekeeper.service/<name>` and declare `<name>` in `credentials`.

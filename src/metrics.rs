@@ -1,4 +1,4 @@
-//! rulekeeper's own state as Prometheus metrics (DESIGN.md "Metrics"). The record side
+//! rulekeeper's own state as Prometheus metrics (docs/contract.md "Metrics"). The record side
 //! (`record`, `init_target`) is called by the supervisor after each cycle; the read side
 //! (`render`) by the HTTP server. Every label set a target will ever use is created at start,
 //! so `increase()` in alerts sees the first event.

@@ -1,7 +1,7 @@
 //! PowerSync's admin API, as rulekeeper uses it: validating a candidate against the
 //! running service (`/api/admin/v1/validate`) and checking after a restart that the new
-//! rules are live and clean (`/api/admin/v1/diagnostics`). Shapes from DESIGN.md
-//! "PowerSync specifics"; the API token comes from a file and is never logged.
+//! rules are live and clean (`/api/admin/v1/diagnostics`). Shapes from docs/contract.md
+//! "PowerSync facts rulekeeper relies on"; the API token comes from a file and is never logged.
 
 use serde_json::Value;
 

@@ -3,7 +3,7 @@
 //! the unit's `InvocationID`, so verification can tell "still the process we started" from
 //! "crashed and was restarted by systemd meanwhile".
 //!
-//! Two directions, two rules (DESIGN.md "Restart", "Rollback"):
+//! Two directions, two rules (docs/contract.md "The cycle": Restart, Rollback):
 //! - applying new content ([`restart`]) never starts a unit that is not running: the operator
 //!   stopped it, or it waits for us at boot;
 //! - putting last-good back ([`bring_back`]) must leave a unit that was running before the

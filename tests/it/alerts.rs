@@ -2,7 +2,7 @@
 //! `grafana/` (the same seven alerts as Grafana-managed rules, Pushover contact points, the
 //! notification policy, the dashboard). The tool tests run promtool and vmalert when they are
 //! installed (skipped loudly otherwise); the others need no tool and check that the two worlds
-//! agree with each other and with the metric names of DESIGN.md.
+//! agree with each other and with the metric names of docs/contract.md.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use serde_yaml::Value;
 
 use crate::util;
 
-/// The contract (DESIGN.md, "Alerts", plus RulekeeperStateError for a target whose state
+/// The contract (docs/contract.md, "Alerts", plus RulekeeperStateError for a target whose state
 /// file is broken): exactly these alerts, in both worlds.
 const ALERTS: [&str; 7] = [
     "RulekeeperDown",
@@ -604,7 +604,7 @@ fn prometheus_rules_have_every_alert_with_severity_and_annotations() {
         Some("critical"),
         "RulekeeperRollbackFailed must be critical (Pushover emergency)"
     );
-    // the operator commands of DESIGN.md's CLI are all mentioned somewhere
+    // the operator commands of docs/contract.md's CLI are all mentioned somewhere
     let all: String = alerts
         .values()
         .map(|r| r["annotations"]["description"].as_str().unwrap())
@@ -1060,7 +1060,7 @@ fn metric_name_extractor_understands_promql() {
     assert!(!allowed_metric("rulekeeper_last_success"));
 }
 
-/// The dashboard: fixed uid, templated data source, only metric names from DESIGN.md, and the
+/// The dashboard: fixed uid, templated data source, only metric names from docs/contract.md, and the
 /// panels the operator needs.
 #[test]
 fn dashboard_has_fixed_uid_and_uses_only_known_metrics() {
@@ -1115,7 +1115,7 @@ fn dashboard_has_fixed_uid_and_uses_only_known_metrics() {
     for m in &used {
         assert!(
             allowed_metric(m),
-            "dashboard uses {m}, which is not a rulekeeper metric of DESIGN.md"
+            "dashboard uses {m}, which is not a rulekeeper metric of docs/contract.md"
         );
     }
     for needed in [

@@ -1,21 +1,40 @@
-//! rulekeeper's one integration test binary: black-box tests against real processes,
-//! real files and real sockets on 127.0.0.1. `util` is the shared harness.
-mod alertchain;
-mod alerts;
+//! rulekeeper's one integration test binary: black-box tests against the built `rulekeeper`,
+//! real processes, real files and real sockets on 127.0.0.1 (docs/architecture.md "Tests").
+//!
+//! A guide for the newcomer:
+//! - start from `util.rs`: `Env::new()` gives a temp world (state dir, live path, a managed
+//!   service from `tests/support/fakesvc.py`); `env.write_config(...)`, `env.once()`,
+//!   `env.daemon(...)` run the binary; `util::wait_until` waits on a condition (never sleep);
+//!   `util::require_tool` skips loudly when a tool is missing and fails under
+//!   `RULEKEEPER_REQUIRE_TOOLS=1`.
+//! - peers: `forge.rs` (a fake forge and a fake PowerSync admin API), `lab.rs` (a real
+//!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager).
+//! - one file per feature; `cargo test --test it <file>::` runs one of them.
+
+// Harness and peers.
+mod forge;
 mod lab;
-mod nix;
-mod operator;
-mod powersync_api;
-mod powersync_offline;
 mod util;
 mod vmstack;
 
+// The cycle and its commands.
 mod cycle;
-mod daemon;
-mod fleet;
-mod forge;
-mod hostile;
+mod operator;
 mod sources;
-mod systemd;
 mod untrusted;
+
+// The daemon.
+mod daemon;
+mod hostile;
+mod systemd;
 mod webhook;
+
+// PowerSync.
+mod powersync_api;
+mod powersync_offline;
+
+// Shipped files: alerts, dashboard, fleets, Nix.
+mod alertchain;
+mod alerts;
+mod fleet;
+mod nix;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// DESIGN.md, "Metrics": every name the alerts and the dashboard may use.
+/// docs/contract.md, "Metrics": every name the alerts and the dashboard may use.
 pub const METRICS: [&str; 15] = [
     "rulekeeper_build_info",
     "rulekeeper_rules_info",
@@ -23,7 +23,7 @@ pub const METRICS: [&str; 15] = [
     "rulekeeper_poll_interval_seconds",
 ];
 
-/// DESIGN.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
+/// docs/contract.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
 pub const CYCLE_OUTCOMES: [&str; 10] = [
     "unchanged",
     "applied",
