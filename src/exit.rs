@@ -32,20 +32,10 @@ impl Exit {
         }
     }
 
-    /// How serious, for [`Exit::worse`]: 4 > 3 > 2 > 1 > 0.
-    fn rank(self) -> u8 {
-        match self {
-            Exit::Ok => 0,
-            Exit::Failed => 1,
-            Exit::Usage => 2,
-            Exit::NoUsableFile => 3,
-            Exit::RollbackFailed => 4,
-        }
-    }
-
-    /// Of two targets' codes, the more serious (`once` over several targets).
+    /// Of two targets' codes, the more serious (`once` over several targets). The codes are
+    /// numbered by seriousness: 4 > 3 > 2 > 1 > 0.
     pub fn worse(self, other: Exit) -> Exit {
-        if other.rank() > self.rank() {
+        if other.code() > self.code() {
             other
         } else {
             self
