@@ -3,6 +3,9 @@
 //! health is `successes` consecutive good answers `interval` apart within `timeout`, and
 //! with systemd the unit must stay active on the same invocation throughout: it is checked
 //! beside every probe, so a unit that dies or is restarted fails verification at once.
+//! Without systemd (`restart.command`, Docker and Compose hosts), an HTTP probe that got a
+//! good answer and then finds nothing listening means the same: the window fails at that
+//! probe, not at the timeout.
 
 use std::time::Duration;
 
@@ -22,6 +25,8 @@ pub enum VerifyError {
     UnitChanged { unit: String, detail: String },
     #[error("cannot ask systemd about {unit}: {detail}")]
     Systemd { unit: String, detail: String },
+    #[error("the service died: it answered {good} good probe(s), then {detail}")]
+    Died { good: u32, detail: String },
     #[error("PowerSync diagnostics: {0}")]
     PowerSync(String),
 }
@@ -108,10 +113,14 @@ async fn window<F, Fut>(
 ) -> Result<(), VerifyError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+    Fut: std::future::Future<Output = Result<(), Probe>>,
 {
     let deadline = Instant::now() + cfg.timeout;
     let mut streak = 0u32;
+    // Good answers since the restart: a service that was listening and then refuses
+    // connections has exited (PowerSync answers its probes, then exits 1 on bad rules).
+    // Waiting for the timeout would only lengthen the outage before the rollback.
+    let mut good = 0u32;
     let mut last = "no answer yet".to_string();
     loop {
         let started = Instant::now();
@@ -123,12 +132,16 @@ where
         }
         match answer {
             Ok(Ok(())) => {
+                good += 1;
                 streak += 1;
                 if streak >= cfg.successes {
                     return Ok(());
                 }
             }
-            Ok(Err(e)) => {
+            Ok(Err(Probe::Refused(detail))) if good > 0 => {
+                return Err(VerifyError::Died { good, detail });
+            }
+            Ok(Err(Probe::Refused(e) | Probe::Failed(e))) => {
                 if streak > 0 {
                     tracing::info!(after = streak, error = %e, "health probe failed after good answers");
                 }
@@ -152,7 +165,15 @@ where
     }
 }
 
-async fn probe_http(url: String, interval: Duration) -> Result<(), String> {
+/// Why one probe failed. `Refused` means nothing listens any more: after good answers, the
+/// service died.
+#[derive(Debug)]
+enum Probe {
+    Refused(String),
+    Failed(String),
+}
+
+async fn probe_http(url: String, interval: Duration) -> Result<(), Probe> {
     // One client for every probe: building one parses the root store each time.
     static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
         std::sync::OnceLock::new();
@@ -165,7 +186,7 @@ async fn probe_http(url: String, interval: Duration) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| e.clone())?;
+        .map_err(|e| Probe::Failed(e.clone()))?;
     let shown = crate::redact::url(&url);
     let answer = client
         .get(&url)
@@ -174,27 +195,29 @@ async fn probe_http(url: String, interval: Duration) -> Result<(), String> {
         .await;
     match answer {
         Ok(r) if r.status().is_success() => Ok(()),
-        Ok(r) => Err(format!("{shown} answered {}", r.status())),
-        Err(e) if e.is_connect() => Err(format!("{shown}: connection refused")),
-        Err(e) => Err(format!(
+        Ok(r) => Err(Probe::Failed(format!("{shown} answered {}", r.status()))),
+        Err(e) if e.is_connect() => Err(Probe::Refused(format!("{shown}: connection refused"))),
+        Err(e) => Err(Probe::Failed(format!(
             "{shown}: {}",
             crate::redact::in_text(&e.without_url().to_string(), &url)
-        )),
+        ))),
     }
 }
 
-async fn probe_command(argv: Vec<String>, timeout: Duration) -> Result<(), String> {
+// A command's failure says nothing about whether the service still listens, so it never
+// ends the window early.
+async fn probe_command(argv: Vec<String>, timeout: Duration) -> Result<(), Probe> {
     let out = exec::run(&argv, timeout, None, &[])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Probe::Failed(e.to_string()))?;
     if out.success {
         Ok(())
     } else {
-        Err(format!(
+        Err(Probe::Failed(format!(
             "{} ({}): {}",
             argv.join(" "),
             out.status_text(),
             out.summary()
-        ))
+        )))
     }
 }

@@ -153,6 +153,38 @@ fn healthy_then_exits_is_rolled_back() {
     env.wait_probe(true);
 }
 
+/// docs/contract.md, "Verify": after `restart.command`, an HTTP probe that got a good answer
+/// and then finds nothing listening fails the window at once. The timeout here is far longer
+/// than the test may take; a window that waited for it would report "not healthy within".
+#[test]
+fn answered_then_refused_fails_at_that_probe_not_at_the_timeout() {
+    let (env, forge) = setup();
+    let tf = env.write_token(TOKEN);
+    env.forgejo_config_verify(
+        &forge.base_url(),
+        &tf,
+        &format!(
+            "{{ http: \"http://127.0.0.1:{}/probe\", timeout: 10m, interval: 100ms, successes: 30 }}",
+            env.port
+        ),
+    );
+    forge.set(&rules("good1", "good"));
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    forge.set(&rules("flaky", "flaky"));
+    let o = env.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    let reason = env.state_json()["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("the service died"), "{reason}\n{}", o.all());
+    assert!(!reason.contains("not healthy within"), "{reason}");
+    assert_eq!(env.live(), rules("good1", "good"));
+    env.wait_probe(true);
+}
+
 #[test]
 fn hand_edited_live_file_is_converged_back() {
     let (env, forge) = setup();

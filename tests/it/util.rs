@@ -211,13 +211,18 @@ impl Env {
 
     /// Config for a Forgejo source on `forge`, command restarter, HTTP verify.
     pub fn forgejo_config(&self, base_url: &str, token_file: &Path) {
+        self.forgejo_config_verify(base_url, token_file, &self.verify_http());
+    }
+
+    /// As `forgejo_config`, with the given `verify:` fragment.
+    pub fn forgejo_config_verify(&self, base_url: &str, token_file: &Path, verify: &str) {
         self.write_config(
             &format!(
                 "{{ kind: forgejo, base_url: \"{base_url}\", repo: owner/app, path: powersync/sync-rules.yaml, ref: master, token_file: \"{}\", timeout: 5s }}",
                 token_file.display()
             ),
             &self.restart_command(),
-            &self.verify_http(),
+            verify,
             "",
         );
     }
