@@ -263,7 +263,7 @@ fn validate(t: &Target, path: &Path) -> anyhow::Result<Exit> {
         }
     };
     let name = &t.name;
-    match runtime()?.block_on(crate::validate::full(&t.validate, path, &bytes)) {
+    match runtime()?.block_on(crate::validate::full(&t.validate, path, path, &bytes)) {
         Ok(()) => {
             println!("{}: valid for target `{name}`", path.display());
             Ok(Exit::Ok)

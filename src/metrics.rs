@@ -32,8 +32,8 @@ pub struct Metrics {
     gated: IntGaugeVec,
     poll_interval: GaugeVec,
     quarantined_info: GaugeVec,
-    /// The sha256 each target's quarantined_info series carries now.
-    quarantined_labels: Mutex<HashMap<String, String>>,
+    /// The (sha256, reason) each target's quarantined_info series carries now.
+    quarantined_labels: Mutex<HashMap<String, (String, String)>>,
     /// The (sha256, revision) each target's rules_info series carries now.
     info_labels: Mutex<HashMap<String, (String, String)>>,
 }
@@ -138,9 +138,9 @@ impl Metrics {
             quarantined_info: GaugeVec::new(
                 Opts::new(
                     "rulekeeper_quarantined_info",
-                    "Content this host quarantined (rejected or rolled back); always 1",
+                    "Content this host quarantined (rejected or rolled back), and why; always 1",
                 ),
-                &["target", "sha256"],
+                &["target", "sha256", "reason"],
             )?,
             quarantined_labels: Mutex::new(HashMap::new()),
             info_labels: Mutex::new(HashMap::new()),
@@ -219,7 +219,12 @@ impl Metrics {
         self.gated
             .with_label_values(&[target])
             .set(st.gate.is_some() as i64);
-        self.set_quarantined_info(target, st.quarantine.as_ref().map(|q| q.sha256.clone()));
+        self.set_quarantined_info(
+            target,
+            st.quarantine
+                .as_ref()
+                .map(|q| (q.sha256.clone(), reason_label(&q.reason))),
+        );
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st
             .applied
@@ -231,19 +236,21 @@ impl Metrics {
     }
 
     /// Keeps at most one quarantined_info series per target: the content it quarantined.
-    fn set_quarantined_info(&self, target: &str, sha: Option<String>) {
+    fn set_quarantined_info(&self, target: &str, now: Option<(String, String)>) {
         let mut labels = mutex::lock(&self.quarantined_labels);
-        if labels.get(target) == sha.as_ref() {
+        if labels.get(target) == now.as_ref() {
             return;
         }
-        if let Some(old) = labels.remove(target) {
-            let _ = self.quarantined_info.remove_label_values(&[target, &old]);
+        if let Some((sha, reason)) = labels.remove(target) {
+            let _ = self
+                .quarantined_info
+                .remove_label_values(&[target, &sha, &reason]);
         }
-        if let Some(sha) = sha {
+        if let Some((sha, reason)) = now {
             self.quarantined_info
-                .with_label_values(&[target, &sha])
+                .with_label_values(&[target, &sha, &reason])
                 .set(1.0);
-            labels.insert(target.to_string(), sha);
+            labels.insert(target.to_string(), (sha, reason));
         }
     }
 
@@ -314,3 +321,17 @@ impl Metrics {
         buf
     }
 }
+
+/// The quarantine's reason as a label value: one line, at most [`REASON_LABEL_CHARS`]
+/// characters, so an alert can quote it (the validator's first message, the failed probe)
+/// without a long validator output bloating every scrape.
+fn reason_label(reason: &str) -> String {
+    let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= REASON_LABEL_CHARS {
+        return one_line;
+    }
+    let cut: String = one_line.chars().take(REASON_LABEL_CHARS - 3).collect();
+    format!("{cut}...")
+}
+
+const REASON_LABEL_CHARS: usize = 300;

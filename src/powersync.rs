@@ -23,13 +23,48 @@ pub enum ApiError {
 pub struct Problem {
     pub fatal: bool,
     pub message: String,
+    /// `location.start_offset`: where in the rules text, in UTF-16 code units (the service
+    /// is JavaScript).
+    pub offset: Option<usize>,
 }
 
-pub fn join(ps: &[&Problem]) -> String {
-    ps.iter()
-        .map(|p| p.message.as_str())
-        .collect::<Vec<_>>()
-        .join("; ")
+impl Problem {
+    /// `FILE:LINE:COL: fatal: MESSAGE`, as the offline validator prints it, so an app
+    /// developer reads the same line from either validator. `text` is the rules PowerSync
+    /// judged; `shown` the name to give them (the target's live path).
+    pub fn located(&self, shown: &str, text: &str) -> String {
+        let level = if self.fatal { "fatal" } else { "warning" };
+        match self.offset.map(|o| line_col(text, o)) {
+            Some((line, col)) => format!("{shown}:{line}:{col}: {level}: {}", self.message),
+            None => format!("{shown}: {level}: {}", self.message),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a UTF-16 offset into `text`; past the end is
+/// the end.
+pub fn line_col(text: &str, utf16_offset: usize) -> (usize, usize) {
+    let (mut line, mut col, mut units) = (1, 1, 0);
+    for c in text.chars() {
+        if units >= utf16_offset {
+            break;
+        }
+        units += c.len_utf16();
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}
+
+/// At most `max` problems as located lines, joined, bounded in length: what goes into a
+/// reason (the log line, state, `status`, an alert's text).
+pub fn summarize(ps: &[&Problem], shown: &str, text: &str, max: usize) -> String {
+    let lines: Vec<String> = ps.iter().map(|p| p.located(shown, text)).collect();
+    crate::validate::bounded(&lines, max)
 }
 
 async fn post(api: &PowerSyncApi, endpoint: &str, body: Value) -> Result<Value, ApiError> {
@@ -80,6 +115,10 @@ fn problems(errors: Option<&Value>) -> Vec<Problem> {
                         .and_then(Value::as_str)
                         .unwrap_or("(no message)")
                         .to_string(),
+                    offset: e
+                        .pointer("/location/start_offset")
+                        .and_then(Value::as_u64)
+                        .and_then(|o| usize::try_from(o).ok()),
                 })
                 .collect()
         })
@@ -138,4 +177,28 @@ pub async fn check_live(api: &PowerSyncApi, expected: &str) -> Result<(), ApiErr
         return Err(ApiError::Protocol(errs.join("; ")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_utf16_and_become_line_and_column() {
+        let text = "a: 1\nb: é😀x\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 5), (2, 1));
+        // é is one UTF-16 unit, 😀 two: x is at unit 11, the 6th character of line 2
+        assert_eq!(line_col(text, 11), (2, 6));
+        assert_eq!(line_col(text, 999), (3, 1));
+        let p = Problem {
+            fatal: true,
+            message: "Function 'nosuchfunc' is not defined".into(),
+            offset: Some(5),
+        };
+        assert_eq!(
+            p.located("/srv/sync-rules.yaml", text),
+            "/srv/sync-rules.yaml:2:1: fatal: Function 'nosuchfunc' is not defined"
+        );
+    }
 }

@@ -109,7 +109,7 @@ pub async fn usable(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
         return false;
     }
     if let Some(argv) = &t.validate.command {
-        if let Err(e) = command(argv, t.validate.timeout, &t.path).await {
+        if let Err(e) = command(argv, t.validate.timeout, &t.path, &t.path).await {
             tracing::warn!(target_name = %t.name, error = %e, "live file is not usable");
             return false;
         }
@@ -123,23 +123,103 @@ pub fn live_usable(t: &crate::config::Target) -> bool {
     usable_now(&t.validate, live.as_deref())
 }
 
-/// Every validator in order. `file` is the candidate's path (for `{file}`).
-pub async fn full(cfg: &Validate, file: &Path, content: &[u8]) -> Result<(), ValidateError> {
+/// Every validator in order. `file` is the candidate's path (for `{file}`); `shown` is the
+/// name messages give it: the target's live path, since the candidate is a temp file whose
+/// name means nothing to whoever reads the reason.
+pub async fn full(
+    cfg: &Validate,
+    file: &Path,
+    shown: &Path,
+    content: &[u8],
+) -> Result<(), ValidateError> {
     builtin(cfg, content)?;
     if let Some(argv) = &cfg.command {
-        command(argv, cfg.timeout, file).await?;
+        command(argv, cfg.timeout, file, shown).await?;
     }
     if let Some(api) = &cfg.powersync_api {
-        powersync_api(api, content).await?;
+        powersync_api(api, content, shown).await?;
     }
     Ok(())
 }
 
-/// Runs the operator's validator: argv with `{file}` replaced, no shell.
+/// How many of a validator's messages go into a reason, and how long it may be: enough for
+/// the first fatal errors in the validator's own words, short enough for an alert.
+const REASON_LINES: usize = 3;
+const REASON_CHARS: usize = 600;
+const LINE_CHARS: usize = 290;
+
+/// The first `max` lines, each cut at [`LINE_CHARS`], joined with "; ", the whole cut at
+/// [`REASON_CHARS`], with a count of what was left out.
+pub fn bounded(lines: &[String], max: usize) -> String {
+    let mut out = String::new();
+    let mut used = 0;
+    for l in lines.iter().take(max) {
+        let l = cut(l.trim(), LINE_CHARS);
+        let sep = if out.is_empty() { "" } else { "; " };
+        if out.len() + sep.len() + l.len() > REASON_CHARS {
+            break;
+        }
+        out.push_str(sep);
+        out.push_str(&l);
+        used += 1;
+    }
+    if used < lines.len() {
+        out.push_str(&format!(" (+{} more)", lines.len() - used));
+    }
+    out
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// What a failed validator said that matters: its lines naming an error (`fatal`, `error`),
+/// first ones first, from stdout then stderr, with the candidate's temp name replaced by
+/// `shown`; or, when no line names one, the tail of what it said.
+fn findings(out: &exec::Output, file: &Path, shown: &Path) -> String {
+    let rename = |text: &str| -> String {
+        let mut t = text.replace(&file.display().to_string(), &shown.display().to_string());
+        if let (Some(tmp), Some(live)) = (file.file_name(), shown.file_name()) {
+            t = t.replace(&*tmp.to_string_lossy(), &live.to_string_lossy());
+        }
+        t
+    };
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors: Vec<String> = said
+        .lines()
+        .filter(|l| names_an_error(l))
+        .map(rename)
+        .collect();
+    if errors.is_empty() {
+        cut(&rename(&out.summary()), REASON_CHARS)
+    } else {
+        bounded(&errors, REASON_LINES)
+    }
+}
+
+fn names_an_error(line: &str) -> bool {
+    line.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| w.eq_ignore_ascii_case("fatal") || w.eq_ignore_ascii_case("error"))
+}
+
+/// Runs the operator's validator: argv with `{file}` replaced, no shell. `shown` names the
+/// file in the reason (see [`full`]).
 pub async fn command(
     argv: &[String],
     timeout: std::time::Duration,
     file: &Path,
+    shown: &Path,
 ) -> Result<(), ValidateError> {
     let f = file.display().to_string();
     let argv: Vec<String> = argv.iter().map(|a| a.replace("{file}", &f)).collect();
@@ -156,29 +236,39 @@ pub async fn command(
     } else {
         Err(ValidateError::Command {
             status: out.status_text(),
-            output: out.summary(),
+            output: findings(&out, file, shown),
         })
     }
 }
 
 /// Asks the running PowerSync service to validate the candidate. Unreachable → skipped with
 /// a warning, unless `required`.
-pub async fn powersync_api(api: &PowerSyncApi, content: &[u8]) -> Result<(), ValidateError> {
+pub async fn powersync_api(
+    api: &PowerSyncApi,
+    content: &[u8],
+    shown: &Path,
+) -> Result<(), ValidateError> {
     let yaml = String::from_utf8_lossy(content);
+    let name = shown.display().to_string();
     match powersync::validate(api, &yaml).await {
         Ok(problems) => {
             let fatal: Vec<&powersync::Problem> = problems.iter().filter(|p| p.fatal).collect();
             let warnings: Vec<&powersync::Problem> = problems.iter().filter(|p| !p.fatal).collect();
             for w in &warnings {
-                tracing::warn!(message = %w.message, "PowerSync validation warning");
+                tracing::warn!(warning = %w.located(&name, &yaml), "PowerSync validation warning");
             }
             if !fatal.is_empty() {
-                return Err(ValidateError::PowerSync(powersync::join(&fatal)));
+                return Err(ValidateError::PowerSync(powersync::summarize(
+                    &fatal,
+                    &name,
+                    &yaml,
+                    REASON_LINES,
+                )));
             }
             if api.warnings == Warnings::Reject && !warnings.is_empty() {
                 return Err(ValidateError::PowerSync(format!(
                     "warnings (warnings: reject): {}",
-                    powersync::join(&warnings)
+                    powersync::summarize(&warnings, &name, &yaml, REASON_LINES)
                 )));
             }
             Ok(())
@@ -251,5 +341,46 @@ mod tests {
             ..Validate::default()
         };
         assert!(builtin(&raw, b"<html></html>").is_ok());
+    }
+
+    #[test]
+    fn findings_name_the_live_path_and_keep_the_first_errors() {
+        let tmp = Path::new("/srv/ps/.sync-rules.yaml.rk-Dlrt46");
+        let live = Path::new("/srv/ps/sync-rules.yaml");
+        let out = exec::Output {
+            success: false,
+            code: Some(1),
+            stdout: b"/srv/ps/.sync-rules.yaml.rk-Dlrt46:4:34: fatal: Function 'nosuchfunc' is not defined\n\
+                      /srv/ps/.sync-rules.yaml.rk-Dlrt46:6:1: warning: unused\n"
+                .to_vec(),
+            stderr: b".sync-rules.yaml.rk-Dlrt46: 1 fatal error(s), 1 warning(s)\n".to_vec(),
+        };
+        assert_eq!(
+            findings(&out, tmp, live),
+            "/srv/ps/sync-rules.yaml:4:34: fatal: Function 'nosuchfunc' is not defined; \
+             sync-rules.yaml: 1 fatal error(s), 1 warning(s)"
+        );
+        // nothing names an error: the tail of what it said
+        let quiet = exec::Output {
+            success: false,
+            code: Some(1),
+            stdout: Vec::new(),
+            stderr: b"rules look wrong in /srv/ps/.sync-rules.yaml.rk-Dlrt46\n".to_vec(),
+        };
+        assert_eq!(
+            findings(&quiet, tmp, live),
+            "rules look wrong in /srv/ps/sync-rules.yaml"
+        );
+    }
+
+    #[test]
+    fn bounded_keeps_three_lines_and_at_most_600_characters() {
+        let lines: Vec<String> = (0..5).map(|i| format!("error {i}")).collect();
+        assert_eq!(bounded(&lines, 3), "error 0; error 1; error 2 (+2 more)");
+        let long: Vec<String> = (0..3).map(|_| "x".repeat(1000)).collect();
+        let b = bounded(&long, 3);
+        assert!(b.len() <= REASON_CHARS + " (+9 more)".len(), "{}", b.len());
+        assert!(b.ends_with("(+1 more)"), "{b}");
+        assert_eq!(bounded(&[], 3), "");
     }
 }

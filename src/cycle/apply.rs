@@ -173,7 +173,7 @@ impl Runner<'_, '_> {
         }
         let candidate = install::stage(&t.path, &a.body, t.mode_bits)?;
         let checked = if a.mode.validates() {
-            validate::full(&t.validate, candidate.path(), &a.body).await
+            validate::full(&t.validate, candidate.path(), &t.path, &a.body).await
         } else {
             Ok(())
         };

@@ -146,14 +146,16 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         annotation(&a, "summary"),
         "rulekeeper rolled back target poison"
     );
-    assert_eq!(
-        annotation(&a, "rules"),
-        format!(
-            "live sha256 {}, revision {}",
-            sha(&rules("p1", "good")),
-            commit_of(&rules("p1", "good"))
-        )
+    // The live file, then why the bad one was quarantined, in the daemon's words.
+    let text = annotation(&a, "rules");
+    let live = format!(
+        "live sha256 {}, revision {}; quarantined sha256 {}: verification failed: ",
+        sha(&rules("p1", "good")),
+        commit_of(&rules("p1", "good")),
+        sha(&rules("p2-bad", "bad"))
     );
+    assert!(text.starts_with(&live), "{text}");
+    assert!(text.contains("/probe answered 500"), "{text}");
     // RulekeeperUpstreamQuarantined: upstream keeps serving it.
     let (note, a) = wait_note(
         &stack,
@@ -163,9 +165,13 @@ fn every_alert_fires_from_its_cause_and_resolves() {
         &[("target", "poison")],
     );
     assert_eq!(note.receiver, "normal");
-    assert_eq!(
-        annotation(&a, "rules"),
-        format!("quarantined sha256 {}", sha(&rules("p2-bad", "bad")))
+    let text = annotation(&a, "rules");
+    assert!(
+        text.starts_with(&format!(
+            "quarantined sha256 {}: verification failed: ",
+            sha(&rules("p2-bad", "bad"))
+        )) && text.contains("/probe answered 500"),
+        "{text}"
     );
     assert!(annotation(&a, "description").contains("still serves content that failed"));
     // RulekeeperRollbackFailed: a fresh host whose first revision is unhealthy has nothing

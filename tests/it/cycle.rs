@@ -349,7 +349,8 @@ fn validate_command_sees_the_candidate_and_its_output_is_reported() {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
     let script = env.dir.path().join("check.sh");
-    std::fs::write(&script, "#!/bin/sh\ngrep -q forbidden \"$1\" && { echo \"found forbidden in $1\" >&2; exit 1; }\nexit 0\n").unwrap();
+    let seen = env.dir.path().join("seen");
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" >> {}\ngrep -q forbidden \"$1\" && {{ echo \"found forbidden in $1\" >&2; exit 1; }}\nexit 0\n", seen.display())).unwrap();
     std::os::unix::fs::PermissionsExt::set_mode(
         &mut std::fs::metadata(&script).unwrap().permissions(),
         0o755,
@@ -372,11 +373,20 @@ fn validate_command_sees_the_candidate_and_its_output_is_reported() {
     std::fs::write(&up, format!("{}# forbidden\n", rules("no", "good"))).unwrap();
     let o = env.once();
     assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stdout.contains("found forbidden in"), "{}", o.all());
+    // The command saw the candidate beside the live file; the reason names the live path,
+    // not the temp file, whose name means nothing to whoever reads it.
+    let checked = std::fs::read_to_string(&seen).unwrap();
     assert!(
-        o.stdout.contains(".sync-rules.yaml.rk-"),
-        "validated the candidate beside the live file: {}",
+        checked.lines().any(|l| l.contains(".sync-rules.yaml.rk-")
+            && l.starts_with(&env.live.parent().unwrap().display().to_string())),
+        "validated the candidate beside the live file: {checked}"
+    );
+    assert!(
+        o.stdout
+            .contains(&format!("found forbidden in {}", env.live.display())),
+        "{}",
         o.all()
     );
+    assert!(!o.all().contains(".rk-"), "{}", o.all());
     assert_eq!(env.live(), rules("ok", "good"));
 }

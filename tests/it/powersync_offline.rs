@@ -280,3 +280,62 @@ fn works_through_a_symlink() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(out.code, Some(0), "{out}");
 }
+
+/// docs/contract.md, "Validate": a rejection's reason carries the validator's first fatal
+/// messages, in PowerSync's words, with line and column, naming the target's live path
+/// (never the candidate's temp file): in the log line, state, `status` and `rulekeeper validate`.
+#[test]
+fn rejection_reason_names_the_live_path_line_and_message() {
+    let Some(validate) = validator() else { return };
+    let env = util::Env::new();
+    let up = env.dir.path().join("upstream.yaml");
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "validate: { require_keys: [bucket_definitions, streams] }",
+        &format!(
+            "validate: {{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"], timeout: 60s }}",
+            validate.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let good = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
+    std::fs::write(&up, good).unwrap();
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    let bad = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
+    std::fs::write(&up, bad).unwrap();
+    let o = env.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    let want = format!(
+        "{}:4:34: fatal: Function 'nosuchfunc' is not defined",
+        env.live.display()
+    );
+    assert!(
+        o.stdout.contains(&want),
+        "log line lacks {want:?}\n{}",
+        o.all()
+    );
+    let reason = env.state_json()["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains(&want), "state reason: {reason}");
+    let st = env.rk(&["status"]);
+    assert!(st.stdout.contains(&want), "status: {}", st.all());
+    for shown in [&o.all(), &reason, &st.all()] {
+        assert!(!shown.contains(".rk-"), "temp file name leaked: {shown}");
+    }
+    let v = env.rk(&["validate", "-t", "ps", up.to_str().unwrap()]);
+    assert_eq!(v.code, 1, "{}", v.all());
+    let want = format!(
+        "{}:4:34: fatal: Function 'nosuchfunc' is not defined",
+        up.display()
+    );
+    assert!(v.stdout.contains(&want), "validate: {}", v.all());
+    assert_eq!(env.live(), good);
+}
