@@ -30,6 +30,7 @@ pub struct Metrics {
     webhook: IntCounterVec,
     held: IntGaugeVec,
     gated: IntGaugeVec,
+    powersync_deploying: IntGaugeVec,
     poll_interval: GaugeVec,
     quarantined_info: GaugeVec,
     /// The (sha256, reason) each target's quarantined_info series carries now.
@@ -124,6 +125,13 @@ impl Metrics {
                 Opts::new("rulekeeper_held", "1 while applying is held by an operator"),
                 &["target"],
             )?,
+            powersync_deploying: IntGaugeVec::new(
+                Opts::new(
+                    "rulekeeper_powersync_deploying",
+                    "1 while PowerSync is still deploying the live file (initial replication)",
+                ),
+                &["target"],
+            )?,
             gated: IntGaugeVec::new(
                 Opts::new("rulekeeper_gated", "1 while new content waits on its gate"),
                 &["target"],
@@ -159,6 +167,7 @@ impl Metrics {
             Box::new(m.webhook.clone()),
             Box::new(m.held.clone()),
             Box::new(m.gated.clone()),
+            Box::new(m.powersync_deploying.clone()),
             Box::new(m.poll_interval.clone()),
             Box::new(m.quarantined_info.clone()),
         ] {
@@ -219,6 +228,9 @@ impl Metrics {
         self.gated
             .with_label_values(&[target])
             .set(st.gate.is_some() as i64);
+        self.powersync_deploying
+            .with_label_values(&[target])
+            .set(st.deploying.is_some() as i64);
         self.set_quarantined_info(
             target,
             st.quarantine

@@ -13,6 +13,9 @@ pub enum ApiError {
     /// Could not talk to the service at all (down, booting, refused).
     #[error("{0}")]
     Unreachable(String),
+    /// The request may have reached the service, but no answer came back (timeout, reset).
+    #[error("{0}")]
+    Lost(String),
     /// The service answered, but not as documented (auth failure, bad JSON, ...).
     #[error("{0}")]
     Protocol(String),
@@ -67,35 +70,196 @@ pub fn summarize(ps: &[&Problem], shown: &str, text: &str, max: usize) -> String
     crate::validate::bounded(&lines, max)
 }
 
-async fn post(api: &PowerSyncApi, endpoint: &str, body: Value) -> Result<Value, ApiError> {
-    let token = read_secret(&api.token_file).map_err(|e| ApiError::Protocol(e.message))?;
-    let url = format!("{}{endpoint}", api.url.trim_end_matches('/'));
+/// Where PowerSync's API is and how to authenticate: from `validate.powersync_api`,
+/// `verify.powersync_api` or `restart.powersync_deploy`.
+pub struct Endpoint<'a> {
+    pub url: &'a str,
+    pub token_file: &'a std::path::Path,
+    pub timeout: std::time::Duration,
+}
+
+impl<'a> From<&'a PowerSyncApi> for Endpoint<'a> {
+    fn from(api: &'a PowerSyncApi) -> Self {
+        Endpoint {
+            url: &api.url,
+            token_file: &api.token_file,
+            timeout: api.timeout,
+        }
+    }
+}
+
+/// An HTTP answer that was not 2xx: its status and the body's PowerSync error, if it has one.
+struct Refusal {
+    status: reqwest::StatusCode,
+    code: Option<String>,
+    details: Option<String>,
+    snippet: String,
+}
+
+enum Sent {
+    Ok(Value),
+    Refused(Refusal),
+}
+
+async fn send(
+    ep: &Endpoint<'_>,
+    endpoint: &str,
+    build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Result<Sent, ApiError> {
+    let token = read_secret(ep.token_file).map_err(|e| ApiError::Protocol(e.message))?;
+    let url = format!("{}{endpoint}", ep.url.trim_end_matches('/'));
     let shown = crate::redact::url(&url);
     let client = reqwest::Client::builder()
-        .timeout(api.timeout)
+        .timeout(ep.timeout)
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ApiError::Protocol(e.to_string()))?;
-    let resp = client
-        .post(&url)
-        .bearer_auth(token.expose())
-        .json(&body)
+    let resp = build(client.post(&url).bearer_auth(token.expose()))
         .send()
         .await
-        .map_err(|e| ApiError::Unreachable(format!("POST {shown}: {}", e.without_url())))?;
+        .map_err(|e| {
+            let connect = e.is_connect();
+            let what = format!("POST {shown}: {}", e.without_url());
+            if connect {
+                ApiError::Unreachable(what)
+            } else {
+                ApiError::Lost(what)
+            }
+        })?;
     let status = resp.status();
     let bytes = resp
         .bytes()
         .await
-        .map_err(|e| ApiError::Unreachable(format!("POST {shown}: {}", e.without_url())))?;
+        .map_err(|e| ApiError::Lost(format!("POST {shown}: {}", e.without_url())))?;
     if !status.is_success() {
-        let snippet: String = String::from_utf8_lossy(&bytes).chars().take(300).collect();
-        return Err(ApiError::Protocol(format!(
-            "POST {shown} answered {status}: {snippet}"
-        )));
+        let body: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let field = |k: &str| {
+            body.as_ref()
+                .and_then(|b| b.pointer(&format!("/error/{k}")))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        return Ok(Sent::Refused(Refusal {
+            status,
+            code: field("code"),
+            details: field("details").or_else(|| field("description")),
+            snippet: format!(
+                "POST {shown} answered {status}: {}",
+                String::from_utf8_lossy(&bytes)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            ),
+        }));
     }
     serde_json::from_slice(&bytes)
+        .map(Sent::Ok)
         .map_err(|e| ApiError::Protocol(format!("POST {shown}: answer is not JSON: {e}")))
+}
+
+async fn post(api: &PowerSyncApi, endpoint: &str, body: Value) -> Result<Value, ApiError> {
+    post_json(&Endpoint::from(api), endpoint, body).await
+}
+
+async fn post_json(ep: &Endpoint<'_>, endpoint: &str, body: Value) -> Result<Value, ApiError> {
+    match send(ep, endpoint, |r| r.json(&body)).await? {
+        Sent::Ok(v) => Ok(v),
+        Sent::Refused(r) => Err(ApiError::Protocol(r.snippet)),
+    }
+}
+
+/// Why a deploy did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// 422 `PSYNC_R0001`: PowerSync could not parse the rules; nothing changed.
+    #[error("PowerSync refused the rules: {0}")]
+    Rejected(String),
+    /// 422 `PSYNC_S4105`: PowerSync's config has a `sync_config:` (or `sync_rules:`) block.
+    #[error(
+        "PowerSync's sync config API is disabled (422 PSYNC_S4105): remove the `sync_config:` \
+         (or `sync_rules:`) block from PowerSync's config so that rulekeeper can deploy, or use \
+         another restart kind"
+    )]
+    Disabled,
+    #[error("{0}")]
+    Api(#[from] ApiError),
+}
+
+/// `POST /api/sync-rules/v1/deploy` with the rules as `application/yaml`.
+pub async fn deploy(ep: &Endpoint<'_>, yaml: &[u8]) -> Result<(), DeployError> {
+    let body = yaml.to_vec();
+    let sent = send(ep, "/api/sync-rules/v1/deploy", |r| {
+        r.header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(body)
+    })
+    .await?;
+    match sent {
+        Sent::Ok(_) => Ok(()),
+        Sent::Refused(r) if r.status.as_u16() == 422 => match r.code.as_deref() {
+            Some("PSYNC_S4105") => Err(DeployError::Disabled),
+            _ => Err(DeployError::Rejected(r.details.unwrap_or(r.snippet))),
+        },
+        Sent::Refused(r) => Err(DeployError::Api(ApiError::Protocol(r.snippet))),
+    }
+}
+
+/// One version of the rules in PowerSync's bucket storage, as diagnostics report it.
+#[derive(Debug, Clone, Default)]
+pub struct Version {
+    pub content: Option<String>,
+    pub errors: Vec<Problem>,
+    /// Every replication connection finished its initial replication.
+    pub replicated: bool,
+}
+
+impl Version {
+    pub fn is(&self, content: &[u8]) -> bool {
+        self.content.as_deref().is_some_and(|c| {
+            c.as_bytes() == content || c.trim() == String::from_utf8_lossy(content).trim()
+        })
+    }
+
+    pub fn fatal(&self) -> Vec<&Problem> {
+        self.errors.iter().filter(|p| p.fatal).collect()
+    }
+}
+
+/// What PowerSync runs now and what it is deploying.
+#[derive(Debug, Clone, Default)]
+pub struct Diagnostics {
+    pub active: Option<Version>,
+    pub deploying: Option<Version>,
+}
+
+/// `POST /api/admin/v1/diagnostics {"sync_rules_content": true}`.
+pub async fn diagnostics(ep: &Endpoint<'_>) -> Result<Diagnostics, ApiError> {
+    // Without `sync_rules_content` PowerSync leaves the rules text out of the answer.
+    let v = post_json(
+        ep,
+        "/api/admin/v1/diagnostics",
+        serde_json::json!({ "sync_rules_content": true }),
+    )
+    .await?;
+    let data = v.get("data").unwrap_or(&v);
+    let version = |key: &str| -> Option<Version> {
+        let r = data.get(key).filter(|r| !r.is_null())?;
+        let connections = r.get("connections").and_then(Value::as_array);
+        Some(Version {
+            content: r.get("content").and_then(Value::as_str).map(str::to_string),
+            errors: problems(r.get("errors")),
+            replicated: connections.is_some_and(|c| {
+                c.iter().all(|c| {
+                    c.get("initial_replication_done")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)
+                })
+            }),
+        })
+    };
+    Ok(Diagnostics {
+        active: version("active_sync_rules"),
+        deploying: version("deploying_sync_rules"),
+    })
 }
 
 fn problems(errors: Option<&Value>) -> Vec<Problem> {
@@ -141,31 +305,19 @@ pub async fn validate(api: &PowerSyncApi, yaml: &str) -> Result<Vec<Problem>, Ap
 
 /// After a restart: the active (or deploying) sync rules must be `expected` and clean.
 pub async fn check_live(api: &PowerSyncApi, expected: &str) -> Result<(), ApiError> {
-    // Without `sync_rules_content` PowerSync leaves the rules text out of the answer.
-    let v = post(
-        api,
-        "/api/admin/v1/diagnostics",
-        serde_json::json!({ "sync_rules_content": true }),
-    )
-    .await?;
-    let data = v.get("data").unwrap_or(&v);
+    let d = diagnostics(&Endpoint::from(api)).await?;
     let mut seen_expected = false;
     let mut errs = Vec::new();
-    for key in ["deploying_sync_rules", "active_sync_rules"] {
-        let Some(r) = data.get(key).filter(|r| !r.is_null()) else {
+    for (key, v) in [
+        ("deploying_sync_rules", &d.deploying),
+        ("active_sync_rules", &d.active),
+    ] {
+        let Some(v) = v.as_ref().filter(|v| v.is(expected.as_bytes())) else {
             continue;
         };
-        let content = r.get("content").and_then(Value::as_str);
-        if content
-            .map(|c| c.trim() == expected.trim())
-            .unwrap_or(false)
-        {
-            seen_expected = true;
-            for p in problems(r.get("errors")) {
-                if p.fatal {
-                    errs.push(format!("{key}: {}", p.message));
-                }
-            }
+        seen_expected = true;
+        for p in v.fatal() {
+            errs.push(format!("{key}: {}", p.message));
         }
     }
     if !seen_expected {

@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
-use crate::config::{Restart, RestartKind};
+use crate::config::{PowerSyncDeploy, Restart, RestartKind};
 use crate::exec;
+use crate::powersync::{self, ApiError, DeployError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Restarted {
@@ -23,6 +24,15 @@ pub enum Restarted {
     NotActive { unit: String },
     /// The restart command ran and succeeded.
     Command,
+    /// PowerSync took the content through its deploy API (or already ran or deployed it):
+    /// verification follows it in diagnostics.
+    Deployed {
+        api: PowerSyncDeploy,
+        timeout: Duration,
+    },
+    /// PowerSync's API does not answer (not started yet, as at boot): nothing deployed,
+    /// nothing to verify; a later cycle deploys the live file once it answers.
+    NotAnswering { detail: String },
     /// `restart: none`.
     Nothing,
 }
@@ -31,6 +41,8 @@ pub enum Restarted {
 pub enum RestartError {
     #[error("{0}")]
     Exec(#[from] exec::ExecError),
+    #[error("{0}")]
+    Deploy(#[from] powersync::DeployError),
     #[error("`{argv}` failed ({status}): {output}")]
     Failed {
         argv: String,
@@ -159,9 +171,15 @@ fn wants_start(st: &UnitState, was: WasRunning) -> bool {
 /// is left alone (`try-restart`); putting last-good back passes what was recorded, so a unit
 /// the bad content killed is started again (`reset-failed`, then `restart`). With `Unknown`,
 /// a crashed unit is brought back and an `inactive` one is left alone.
-pub async fn restart(cfg: &Restart, was: WasRunning) -> Result<Restarted, RestartError> {
+/// `content` is what was just installed (the deploy kind sends it).
+pub async fn restart(
+    cfg: &Restart,
+    was: WasRunning,
+    content: &[u8],
+) -> Result<Restarted, RestartError> {
     let unit = match cfg.kind() {
         RestartKind::None => return Ok(Restarted::Nothing),
+        RestartKind::PowerSyncDeploy(api) => return deploy(api, cfg.timeout, content).await,
         RestartKind::Command(argv) => {
             let out = exec::run(&argv, cfg.timeout, None, &[]).await?;
             must(out, &argv.join(" "))?;
@@ -194,6 +212,41 @@ pub async fn restart(cfg: &Restart, was: WasRunning) -> Result<Restarted, Restar
         unit,
         invocation: st.invocation,
     })
+}
+
+/// Deploys `content` unless PowerSync already runs it with nothing else deploying, or is
+/// deploying it now: every deploy is a new version that replicates from scratch, also for
+/// content PowerSync has (docs/powersync.md, "What a deploy costs"), so a rollback after a
+/// refused deploy, or a retry, must not start one for nothing.
+async fn deploy(
+    api: PowerSyncDeploy,
+    timeout: Duration,
+    content: &[u8],
+) -> Result<Restarted, RestartError> {
+    let ep = powersync::Endpoint {
+        url: &api.url,
+        token_file: &api.token_file,
+        timeout,
+    };
+    let d = match powersync::diagnostics(&ep).await {
+        Ok(d) => d,
+        Err(ApiError::Unreachable(detail)) => return Ok(Restarted::NotAnswering { detail }),
+        Err(e) => return Err(DeployError::Api(e).into()),
+    };
+    let running = d.active.as_ref().is_some_and(|v| v.is(content)) && d.deploying.is_none();
+    let deploying = d.deploying.as_ref().is_some_and(|v| v.is(content));
+    if running || deploying {
+        tracing::info!(url = %crate::redact::url(&api.url), "PowerSync already has this content; not deployed again");
+    } else {
+        match powersync::deploy(&ep, content).await {
+            Ok(()) => {}
+            Err(DeployError::Api(ApiError::Unreachable(detail))) => {
+                return Ok(Restarted::NotAnswering { detail })
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Restarted::Deployed { api, timeout })
 }
 
 /// Whether a systemd unit is running now (`None` for other restart kinds).

@@ -142,6 +142,18 @@ pub struct TargetState {
     /// New upstream content waiting on the gate.
     #[serde(default)]
     pub gate: Option<GateWait>,
+    /// Live content PowerSync is still deploying (initial replication), followed each cycle
+    /// until it is active (`restart.powersync_deploy`).
+    #[serde(default)]
+    pub deploying: Option<Deploying>,
+}
+
+/// Content deployed through PowerSync's API whose initial replication is not done.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deploying {
+    pub sha256: String,
+    /// When it was deployed.
+    pub since: DateTime<Utc>,
 }
 
 fn lenient_outcome<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Outcome>, D::Error> {

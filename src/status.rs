@@ -34,6 +34,9 @@ pub struct TargetStatus {
     pub gated_sha256: Option<String>,
     pub gated_since: Option<DateTime<Utc>>,
     pub gate_reason: Option<String>,
+    /// Live content PowerSync is still deploying (initial replication), and since when.
+    pub deploying_sha256: Option<String>,
+    pub deploying_since: Option<DateTime<Utc>>,
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -87,6 +90,8 @@ pub fn of(
         gated_sha256: st.gate.as_ref().map(|g| g.sha256.clone()),
         gated_since: st.gate.as_ref().map(|g| g.since),
         gate_reason: st.gate.as_ref().map(|g| g.reason.clone()),
+        deploying_sha256: st.deploying.as_ref().map(|d| d.sha256.clone()),
+        deploying_since: st.deploying.as_ref().map(|d| d.since),
     }
 }
 
@@ -175,6 +180,15 @@ pub fn table(all: &[TargetStatus]) -> String {
                 s.target,
                 short(sha),
                 ago(s.gated_since)
+            );
+        }
+        if let Some(sha) = &s.deploying_sha256 {
+            let _ = writeln!(
+                out,
+                "{}: PowerSync is deploying {} (initial replication, since {}); rulekeeper follows it until it is active",
+                s.target,
+                short(sha),
+                ago(s.deploying_since)
             );
         }
         if s.pending {

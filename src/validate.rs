@@ -273,7 +273,9 @@ pub async fn powersync_api(
             }
             Ok(())
         }
-        Err(powersync::ApiError::Unreachable(msg)) if !api.required => {
+        Err(powersync::ApiError::Unreachable(msg) | powersync::ApiError::Lost(msg))
+            if !api.required =>
+        {
             tracing::warn!(error = %msg, "PowerSync validate API unreachable; skipped (set required: true to reject instead)");
             Ok(())
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{Verify, VerifyKind};
+use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
 use crate::digest::short;
 use crate::exec;
 use crate::powersync;
@@ -31,16 +31,29 @@ pub enum VerifyError {
     PowerSync(String),
 }
 
+/// How verification passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Healthy {
+    Yes,
+    /// Deployed through PowerSync's API, clean, but its initial replication was not done
+    /// by `verify.timeout`: the daemon follows it to active (docs/powersync.md).
+    Deploying,
+}
+
 /// Verifies according to `cfg`. `content` is the installed file (for PowerSync's check).
 pub async fn verify(
     cfg: &Verify,
     restarted: &Restarted,
     content: &[u8],
-) -> Result<(), VerifyError> {
+) -> Result<Healthy, VerifyError> {
     let watch = match restarted {
         Restarted::Systemd { unit, invocation } => Some(UnitWatch { unit, invocation }),
         _ => None,
     };
+    let mut healthy = Healthy::Yes;
+    if let Restarted::Deployed { api, timeout } = restarted {
+        healthy = taken_up(cfg, api, *timeout, content).await?;
+    }
     match cfg.kind() {
         VerifyKind::None => {}
         VerifyKind::Http(url) => {
@@ -65,7 +78,95 @@ pub async fn verify(
             .await
             .map_err(|e| VerifyError::PowerSync(e.to_string()))?;
     }
-    Ok(())
+    Ok(healthy)
+}
+
+/// After a deploy: polls PowerSync's diagnostics every `interval` until the deployed content
+/// is active, failing at once when the version that holds it reports a fatal error. Still
+/// deploying cleanly at `timeout` passes as [`Healthy::Deploying`]: initial replication of a
+/// large database takes hours, and redeploying during it only delays it (powersync-service
+/// #421), so slowness is never a reason to roll back.
+async fn taken_up(
+    cfg: &Verify,
+    api: &PowerSyncDeploy,
+    request_timeout: Duration,
+    content: &[u8],
+) -> Result<Healthy, VerifyError> {
+    let ep = powersync::Endpoint {
+        url: &api.url,
+        token_file: &api.token_file,
+        timeout: request_timeout.min(cfg.timeout),
+    };
+    let deadline = Instant::now() + cfg.timeout;
+    let mut last = "no answer yet".to_string();
+    let mut deploying = false;
+    loop {
+        let started = Instant::now();
+        match tokio::time::timeout_at(deadline, powersync::diagnostics(&ep)).await {
+            Ok(Ok(d)) => match deployed_state(&d, content) {
+                Deployed::Fatal(errors) => {
+                    let text = String::from_utf8_lossy(content);
+                    return Err(VerifyError::PowerSync(powersync::summarize(
+                        &errors.iter().collect::<Vec<_>>(),
+                        "the deployed rules",
+                        &text,
+                        3,
+                    )));
+                }
+                Deployed::Active => return Ok(Healthy::Yes),
+                Deployed::Deploying => {
+                    deploying = true;
+                    last = "still deploying (initial replication)".into();
+                }
+                Deployed::Absent => {
+                    deploying = false;
+                    last = "PowerSync shows neither an active nor a deploying version with the deployed content".into();
+                }
+            },
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => {}
+        }
+        let next = started + cfg.interval;
+        if next >= deadline {
+            if deploying {
+                return Ok(Healthy::Deploying);
+            }
+            return Err(VerifyError::Timeout {
+                timeout: cfg.timeout,
+                last,
+            });
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Where deployed content stands in PowerSync's diagnostics.
+#[derive(Debug)]
+pub enum Deployed {
+    /// Active, and nothing else deploying.
+    Active,
+    Deploying,
+    /// The version holding it reports fatal errors.
+    Fatal(Vec<powersync::Problem>),
+    /// Not what PowerSync runs or deploys (never deployed, replaced, PowerSync's storage
+    /// reset), or active while another version deploys (about to be replaced).
+    Absent,
+}
+
+pub fn deployed_state(d: &powersync::Diagnostics, content: &[u8]) -> Deployed {
+    let (v, active) = match (&d.deploying, &d.active) {
+        (Some(v), _) if v.is(content) => (v, false),
+        (None, Some(v)) if v.is(content) => (v, true),
+        _ => return Deployed::Absent,
+    };
+    let fatal: Vec<powersync::Problem> = v.fatal().into_iter().cloned().collect();
+    if !fatal.is_empty() {
+        Deployed::Fatal(fatal)
+    } else if active {
+        Deployed::Active
+    } else {
+        Deployed::Deploying
+    }
 }
 
 /// The systemd unit a restart started: it must stay up, on the same invocation, for the

@@ -85,11 +85,16 @@ fn restart(t: &Target) -> Result<(), Complaint> {
         r.systemd.is_some(),
         r.command.is_some(),
         r.none == Some(true),
+        r.powersync_deploy.is_some(),
     ]) {
         return Err(at(
             "restart",
-            "set exactly one of `systemd: UNIT`, `command: [argv]` or `none: true`",
+            "set exactly one of `systemd: UNIT`, `command: [argv]`, `powersync_deploy: {url, token_file}` or `none: true`",
         ));
+    }
+    // The API token travels with every deploy: TLS unless loopback.
+    if let Some(d) = &r.powersync_deploy {
+        check_url(&d.url, true).map_err(|m| at("restart.powersync_deploy.url", m))?;
     }
     if let Some(u) = &r.systemd {
         if u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace) {

@@ -237,8 +237,20 @@ pub struct Restart {
     pub systemd: Option<String>,
     pub command: Option<Vec<String>>,
     pub none: Option<bool>,
+    /// Deploy through PowerSync's sync-rules API instead of restarting it.
+    pub powersync_deploy: Option<PowerSyncDeploy>,
     #[serde(default = "d_120s", with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// PowerSync's deploy API (`POST {url}/api/sync-rules/v1/deploy`): PowerSync keeps its rules
+/// in bucket storage and takes new ones without a restart (docs/powersync.md, "Restart or
+/// deploy"). Each request is limited by `restart.timeout`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PowerSyncDeploy {
+    pub url: String,
+    pub token_file: PathBuf,
 }
 
 /// What [`Restart`] resolves to once checked.
@@ -246,6 +258,7 @@ pub struct Restart {
 pub enum RestartKind {
     Systemd(String),
     Command(Vec<String>),
+    PowerSyncDeploy(PowerSyncDeploy),
     None,
 }
 
@@ -255,9 +268,16 @@ impl Restart {
             RestartKind::Systemd(u.clone())
         } else if let Some(c) = &self.command {
             RestartKind::Command(c.clone())
+        } else if let Some(d) = &self.powersync_deploy {
+            RestartKind::PowerSyncDeploy(d.clone())
         } else {
             RestartKind::None
         }
+    }
+
+    /// The deploy API, when this target deploys instead of restarting.
+    pub fn deploy(&self) -> Option<&PowerSyncDeploy> {
+        self.powersync_deploy.as_ref()
     }
 }
 

@@ -13,6 +13,7 @@ use crate::digest::{sha256_hex, short};
 use crate::gate;
 use crate::install::{self, Candidate};
 use crate::labels::{Outcome, Phase};
+use crate::powersync::DeployError;
 use crate::restart::{self, RestartError, Restarted, WasRunning};
 use crate::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
 use crate::validate;
@@ -22,9 +23,13 @@ use crate::verify::{self, VerifyError};
 #[derive(Debug)]
 pub(super) enum Checked {
     Verified,
-    /// The unit was not running and not ours to start: nothing restarted, nothing verified.
+    /// Deployed through PowerSync's API and clean, but still in its initial replication:
+    /// followed by later cycles until it is active.
+    Deploying,
+    /// Nothing restarted, nothing verified: the unit was not running and not ours to
+    /// start, or PowerSync's API did not answer.
     Skipped {
-        unit: String,
+        why: String,
     },
 }
 
@@ -33,9 +38,11 @@ impl Checked {
     pub(super) fn note(&self) -> Option<String> {
         match self {
             Checked::Verified => None,
-            Checked::Skipped { unit } => Some(format!(
-                "{unit} is not active, so it was not restarted; verification skipped"
-            )),
+            Checked::Deploying => Some(
+                "PowerSync is deploying it (initial replication); followed until it is active"
+                    .into(),
+            ),
+            Checked::Skipped { why } => Some(why.clone()),
         }
     }
 }
@@ -152,6 +159,16 @@ impl Runner<'_, '_> {
                 self.rep.reason = Some(format!("unhealthy after rolling back: {e}"));
                 self.rep.usable = true;
                 Ok(())
+            }
+            Err(CheckFailed::Restart(RestartError::Deploy(e)))
+                if matches!(e, DeployError::Rejected(_) | DeployError::Disabled) =>
+            {
+                // PowerSync took nothing in: the service is untouched, only the file goes
+                // back. A parse error is the content's fault (quarantined); a disabled API is
+                // PowerSync's config, and the reason names the fix.
+                let quarantine =
+                    matches!(e, DeployError::Rejected(_)) && mode.quarantines_rejects();
+                self.undo_refused(&a.sha, &e.to_string(), quarantine).await
             }
             Err(e) => {
                 tracing::error!(target_name = %self.t().name, sha256 = %a.sha, error = %e, "new content failed; rolling back");
@@ -298,13 +315,21 @@ impl Runner<'_, '_> {
     ) -> Result<Checked, CheckFailed> {
         let t = self.ctx.target;
         let t0 = Instant::now();
-        let r = restart::restart(&t.restart, was).await;
+        let r = restart::restart(&t.restart, was, content).await;
         self.timed(Phase::Restart, t0);
         let restarted = r?;
-        if let Restarted::NotActive { unit } = restarted {
-            let skipped = Checked::Skipped { unit };
-            tracing::info!(target_name = %t.name, "{}", skipped.note().unwrap_or_default());
-            return Ok(skipped);
+        let skipped = match &restarted {
+            Restarted::NotActive { unit } => Some(format!(
+                "{unit} is not active, so it was not restarted; verification skipped"
+            )),
+            Restarted::NotAnswering { detail } => Some(format!(
+                "PowerSync's API does not answer ({detail}), so nothing was deployed; the live file is deployed once it answers"
+            )),
+            _ => None,
+        };
+        if let Some(why) = skipped {
+            tracing::info!(target_name = %t.name, "{why}");
+            return Ok(Checked::Skipped { why });
         }
         if restarted != Restarted::Nothing {
             self.rep.restarts += 1;
@@ -312,7 +337,18 @@ impl Runner<'_, '_> {
         let t0 = Instant::now();
         let v = verify::verify(&t.verify, &restarted, content).await;
         self.timed(Phase::Verify, t0);
-        v?;
-        Ok(Checked::Verified)
+        // What the service runs now is settled: only a clean deploy still replicating is
+        // followed.
+        self.st.deploying = None;
+        match v? {
+            verify::Healthy::Yes => Ok(Checked::Verified),
+            verify::Healthy::Deploying => {
+                self.st.deploying = Some(state::Deploying {
+                    sha256: sha256_hex(content),
+                    since: Utc::now(),
+                });
+                Ok(Checked::Deploying)
+            }
+        }
     }
 }

@@ -19,6 +19,7 @@ mod apply;
 mod poll;
 mod recover;
 mod rollback;
+mod service;
 #[cfg(test)]
 mod tests;
 

@@ -67,7 +67,12 @@ impl Runner<'_, '_> {
     async fn fetch_failed(&mut self, e: FetchError, live: Option<&[u8]>) -> Result<(), CycleError> {
         self.rep.fetch_reason = Some(e.reason);
         self.leave(Outcome::FetchFailed, Some(e.message), live)
-            .await
+            .await?;
+        // Upstream being down is no reason for PowerSync not to run the live file.
+        match live {
+            Some(l) if self.rep.usable && !self.st.hold => self.converge_service(l).await,
+            _ => Ok(()),
+        }
     }
 
     pub(super) async fn poll(&mut self) -> Result<(), CycleError> {
@@ -160,6 +165,9 @@ impl Runner<'_, '_> {
         self.rep.success = self.rep.usable;
         self.rep.live_sha256 = Some(up.sha.clone());
         self.rep.revision = up.revision.clone();
-        Ok(())
+        match live {
+            Some(l) if self.rep.usable && !self.st.hold => self.converge_service(l).await,
+            _ => Ok(()),
+        }
     }
 }

@@ -29,6 +29,44 @@ impl Runner<'_, '_> {
         self.restore_prev(bad_sha, why, was).await
     }
 
+    /// The service refused `bad_sha` without taking it in (PowerSync's deploy API answered
+    /// 422): `.prev` goes back in place of the live file, and nothing is restarted or
+    /// deployed, since the service still runs what `.prev` holds.
+    pub(super) async fn undo_refused(
+        &mut self,
+        bad_sha: &str,
+        why: &str,
+        quarantine: bool,
+    ) -> Result<(), CycleError> {
+        let t = self.ctx.target;
+        tracing::warn!(target_name = %t.name, sha256 = %bad_sha, error = %why, "the service refused the new content; putting the last-good file back");
+        if quarantine {
+            self.quarantine(bad_sha, &format!("validation failed: {why}"));
+        }
+        let prev = install::read(&install::prev_path(&t.path))?;
+        let live = self.read_live()?;
+        self.st.pending = None;
+        self.rep.outcome = Outcome::Rejected;
+        self.rep.reason = Some(why.to_string());
+        self.rep.revision = self.applied_revision();
+        match prev.filter(|p| validate::usable_now(&t.validate, Some(p))) {
+            Some(prev) => {
+                if live.as_deref().map(sha256_hex).as_deref() == Some(bad_sha) {
+                    let c = install::stage(&t.path, &prev, t.mode_bits)?;
+                    install::install(c, &t.path, None, t.mode_bits)?;
+                }
+                self.rep.usable = true;
+                self.rep.live_sha256 = Some(sha256_hex(&prev));
+            }
+            None => {
+                // A first apply: there is no last-good, and the service runs none of ours.
+                self.rep.usable = false;
+                self.rep.live_sha256 = live.as_deref().map(sha256_hex);
+            }
+        }
+        Ok(())
+    }
+
     /// Puts `.prev` back (if the live file is still `bad_sha`), restarts and verifies. A unit
     /// that ran before the apply (`was`) is brought back up even if the bad content killed
     /// it, and is always verified.

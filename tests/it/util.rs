@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// docs/contract.md, "Metrics": every name the alerts and the dashboard may use.
-pub const METRICS: [&str; 15] = [
+pub const METRICS: [&str; 16] = [
     "rulekeeper_build_info",
     "rulekeeper_rules_info",
     "rulekeeper_last_success_timestamp_seconds",
@@ -21,6 +21,7 @@ pub const METRICS: [&str; 15] = [
     "rulekeeper_gated",
     "rulekeeper_quarantined_info",
     "rulekeeper_poll_interval_seconds",
+    "rulekeeper_powersync_deploying",
 ];
 
 /// docs/contract.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
