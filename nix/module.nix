@@ -255,7 +255,33 @@ let
         default = null;
         description = "Do not restart anything.";
       };
-      timeout = nullOrStr "Time limit for the restart, e.g. \"120s\".";
+      powersync_deploy = mkOption {
+        type = types.nullOr (
+          types.submodule {
+            options = {
+              url = mkOption {
+                type = types.str;
+                description = "PowerSync's base URL, e.g. \"http://127.0.0.1:8080\" (https, or http to loopback).";
+              };
+              token_file = mkOption {
+                type = types.str;
+                description = ''
+                  File with one of PowerSync's `api.tokens`, as a credential:
+                  "/run/credentials/rulekeeper.service/powersync-api-token" with
+                  `services.rulekeeper.credentials.powersync-api-token` set.
+                '';
+              };
+            };
+          }
+        );
+        default = null;
+        description = ''
+          Deploy through PowerSync's sync-rules API instead of restarting it (no outage per
+          change). PowerSync's config must then have no `sync_config:` / `sync_rules:` block.
+          See docs/powersync.md, "Restart or deploy".
+        '';
+      };
+      timeout = nullOrStr "Time limit for the restart (or each deploy request), e.g. \"120s\".";
     };
   };
 
@@ -543,9 +569,12 @@ in
               lib.optional (t.source ? token_file) t.source.token_file
               ++ lib.optional (t.webhook != null && t.webhook ? secret_file) t.webhook.secret_file
               ++ lib.optional (t ? gate && t.gate ? token_file) t.gate.token_file
+              ++ lib.optional (
+                t.restart != null && t.restart.powersync_deploy or null != null
+              ) t.restart.powersync_deploy.token_file
             ) targetList
           );
-          message = "services.rulekeeper: token_file / secret_file (source, webhook, gate) must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
+          message = "services.rulekeeper: token_file / secret_file (source, webhook, gate, restart.powersync_deploy) must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
         }
       ];
 

@@ -328,6 +328,52 @@ let
       (checkEq "minimal: restart none" minimal.config.environment.etc."rulekeeper/config.yaml".source.value.targets.demo.restart { none = true; })
     ];
 
+  # 2b. Deploy through PowerSync's API: its token is a credential, and no unit is managed.
+  deploy = evalModule {
+    enable = true;
+    credentials.powersync-api-token = "/run/secrets/powersync-api-token";
+    settings.targets.powersync = {
+      source = {
+        kind = "file";
+        path = "/srv/upstream/rules.yaml";
+      };
+      path = "/var/lib/powersync/sync-rules.yaml";
+      restart.powersync_deploy = {
+        url = "http://127.0.0.1:8080";
+        token_file = "/run/credentials/rulekeeper.service/powersync-api-token";
+      };
+    };
+  };
+  deployChecks = [
+    (checkEq "deploy: no assertions" deploy.failedAssertions [ ])
+    (checkEq "deploy: restart in YAML" deploy.config.environment.etc."rulekeeper/config.yaml".source.value.targets.powersync.restart {
+      powersync_deploy = {
+        url = "http://127.0.0.1:8080";
+        token_file = "/run/credentials/rulekeeper.service/powersync-api-token";
+      };
+    })
+    (checkEq "deploy: token as a credential" deploy.config.systemd.services.rulekeeper.serviceConfig.LoadCredential [
+      "powersync-api-token:/run/secrets/powersync-api-token"
+    ])
+    (checkEq "deploy: no managed units" deploy.cfg.managedUnits [ ])
+    (check "deploy: a store token is refused" (
+      builtins.any (lib.hasInfix "restart.powersync_deploy") (evalModule {
+        enable = true;
+        settings.targets.powersync = {
+          source = {
+            kind = "file";
+            path = "/srv/upstream/rules.yaml";
+          };
+          path = "/var/lib/powersync/sync-rules.yaml";
+          restart.powersync_deploy = {
+            url = "http://127.0.0.1:8080";
+            token_file = "/nix/store/00000000000000000000000000000000-token";
+          };
+        };
+      }).failedAssertions
+    ))
+  ];
+
   # 3. Unprivileged, validator, firewall, build-time check.
   unpriv = evalModule {
     enable = true;
@@ -469,7 +515,7 @@ let
     (checkEq "disabled: no packages" disabled.config.environment.systemPackages [ ])
   ];
 
-  allChecks = powersyncChecks ++ minimalChecks ++ unprivChecks ++ badChecks ++ disabledChecks;
+  allChecks = powersyncChecks ++ minimalChecks ++ deployChecks ++ unprivChecks ++ badChecks ++ disabledChecks;
 in
 builtins.deepSeq allChecks {
   ok = true;
