@@ -14,6 +14,7 @@
 // Harness and peers.
 mod forge;
 mod lab;
+mod realps;
 mod util;
 mod vmstack;
 
@@ -32,6 +33,7 @@ mod webhook;
 // PowerSync.
 mod powersync_api;
 mod powersync_offline;
+mod powersync_real;
 
 // Shipped files: alerts, dashboard, fleets, Nix.
 mod alertchain;

@@ -1,0 +1,267 @@
+//! rulekeeper against the real PowerSync Service (tests/it/realps.rs: 1.25.0 on a private
+//! Postgres): a good change applied with one restart and active, fatal rules rejected by the
+//! offline validator and by the service's validate API, a crashing revision rolled back, an
+//! unknown table under `warnings: allow` and `reject`, and what a rollback costs PowerSync
+//! (docs/powersync.md "When a rollback is expensive").
+//!
+//! rulekeeper restarts the service with `tests/support/psctl restart DIR` and verifies it on
+//! `/probes/liveness`. Skipped loudly without Postgres or the PowerSync build (see realps.rs),
+//! or, for the offline validator, without `contrib/powersync/node_modules`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::realps::{fatal_errors, PowerSync, Rules};
+use crate::util::{bin, repo_root, Env, Out};
+
+pub const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
+pub const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM todos\n";
+/// Valid YAML, but the service exits on it: `Function 'nosuchfunc' is not defined`.
+pub const FATAL: &str = "# fatal\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
+/// A warning only: the table does not exist in the source database.
+pub const UNKNOWN_TABLE: &str = "# unknown table\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM nosuchtable\n";
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A test's world: rulekeeper's temp dirs (`Env`), the real service reading `env.live`, and the
+/// upstream file (a `file` source).
+struct World {
+    env: Env,
+    ps: PowerSync,
+    up: PathBuf,
+}
+
+impl World {
+    /// PowerSync started on `initial` (also upstream), waiting until it is active.
+    fn new(initial: &str) -> Option<World> {
+        let env = Env::new();
+        let ps = PowerSync::new(Rules::File(env.live.clone()))?;
+        std::fs::write(&env.live, initial).unwrap();
+        let up = env.dir.path().join("upstream.yaml");
+        std::fs::write(&up, initial).unwrap();
+        let t = Instant::now();
+        ps.start();
+        ps.wait_active(initial);
+        eprintln!("PowerSync live and rules active after {:?}", t.elapsed());
+        Some(World { env, ps, up })
+    }
+
+    /// A rulekeeper config `name.yaml` with its own state dir: one target `ps` on the live file.
+    fn config(&self, name: &str, validate: &str, verify: &str) -> PathBuf {
+        let state = self.env.dir.path().join(format!("state-{name}"));
+        let path = self.env.dir.path().join(format!("{name}.yaml"));
+        let text = format!(
+            "state_dir: {}\ntargets:\n  ps:\n    source: {{ kind: file, path: \"{}\" }}\n    path: {}\n    restart: {}\n    verify: {verify}\n    validate: {validate}\n",
+            state.display(),
+            self.up.display(),
+            self.env.live.display(),
+            self.ps.restart_command(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The liveness window: 6 good answers 1 s apart (5 s, longer than the ~4.6 s PowerSync
+    /// takes to die on fatal rules), within 60 s.
+    fn verify(&self) -> String {
+        format!(
+            "{{ http: \"{}/probes/liveness\", timeout: 60s, interval: 1s, successes: 6 }}",
+            self.ps.url()
+        )
+    }
+
+    fn api(&self, extra: &str) -> String {
+        format!(
+            "{{ url: \"{}\", token_file: \"{}\", timeout: 10s{extra} }}",
+            self.ps.url(),
+            self.ps.token_file().display()
+        )
+    }
+
+    fn rk(&self, config: &Path, args: &[&str]) -> Out {
+        let t = Instant::now();
+        let out = Command::new(bin())
+            .args(args)
+            .arg("-c")
+            .arg(config)
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run rulekeeper");
+        let o = Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "rulekeeper {args:?}: exit {} after {:?}: {}",
+            o.code,
+            t.elapsed(),
+            o.stdout.trim()
+        );
+        o
+    }
+
+    fn state(&self, name: &str) -> serde_json::Value {
+        let p = self
+            .env
+            .dir
+            .path()
+            .join(format!("state-{name}/targets/ps/state.json"));
+        serde_json::from_slice(&std::fs::read(p).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    fn slot(&self) -> String {
+        self.ps.active()["connections"][0]["slot_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+const BUILTIN: &str = "{ require_keys: [bucket_definitions, streams] }";
+
+#[test]
+fn good_change_applied_with_one_restart_and_active() {
+    let Some(w) = World::new(V1) else { return };
+    let before = w.ps.pid();
+    std::fs::write(&w.up, V2).unwrap();
+    let cfg = w.config("rk", BUILTIN, &w.verify());
+    let o = w.rk(&cfg, &["once"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert_eq!(w.ps.restarts(), 1, "exactly one restart");
+    assert!(w.ps.pid().is_some() && w.ps.pid() != before, "a new process");
+    assert_eq!(w.env.live(), V2);
+    let t = Instant::now();
+    w.ps.wait_active(&w.env.live());
+    eprintln!("v2 active {:?} after rulekeeper returned", t.elapsed());
+    let active = w.ps.active();
+    assert!(fatal_errors(&active).is_empty(), "{active}");
+    assert_eq!(w.state("rk")["applied"]["sha256"], sha256(V2));
+}
+
+fn validator() -> Option<PathBuf> {
+    let dir = repo_root().join("contrib/powersync");
+    if dir.join("node_modules").is_dir() {
+        return Some(dir.join("validate"));
+    }
+    crate::realps::skip("contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)")
+}
+
+#[test]
+fn fatal_rules_rejected_offline_and_by_the_api_without_restart() {
+    let Some(validate) = validator() else { return };
+    let Some(w) = World::new(V1) else { return };
+    let pid = w.ps.pid();
+    assert!(pid.is_some());
+    std::fs::write(&w.up, FATAL).unwrap();
+
+    // The offline validator (PowerSync's parser, no service).
+    let cfg = w.config(
+        "offline",
+        &format!(
+            "{{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"] }}",
+            validate.display()
+        ),
+        &w.verify(),
+    );
+    let o = w.rk(&cfg, &["once"]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rejected"), "{}", o.all());
+    assert!(o.all().contains("nosuchfunc"), "{}", o.all());
+    assert_eq!(w.state("offline")["quarantine"]["sha256"], sha256(FATAL));
+
+    // The service's own validate API (required: a skipped check would not prove anything).
+    let cfg = w.config(
+        "api",
+        &format!(
+            "{{ require_keys: [bucket_definitions, streams], powersync_api: {} }}",
+            w.api(", required: true")
+        ),
+        &w.verify(),
+    );
+    let o = w.rk(&cfg, &["once"]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rejected"), "{}", o.all());
+    assert!(o.all().contains("nosuchfunc"), "{}", o.all());
+    assert_eq!(w.state("api")["quarantine"]["sha256"], sha256(FATAL));
+
+    assert_eq!(w.ps.restarts(), 0, "never restarted");
+    assert_eq!(w.ps.pid(), pid, "the same process serves");
+    assert_eq!(w.env.live(), V1);
+    assert_eq!(w.ps.active()["content"].as_str(), Some(V1));
+}
+
+#[test]
+fn crashing_revision_rolled_back_and_last_good_served() {
+    let Some(w) = World::new(V1) else { return };
+    let slot = w.slot();
+    std::fs::write(&w.up, FATAL).unwrap();
+    // Validators off: only the built-in checks, which FATAL passes.
+    let cfg = w.config("rk", BUILTIN, &w.verify());
+    let o = w.rk(&cfg, &["once"]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    assert_eq!(w.ps.restarts(), 2, "the apply and the rollback");
+    assert!(
+        w.ps.log().contains("nosuchfunc"),
+        "PowerSync died on the rules: {}",
+        w.ps.log_tail()
+    );
+    assert_eq!(w.env.live(), V1);
+    assert!(w.ps.live_ok());
+    w.ps.wait_active(V1);
+    let active = w.ps.active();
+    assert!(fatal_errors(&active).is_empty(), "{active}");
+    // Invalid rules stored nothing: last-good resumes on its own replication slot, no
+    // re-replication (docs/powersync.md "When a rollback is expensive").
+    assert_eq!(w.slot(), slot, "last-good kept its version");
+    assert_eq!(w.state("rk")["quarantine"]["sha256"], sha256(FATAL));
+    assert_eq!(w.state("rk")["applied"]["sha256"], sha256(V1));
+}
+
+#[test]
+fn unknown_table_is_a_warning_allowed_or_rejected() {
+    let Some(w) = World::new(V1) else { return };
+    let pid = w.ps.pid();
+    std::fs::write(&w.up, UNKNOWN_TABLE).unwrap();
+
+    let reject = w.config(
+        "reject",
+        &format!(
+            "{{ require_keys: [bucket_definitions], powersync_api: {} }}",
+            w.api(", warnings: reject, required: true")
+        ),
+        &w.verify(),
+    );
+    let o = w.rk(&reject, &["once"]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rejected"), "{}", o.all());
+    assert!(o.all().contains("nosuchtable"), "{}", o.all());
+    assert_eq!(w.ps.restarts(), 0);
+    assert_eq!(w.ps.pid(), pid);
+    assert_eq!(w.env.live(), V1);
+
+    let allow = w.config(
+        "allow",
+        &format!(
+            "{{ require_keys: [bucket_definitions], powersync_api: {} }}",
+            w.api(", warnings: allow, required: true")
+        ),
+        &w.verify(),
+    );
+    let o = w.rk(&allow, &["once"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert_eq!(w.ps.restarts(), 1);
+    w.ps.wait_active(UNKNOWN_TABLE);
+    let active = w.ps.active();
+    eprintln!("diagnostics of the active rules: {active}");
+    assert!(fatal_errors(&active).is_empty(), "{active}");
+    assert!(active.to_string().contains("nosuchtable"), "{active}");
+}
