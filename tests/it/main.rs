@@ -32,6 +32,7 @@ mod webhook;
 
 // PowerSync.
 mod powersync_api;
+mod powersync_deploy;
 mod powersync_offline;
 mod powersync_real;
 

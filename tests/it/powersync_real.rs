@@ -15,7 +15,8 @@ use std::time::Instant;
 use crate::realps::{fatal_errors, PowerSync, Rules};
 use crate::util::{bin, repo_root, Env, Out};
 
-pub const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
+pub const V1: &str =
+    "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
 pub const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM todos\n";
 /// Valid YAML, but the service exits on it: `Function 'nosuchfunc' is not defined`.
 pub const FATAL: &str = "# fatal\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
@@ -135,7 +136,10 @@ fn good_change_applied_with_one_restart_and_active() {
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(o.stdout.contains("applied"), "{}", o.all());
     assert_eq!(w.ps.restarts(), 1, "exactly one restart");
-    assert!(w.ps.pid().is_some() && w.ps.pid() != before, "a new process");
+    assert!(
+        w.ps.pid().is_some() && w.ps.pid() != before,
+        "a new process"
+    );
     assert_eq!(w.env.live(), V2);
     let t = Instant::now();
     w.ps.wait_active(&w.env.live());
@@ -150,7 +154,9 @@ fn validator() -> Option<PathBuf> {
     if dir.join("node_modules").is_dir() {
         return Some(dir.join("validate"));
     }
-    crate::realps::skip("contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)")
+    crate::realps::skip(
+        "contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)",
+    )
 }
 
 #[test]

@@ -302,7 +302,14 @@ rm -rf "$root"
     pub fn psql(&self, db: &str, sql: &str) -> (bool, String) {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", db, "-c", sql])
             .env("PGPASSWORD", PASSWORD)
             .env("PGCONNECT_TIMEOUT", "5")
@@ -602,7 +609,9 @@ system:
         wait_until(60, "rules active in PowerSync's diagnostics", || {
             let d = self.diagnostics();
             d["data"]["deploying_sync_rules"].is_null()
-                && d["data"]["active_sync_rules"]["content"].as_str().map(str::trim)
+                && d["data"]["active_sync_rules"]["content"]
+                    .as_str()
+                    .map(str::trim)
                     == Some(content.trim())
         });
     }

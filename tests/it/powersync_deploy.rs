@@ -1,0 +1,298 @@
+//! `restart: {powersync_deploy: ...}` against the real PowerSync Service (tests/it/realps.rs):
+//! PowerSync with no `sync_config:` block keeps its rules in bucket storage and takes new ones
+//! through `POST /api/sync-rules/v1/deploy`, without a restart. Each test is one scenario of
+//! docs/powersync.md, "Restart or deploy": a fresh instance gets the live file, a good change
+//! is active with the same process, a slow initial replication is followed and not rolled
+//! back, a refused revision changes nothing, a revision that fails once deployed is rolled
+//! back to last-good, drift is converged, and the daemon's webhook path works end to end.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::realps::{fatal_errors, PowerSync, Rules};
+use crate::util::{http, wait_until, Env, Out};
+
+const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
+const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM todos\n";
+/// PowerSync cannot parse it: the deploy answers 422 PSYNC_R0001.
+const UNPARSABLE: &str = "# unparsable\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
+/// Parses, and deploys, but the table has no primary key: PowerSync reports a fatal error on
+/// the deploying version (docs/powersync.md).
+const NO_PK: &str = "# no pk\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM no_pk\n";
+const SECRET: &str = "deploy-webhook-secret";
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// PowerSync in API mode, rulekeeper's temp dirs, a `file` source at `up`.
+struct World {
+    env: Env,
+    ps: PowerSync,
+    up: PathBuf,
+}
+
+impl World {
+    /// PowerSync started with no rules; upstream holds `upstream`.
+    fn new(upstream: &str) -> Option<World> {
+        let env = Env::new();
+        let ps = PowerSync::new(Rules::Api)?;
+        let up = env.dir.path().join("upstream.yaml");
+        std::fs::write(&up, upstream).unwrap();
+        ps.start();
+        Some(World { env, ps, up })
+    }
+
+    /// The target's config: deploy restarter; `verify` extra keys (timeout, interval).
+    fn config(&self, verify: &str, extra: &str) {
+        let text = format!(
+            "state_dir: {state}\nlisten: 127.0.0.1:{listen}\ntargets:\n  ps:\n    source: {{ kind: file, path: \"{up}\" }}\n    path: {live}\n    interval: 1s\n    restart: {{ powersync_deploy: {{ url: \"{url}\", token_file: \"{token}\" }}, timeout: 20s }}\n    verify: {verify}\n    validate: {{ require_keys: [bucket_definitions, streams] }}\n{extra}",
+            state = self.env.state.display(),
+            listen = self.env.listen,
+            up = self.up.display(),
+            live = self.env.live.display(),
+            url = self.ps.url(),
+            token = self.ps.token_file().display(),
+        );
+        std::fs::write(&self.env.config, text).unwrap();
+    }
+
+    fn default_config(&self) {
+        self.config("{ none: true, timeout: 60s, interval: 500ms }", "");
+    }
+
+    fn once(&self) -> Out {
+        let t = Instant::now();
+        let o = self.env.once();
+        eprintln!(
+            "rulekeeper once: exit {} after {:?}: {}",
+            o.code,
+            t.elapsed(),
+            o.stdout.trim()
+        );
+        o
+    }
+
+    fn diagnostics(&self) -> serde_json::Value {
+        self.ps.diagnostics()["data"].clone()
+    }
+
+    fn active_content(&self) -> Option<String> {
+        self.diagnostics()["active_sync_rules"]["content"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    fn slot(&self) -> Option<String> {
+        self.diagnostics()["active_sync_rules"]["connections"][0]["slot_name"]
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+#[test]
+fn fresh_powersync_gets_the_live_file_deployed_without_a_restart() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    assert_eq!(w.active_content(), None, "a fresh PowerSync has no rules");
+    let pid = w.ps.pid();
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert_eq!(w.env.live(), V1);
+    assert_eq!(w.active_content().as_deref(), Some(V1));
+    assert_eq!(w.ps.pid(), pid, "PowerSync was not restarted");
+    assert!(fatal_errors(&w.diagnostics()["active_sync_rules"]).is_empty());
+    assert_eq!(w.env.state_json()["applied"]["sha256"], sha256(V1));
+    // In sync: the next cycle deploys nothing (a deploy would be a new version and slot).
+    let slot = w.slot();
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("unchanged"), "{}", o.all());
+    assert_eq!(w.slot(), slot, "no new version for content PowerSync runs");
+}
+
+#[test]
+fn good_change_is_active_with_the_same_process() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    assert_eq!(w.once().code, 0);
+    let pid = w.ps.pid();
+    assert!(pid.is_some());
+    std::fs::write(&w.up, V2).unwrap();
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert_eq!(w.ps.pid(), pid, "the same process serves the new rules");
+    assert_eq!(w.active_content().as_deref(), Some(V2));
+    assert!(w.diagnostics()["deploying_sync_rules"].is_null());
+    assert_eq!(
+        std::fs::read_to_string(w.env.live.with_file_name("sync-rules.yaml.prev")).unwrap(),
+        V1,
+        "the live file is still the record: .prev is last-good"
+    );
+}
+
+#[test]
+fn refused_revision_changes_nothing() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    assert_eq!(w.once().code, 0);
+    let slot = w.slot();
+    std::fs::write(&w.up, UNPARSABLE).unwrap();
+    let o = w.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rejected"), "{}", o.all());
+    // PowerSync's own words reach the reason.
+    let reason = w.env.state_json()["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("Function 'nosuchfunc' is not defined"),
+        "{reason}"
+    );
+    assert_eq!(w.env.live(), V1, "the file is put back");
+    let d = w.diagnostics();
+    assert!(d["deploying_sync_rules"].is_null(), "{d}");
+    assert_eq!(w.active_content().as_deref(), Some(V1));
+    assert_eq!(w.slot(), slot, "no new version: nothing changed");
+    // Quarantined: the next poll leaves it alone.
+    let o = w.once();
+    assert!(o.stdout.contains("quarantined"), "{}", o.all());
+    assert_eq!(w.slot(), slot);
+}
+
+#[test]
+fn revision_failing_once_deployed_is_rolled_back_to_last_good() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    assert_eq!(w.once().code, 0);
+    std::fs::write(&w.up, NO_PK).unwrap();
+    let o = w.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    assert_eq!(w.env.live(), V1);
+    let st = w.env.state_json();
+    assert_eq!(st["quarantine"]["sha256"], sha256(NO_PK), "{st}");
+    // Last-good is active again: what clients sync.
+    w.ps.wait_active(V1);
+    assert!(fatal_errors(&w.diagnostics()["active_sync_rules"]).is_empty());
+}
+
+#[test]
+fn drift_is_converged_back_to_the_live_file() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    assert_eq!(w.once().code, 0);
+    // Someone deploys by hand (the `powersync` CLI, a dashboard).
+    let (code, answer) = w.ps.deploy(V2);
+    assert_eq!(code, 200, "{answer}");
+    w.ps.wait_active(V2);
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert!(o.all().contains("PowerSync ran other rules"), "{}", o.all());
+    w.ps.wait_active(V1);
+    assert_eq!(w.env.live(), V1);
+    let m = w.env.rk(&["status", "--json"]);
+    assert_eq!(m.code, 0, "{}", m.all());
+}
+
+/// A table large enough that initial replication takes tens of seconds: verification passes
+/// with the version deploying, `status` and the metric follow it, and it is never rolled back
+/// for being slow.
+#[test]
+fn slow_initial_replication_is_followed_until_active_not_rolled_back() {
+    let Some(w) = World::new(V1) else { return };
+    let (ok, out) = w.ps.cluster.psql(
+        &w.ps.db.app,
+        "create table big(id text primary key, payload text); \
+         insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
+    );
+    assert!(ok, "{out}");
+    w.config("{ none: true, timeout: 3s, interval: 500ms }", "");
+    assert_eq!(w.once().code, 0);
+    let big = "# big\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM big\n";
+    std::fs::write(&w.up, big).unwrap();
+    let t = Instant::now();
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert!(o.all().contains("deploying"), "{}", o.all());
+    let st = w.env.state_json();
+    assert_eq!(st["deploying"]["sha256"], sha256(big), "{st}");
+    let s = w.env.rk(&["status"]);
+    assert!(s.stdout.contains("PowerSync is deploying"), "{}", s.all());
+    // Old rules serve meanwhile.
+    assert_eq!(w.active_content().as_deref(), Some(V1));
+    let mut cycles = 0;
+    wait_until(
+        600,
+        "the big version active, followed by rulekeeper",
+        || {
+            let o = w.env.once();
+            cycles += 1;
+            assert_eq!(o.code, 0, "{}", o.all());
+            assert!(!o.stdout.contains("rolled_back"), "{}", o.all());
+            w.env.state_json()["deploying"].is_null()
+        },
+    );
+    eprintln!(
+        "MEASURED: 200k-row table deployed -> active after {:.1} s ({cycles} follow cycles)",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(w.active_content().as_deref(), Some(big));
+    assert_eq!(w.env.live(), big);
+}
+
+#[test]
+fn webhook_triggers_a_deploy_through_the_daemon() {
+    let Some(w) = World::new(V1) else { return };
+    let secret = w.env.dir.path().join("hook-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    w.config(
+        "{ none: true, timeout: 60s, interval: 500ms }",
+        &format!("    webhook: {{ secret_file: \"{}\" }}\n", secret.display()),
+    );
+    // A long interval: only the webhook can make the second change happen soon.
+    let text = std::fs::read_to_string(&w.env.config)
+        .unwrap()
+        .replace("interval: 1s", "interval: 1h");
+    std::fs::write(&w.env.config, text).unwrap();
+    let d = w.env.daemon(None);
+    d.wait_ready();
+    wait_until(60, "v1 active after the daemon's first cycle", || {
+        w.active_content().as_deref() == Some(V1)
+    });
+    let pid = w.ps.pid();
+    std::fs::write(&w.up, V2).unwrap();
+    let body =
+        b"{\"ref\":\"refs/heads/main\",\"after\":\"0123456789abcdef0123456789abcdef01234567\"}";
+    let mut m = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    m.update(body);
+    let sig = format!("sha256={}", hex::encode(m.finalize().into_bytes()));
+    let (code, answer) = http(
+        d.port,
+        "POST",
+        "/hooks/ps",
+        &[
+            ("X-Hub-Signature-256", sig.as_str()),
+            ("X-GitHub-Event", "push"),
+            ("Content-Type", "application/json"),
+        ],
+        body,
+    );
+    assert!((200..300).contains(&code), "{code} {answer}");
+    wait_until(60, "v2 active after the webhook", || {
+        w.active_content().as_deref() == Some(V2)
+    });
+    assert_eq!(w.ps.pid(), pid, "no restart");
+    assert_eq!(w.env.live(), V2);
+    let code = d.terminate();
+    assert_eq!(code, 0);
+}
