@@ -57,13 +57,13 @@ pub async fn verify(
     match cfg.kind() {
         VerifyKind::None => {}
         VerifyKind::Http(url) => {
-            window(cfg, watch.as_ref(), || {
+            window(cfg, watch.as_ref(), Some(RETRY), || {
                 probe_http(url.clone(), cfg.interval)
             })
             .await?
         }
         VerifyKind::Command(argv) => {
-            window(cfg, watch.as_ref(), || {
+            window(cfg, watch.as_ref(), None, || {
                 probe_command(argv.clone(), cfg.timeout)
             })
             .await?
@@ -205,11 +205,19 @@ impl UnitWatch<'_> {
     }
 }
 
-/// Polls `probe` every `interval` until `successes` in a row, or fails at `timeout`; fails at
-/// once when the watched unit goes down or is restarted.
+/// How soon an HTTP probe that failed is repeated (when `interval` is longer). PowerSync on
+/// rules it cannot run answers its probes for about one second and then exits: probed only
+/// every `interval`, that second can fall between two probes, and the death would only be
+/// seen at `timeout`. Good answers stay `interval` apart, so the window means what it says.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// Polls `probe` every `interval` (after a failure every `retry`, if shorter) until
+/// `successes` in a row, or fails at `timeout`; fails at once when the watched unit goes down
+/// or is restarted, or when a probe finds nothing listening after a good answer.
 async fn window<F, Fut>(
     cfg: &Verify,
     watch: Option<&UnitWatch<'_>>,
+    retry: Option<Duration>,
     mut probe: F,
 ) -> Result<(), VerifyError>
 where
@@ -251,7 +259,11 @@ where
             }
             Err(_) => {}
         }
-        let next = started + cfg.interval;
+        let wait = match retry {
+            Some(r) if streak == 0 => r.min(cfg.interval),
+            _ => cfg.interval,
+        };
+        let next = started + wait;
         if next >= deadline {
             return Err(VerifyError::Timeout {
                 timeout: cfg.timeout,
