@@ -15,7 +15,8 @@ use std::time::Instant;
 use crate::realps::{fatal_errors, PowerSync, Rules};
 use crate::util::{bin, repo_root, Env, Out};
 
-pub const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
+pub const V1: &str =
+    "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
 pub const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM todos\n";
 /// Valid YAML, but the service exits on it: `Function 'nosuchfunc' is not defined`.
 pub const FATAL: &str = "# fatal\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
@@ -135,7 +136,10 @@ fn good_change_applied_with_one_restart_and_active() {
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(o.stdout.contains("applied"), "{}", o.all());
     assert_eq!(w.ps.restarts(), 1, "exactly one restart");
-    assert!(w.ps.pid().is_some() && w.ps.pid() != before, "a new process");
+    assert!(
+        w.ps.pid().is_some() && w.ps.pid() != before,
+        "a new process"
+    );
     assert_eq!(w.env.live(), V2);
     let t = Instant::now();
     w.ps.wait_active(&w.env.live());
@@ -150,7 +154,9 @@ fn validator() -> Option<PathBuf> {
     if dir.join("node_modules").is_dir() {
         return Some(dir.join("validate"));
     }
-    crate::realps::skip("contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)")
+    crate::realps::skip(
+        "contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)",
+    )
 }
 
 #[test]
@@ -264,4 +270,168 @@ fn unknown_table_is_a_warning_allowed_or_rejected() {
     eprintln!("diagnostics of the active rules: {active}");
     assert!(fatal_errors(&active).is_empty(), "{active}");
     assert!(active.to_string().contains("nosuchtable"), "{active}");
+}
+
+/// The slot names PowerSync's log says it created, in order.
+fn created_slots(log: &str) -> Vec<String> {
+    log.lines()
+        .filter_map(|l| l.split("Created replication slot ").nth(1))
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// docs/powersync.md "When a rollback is expensive", on the file path: valid new rules still
+/// deploying (their initial snapshot held up by a lock), then restored to last-good. The file
+/// PowerSync reads at start is compared with the deploying version only, so last-good comes
+/// back as a new version: a new replication slot and a full initial replication.
+#[test]
+fn rollback_of_deploying_valid_rules_costs_a_new_version() {
+    let Some(w) = World::new(V1) else { return };
+    let first = w.slot();
+    // Hold up the initial snapshot of `todos` (V2 reads it): its lock is taken first.
+    let cluster = w.ps.cluster;
+    let mut locker = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+        ])
+        .args(["-U", "postgres", "-d", &w.ps.db.app, "-c"])
+        .arg("begin; lock table todos in access exclusive mode; select pg_sleep(300);")
+        .env("PGPASSWORD", "pw")
+        .env("PGAPPNAME", "rk-locker")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    crate::util::wait_until(10, "the lock on todos", || {
+        cluster
+            .psql(
+                &w.ps.db.app,
+                "select 1 from pg_locks l join pg_class c on c.oid = l.relation \
+                 where c.relname = 'todos' and l.mode = 'AccessExclusiveLock' and l.granted",
+            )
+            .1
+            .trim()
+            == "1"
+    });
+
+    std::fs::write(&w.up, V2).unwrap();
+    let cfg = w.config("rk", BUILTIN, &w.verify());
+    let o = w.rk(&cfg, &["once"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    // (The admin API can hang on the lock too: read PowerSync's storage instead.)
+    let v = w.ps.versions();
+    eprintln!("versions while v2 deploys: {v:?}");
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert_eq!(
+        (v[0].state.as_str(), v[1].state.as_str()),
+        ("ACTIVE", "PROCESSING"),
+        "{v:?}"
+    );
+    assert!(!v[1].snapshot_done, "{v:?}");
+
+    let o = w.rk(&cfg, &["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    assert_eq!(w.env.live(), V1);
+    // Release the lock: end the locking backend (killing psql alone leaves it sleeping).
+    let (ok, out) = cluster.psql(
+        "postgres",
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'rk-locker'",
+    );
+    assert!(ok, "{out}");
+    let _ = locker.wait();
+    let t = Instant::now();
+    crate::util::wait_until(60, "a third version, active", || {
+        let v = w.ps.versions();
+        v.len() == 3 && v[2].state == "ACTIVE"
+    });
+    eprintln!(
+        "last-good active again {:?} after the lock went",
+        t.elapsed()
+    );
+    w.ps.wait_active(V1);
+    let v = w.ps.versions();
+    eprintln!("versions after the rollback: {v:?}");
+    assert_eq!(v.len(), 3, "a third version: {v:?}");
+    assert_eq!(v[2].state, "ACTIVE", "{v:?}");
+    assert!(v[2].snapshot_done, "{v:?}");
+    assert_ne!(
+        v[2].slot, first,
+        "last-good is not the version it had before"
+    );
+    assert_eq!(
+        w.slot(),
+        v[2].slot,
+        "last-good is active on the third version's slot"
+    );
+    let slots = created_slots(&w.ps.log());
+    assert!(
+        slots.contains(&v[2].slot),
+        "a fresh slot, replicated from scratch: {slots:?}"
+    );
+    let back = v[2].slot.clone();
+
+    // Restarting on the same file is free: nothing deploying, the active content matches.
+    std::process::Command::new(crate::realps::psctl())
+        .arg("restart")
+        .arg(&w.ps.dir)
+        .status()
+        .unwrap();
+    w.ps.wait_live();
+    w.ps.wait_active(V1);
+    assert_eq!(w.slot(), back);
+    assert_eq!(w.ps.versions().len(), 3, "no fourth version");
+}
+
+/// The deploy API path (no `sync_config:` block): every deploy is a new version on a new slot,
+/// redeploying identical content included, and each replicates from scratch.
+#[test]
+fn every_deploy_through_the_api_is_a_new_version() {
+    let Some(ps) = PowerSync::new(Rules::Api) else {
+        return;
+    };
+    ps.start();
+    let mut slots = Vec::new();
+    for (i, rules) in [V1, V2, V1, V1].iter().enumerate() {
+        let t = Instant::now();
+        let (code, answer) = ps.deploy(rules);
+        assert_eq!(code, 200, "deploy {i}: {answer}");
+        ps.wait_active(rules);
+        let active = ps.active();
+        eprintln!(
+            "deploy {i}: active after {:?} on {}, answer {answer}",
+            t.elapsed(),
+            active["connections"][0]["slot_name"]
+        );
+        assert_eq!(active["connections"][0]["initial_replication_done"], true);
+        slots.push(
+            active["connections"][0]["slot_name"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert!(ps.live_ok(), "liveness stays 200 through a deploy");
+    }
+    let mut distinct = slots.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "four deploys, four slots: {slots:?}");
+    assert_eq!(created_slots(&ps.log()), slots, "each created its slot");
+    assert_eq!(
+        ps.current()["data"]["current"]["content"].as_str(),
+        Some(V1)
+    );
+    // A parse error changes nothing.
+    let (code, answer) = ps.deploy("bucket_definitions: [");
+    assert_eq!(code, 422, "{answer}");
+    assert_eq!(
+        ps.active()["connections"][0]["slot_name"].as_str(),
+        slots.last().map(String::as_str)
+    );
 }

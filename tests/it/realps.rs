@@ -302,7 +302,14 @@ rm -rf "$root"
     pub fn psql(&self, db: &str, sql: &str) -> (bool, String) {
         let out = Command::new(self.bindir.join("psql"))
             .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"])
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
             .args(["-d", db, "-c", sql])
             .env("PGPASSWORD", PASSWORD)
             .env("PGCONNECT_TIMEOUT", "5")
@@ -350,6 +357,15 @@ rm -rf "$root"
         assert!(ok, "{out}");
         out.lines().map(str::to_string).collect()
     }
+}
+
+/// One version of the sync rules in PowerSync's storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub id: u32,
+    pub state: String,
+    pub slot: String,
+    pub snapshot_done: bool,
 }
 
 /// Where PowerSync reads its rules from.
@@ -602,9 +618,33 @@ system:
         wait_until(60, "rules active in PowerSync's diagnostics", || {
             let d = self.diagnostics();
             d["data"]["deploying_sync_rules"].is_null()
-                && d["data"]["active_sync_rules"]["content"].as_str().map(str::trim)
+                && d["data"]["active_sync_rules"]["content"]
+                    .as_str()
+                    .map(str::trim)
                     == Some(content.trim())
         });
+    }
+
+    /// The versions of the sync rules in PowerSync's bucket storage (`psstore_N.sync_rules`),
+    /// oldest first: id, state (ACTIVE, PROCESSING, STOP, TERMINATED), slot and whether the
+    /// initial snapshot is done. Read from Postgres: no PowerSync request can hang on it.
+    pub fn versions(&self) -> Vec<Version> {
+        let (ok, out) = self.cluster.psql(
+            &self.db.store,
+            "select id, state, coalesce(slot_name, ''), snapshot_done from powersync.sync_rules order by id",
+        );
+        assert!(ok, "{out}");
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                Some(Version {
+                    id: f.first()?.parse().ok()?,
+                    state: f.get(1)?.to_string(),
+                    slot: f.get(2)?.to_string(),
+                    snapshot_done: *f.get(3)? == "t",
+                })
+            })
+            .collect()
     }
 
     pub fn log_tail(&self) -> String {
@@ -628,10 +668,19 @@ pub fn fatal_errors(entry: &serde_json::Value) -> Vec<String> {
 impl Drop for PowerSync {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // The cluster's dir goes when the test process exits: keep the whole log.
+            let keep = std::env::temp_dir().join(format!(
+                "rk-powersync-{}-{}.log",
+                std::process::id(),
+                self.db.n
+            ));
+            let _ = std::fs::copy(self.dir.join("powersync.log"), &keep);
             eprintln!(
-                "---- PowerSync {} log (last 40 lines) ----\n{}",
+                "---- PowerSync {} log (last 40 lines; all of it in {}) ----\n{}\n---- versions: {:?}",
                 self.dir.display(),
-                self.log_tail()
+                keep.display(),
+                self.log_tail(),
+                self.versions()
             );
         }
         let _ = Command::new(psctl())
