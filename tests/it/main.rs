@@ -33,6 +33,7 @@ mod webhook;
 // PowerSync.
 mod powersync_api;
 mod powersync_offline;
+mod powersync_parity;
 mod powersync_real;
 
 // Shipped files: alerts, dashboard, fleets, Nix.
