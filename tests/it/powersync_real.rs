@@ -147,6 +147,20 @@ fn good_change_applied_with_one_restart_and_active() {
     let active = w.ps.active();
     assert!(fatal_errors(&active).is_empty(), "{active}");
     assert_eq!(w.state("rk")["applied"]["sha256"], sha256(V2));
+
+    // Rolling back valid rules PowerSync has taken up is no return to the old version: the
+    // restored file differs from the active one, so it is a new version on a new slot.
+    let before = w.ps.versions();
+    assert_eq!(before.len(), 2, "{before:?}");
+    let o = w.rk(&cfg, &["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    w.ps.wait_active(V1);
+    let after = w.ps.versions();
+    eprintln!("versions after rolling back active rules: {after:?}");
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert_eq!(after[2].state, "ACTIVE");
+    assert_ne!(after[2].slot, before[0].slot);
+    assert!(created_slots(&w.ps.log()).contains(&after[2].slot));
 }
 
 fn validator() -> Option<PathBuf> {
