@@ -8,7 +8,8 @@
 //!   `util::require_tool` skips loudly when a tool is missing and fails under
 //!   `RULEKEEPER_REQUIRE_TOOLS=1`.
 //! - peers: `forge.rs` (a fake forge and a fake PowerSync admin API), `lab.rs` (a real
-//!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager).
+//!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager), `realps.rs` (the real
+//!   PowerSync Service on a private Postgres; `tests/support/psctl` restarts it).
 //! - one file per feature; `cargo test --test it <file>::` runs one of them.
 
 // Harness and peers.
@@ -30,10 +31,12 @@ mod hostile;
 mod systemd;
 mod webhook;
 
-// PowerSync.
+// PowerSync: the real service first (realps.rs); the fake admin API only for what the real
+// service cannot be made to answer.
 mod powersync_api;
 mod powersync_deploy;
 mod powersync_offline;
+mod powersync_parity;
 mod powersync_real;
 
 // Shipped files: alerts, dashboard, fleets, Nix.

@@ -30,7 +30,7 @@ use crate::util::{free_port, repo_root, require_tool, wait_until};
 /// PowerSync's admin API token (`api.tokens`).
 pub const TOKEN: &str = "admintoken";
 /// The Postgres password of `postgres`.
-const PASSWORD: &str = "pw";
+pub const PASSWORD: &str = "pw";
 
 /// The schema of every test's source database (`app_N`). The parity corpus
 /// (`tests/corpus/sync-rules`) is written against it: `no_pk` has no primary key.
@@ -127,7 +127,7 @@ pub fn build() -> Option<Build> {
 }
 
 /// The directory with Postgres' server binaries (Debian: /usr/lib/postgresql/N/bin).
-fn pg_bindir() -> Option<PathBuf> {
+pub fn pg_bindir() -> Option<PathBuf> {
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .into_iter()
         .flatten()
@@ -359,6 +359,15 @@ rm -rf "$root"
     }
 }
 
+/// One version of the sync rules in PowerSync's storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    pub id: u32,
+    pub state: String,
+    pub slot: String,
+    pub snapshot_done: bool,
+}
+
 /// Where PowerSync reads its rules from.
 pub enum Rules {
     /// `sync_config: {path}`: read once at start.
@@ -390,42 +399,7 @@ impl PowerSync {
         let dir = cluster.root.join(format!("ps-{}", db.n));
         std::fs::create_dir_all(&dir).expect("mkdir powersync dir");
         let port = free_port();
-        let sync = match rules {
-            Rules::File(p) => format!("sync_config:\n  path: {}\n", p.display()),
-            Rules::Api => String::new(),
-        };
-        let pg = |db: &str| {
-            format!(
-                "postgres://postgres:{PASSWORD}@127.0.0.1:{}/{db}",
-                cluster.port
-            )
-        };
-        let config = format!(
-            "replication:
-  connections:
-    - type: postgresql
-      uri: {}
-      sslmode: disable
-storage:
-  type: postgresql
-  uri: {}
-  sslmode: disable
-port: {port}
-{sync}client_auth:
-  jwks:
-    keys:
-      - {{ kty: oct, alg: HS256, kid: k1, k: c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0 }}
-  audience: ['powersync']
-api:
-  tokens: [{TOKEN}]
-telemetry:
-  disable_telemetry_sharing: true
-system:
-  logging: {{ level: info, format: text }}
-",
-            pg(&db.app),
-            pg(&db.store)
-        );
+        let config = config_yaml(cluster.port, &db, port, &rules);
         std::fs::write(dir.join("powersync.yaml"), config).expect("write powersync.yaml");
         std::fs::write(
             dir.join("env"),
@@ -511,33 +485,14 @@ system:
         std::fs::read_to_string(self.dir.join("powersync.log")).unwrap_or_default()
     }
 
-    /// One HTTP/1.0 request (no chunked answers); None when the connection fails.
+    /// One HTTP/1.0 request to this service; None when the connection fails.
     pub fn http(
         &self,
         method: &str,
         path: &str,
         body: Option<(&str, &str)>,
     ) -> Option<(u16, String)> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
-        let mut req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-        );
-        if let Some((ctype, b)) = body {
-            req.push_str(&format!(
-                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            ));
-        } else {
-            req.push_str("\r\n");
-        }
-        s.write_all(req.as_bytes()).ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, body.to_string()))
+        request(self.port, method, path, body)
     }
 
     fn json(&self, method: &str, path: &str, body: Option<(&str, &str)>) -> serde_json::Value {
@@ -616,11 +571,99 @@ system:
         });
     }
 
+    /// The versions of the sync rules in PowerSync's bucket storage (`psstore_N.sync_rules`),
+    /// oldest first: id, state (ACTIVE, PROCESSING, STOP, TERMINATED), slot and whether the
+    /// initial snapshot is done. Read from Postgres: no PowerSync request can hang on it.
+    pub fn versions(&self) -> Vec<Version> {
+        let (ok, out) = self.cluster.psql(
+            &self.db.store,
+            "select id, state, coalesce(slot_name, ''), snapshot_done from powersync.sync_rules order by id",
+        );
+        assert!(ok, "{out}");
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('|').collect();
+                Some(Version {
+                    id: f.first()?.parse().ok()?,
+                    state: f.get(1)?.to_string(),
+                    slot: f.get(2)?.to_string(),
+                    snapshot_done: *f.get(3)? == "t",
+                })
+            })
+            .collect()
+    }
+
     pub fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
+}
+
+/// A `powersync.yaml` (as in ../shared/powersync/README.md) for a Postgres on
+/// 127.0.0.1:`pg_port` with databases `db`, serving on `port`.
+pub fn config_yaml(pg_port: u16, db: &Db, port: u16, rules: &Rules) -> String {
+    let sync = match rules {
+        Rules::File(p) => format!("sync_config:\n  path: {}\n", p.display()),
+        Rules::Api => String::new(),
+    };
+    let pg = |db: &str| format!("postgres://postgres:{PASSWORD}@127.0.0.1:{pg_port}/{db}");
+    format!(
+        "replication:
+  connections:
+    - type: postgresql
+      uri: {}
+      sslmode: disable
+storage:
+  type: postgresql
+  uri: {}
+  sslmode: disable
+port: {port}
+{sync}client_auth:
+  jwks:
+    keys:
+      - {{ kty: oct, alg: HS256, kid: k1, k: c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0 }}
+  audience: ['powersync']
+api:
+  tokens: [{TOKEN}]
+telemetry:
+  disable_telemetry_sharing: true
+system:
+  logging: {{ level: info, format: text }}
+",
+        pg(&db.app),
+        pg(&db.store)
+    )
+}
+
+/// One HTTP/1.0 request (so no chunked answers) with the admin token to a PowerSync on
+/// 127.0.0.1:`port` (in whatever network namespace the calling thread is); None when the
+/// connection fails.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
+    let mut req =
+        format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n");
+    if let Some((ctype, b)) = body {
+        req.push_str(&format!(
+            "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Fatal errors of a diagnostics or validate entry (`errors: [{level, message}]`).
@@ -637,10 +680,19 @@ pub fn fatal_errors(entry: &serde_json::Value) -> Vec<String> {
 impl Drop for PowerSync {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // The cluster's dir goes when the test process exits: keep the whole log.
+            let keep = std::env::temp_dir().join(format!(
+                "rk-powersync-{}-{}.log",
+                std::process::id(),
+                self.db.n
+            ));
+            let _ = std::fs::copy(self.dir.join("powersync.log"), &keep);
             eprintln!(
-                "---- PowerSync {} log (last 40 lines) ----\n{}",
+                "---- PowerSync {} log (last 40 lines; all of it in {}) ----\n{}\n---- versions: {:?}",
                 self.dir.display(),
-                self.log_tail()
+                keep.display(),
+                self.log_tail(),
+                self.versions()
             );
         }
         let _ = Command::new(psctl())

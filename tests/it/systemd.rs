@@ -2,8 +2,10 @@
 //! and `docs/podman-powersync.override.conf` as shipped, with a lab drop-in that changes only
 //! paths (binary, config, credential sources), except where a test says otherwise. The
 //! managed unit, `podman-powersync.service`, runs tests/support/fakesvc.py in PowerSync's
-//! place (PowerSync itself cannot run here): it reads its rules once at start and exits 1
-//! 0.3 s after start on rules marked `health: flaky`, as PowerSync does on bad rules.
+//! place (fast, and bad, flaky or broken on demand): it reads its rules once at start and exits
+//! 1 0.3 s after start on rules marked `health: flaky`, as PowerSync does on bad rules. The real
+//! PowerSync as that unit, booting on the fetched file and rolled back through systemd, is
+//! `powersync_real.rs`'s lab scenario.
 
 use std::time::Instant;
 
