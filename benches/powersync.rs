@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
 #[path = "../tests/it/realps.rs"]
 mod realps;
 #[path = "../tests/it/util.rs"]
 mod util;
-mod common;
 
 use realps::{PowerSync, Rules};
 
@@ -171,7 +171,11 @@ async fn run_client(url: String, seen: Arc<Mutex<Seen>>, stop: Arc<AtomicBool>) 
                             collect_buckets(&v, &mut names);
                         }
                     }
-                    let gap = if first { lost.take().map(|l| now - l) } else { None };
+                    let gap = if first {
+                        lost.take().map(|l| now - l)
+                    } else {
+                        None
+                    };
                     first = false;
                     record(&mut |s| {
                         s.lines += 1;
@@ -334,7 +338,11 @@ fn outage() {
         let after = c.snapshot();
         println!(
             "| {name} | bad revision ({}) | {code} | {} | {} | {:.0} ms |",
-            if deploy { "rolled back" } else { "rolled back after the crash" },
+            if deploy {
+                "rolled back"
+            } else {
+                "rolled back after the crash"
+            },
             after.failed - before.failed,
             after.connects - before.connects,
             after.gaps[before.gaps.len()..]
@@ -370,7 +378,10 @@ fn crash() {
         assert_eq!(code, 1, "a crashing revision is rolled back (exit 1)");
         assert!(t.ps.live_ok(), "healthy on last-good");
         assert_eq!(t.env.live(), first);
-        println!("crash {i}: once took {:.1} s (crash -> healthy on last-good)", took.as_secs_f64());
+        println!(
+            "crash {i}: once took {:.1} s (crash -> healthy on last-good)",
+            took.as_secs_f64()
+        );
         times.push(took.as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

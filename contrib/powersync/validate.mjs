@@ -173,17 +173,12 @@ for (const err of errors) {
     message = `${message} (${schemaErrorDetail(source)})`;
   }
   const [line, col] = lineCol(offset);
-  lines.push({ offset, level, text: `${displayName}:${line}:${col}: ${level}: ${message}` });
+  lines.push({ offset, text: `${displayName}:${line}:${col}: ${level}: ${message}` });
 }
 lines.sort((a, b) => a.offset - b.offset);
 for (const { text } of lines) process.stdout.write(`${text}\n`);
 
 if (fatal > 0 || warnings > 0) {
-  // The summary repeats the first fatal error (else the first warning): a caller that shows only
-  // standard error (rulekeeper's `validate.command` does, when there is any) still says why.
-  const first = lines.find((l) => l.level === 'fatal') ?? lines[0];
-  process.stderr.write(
-    `${displayName}: ${fatal} fatal error(s), ${warnings} warning(s); first: ${first.text.slice(displayName.length + 1)}\n`
-  );
+  process.stderr.write(`${displayName}: ${fatal} fatal error(s), ${warnings} warning(s)\n`);
 }
 process.exit(fatal > 0 ? 1 : 0);

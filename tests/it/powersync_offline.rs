@@ -312,7 +312,7 @@ fn rejection_reason_names_the_live_path_line_and_message() {
     let o = env.once();
     assert_eq!(o.code, 1, "{}", o.all());
     let want = format!(
-        "{}:4:34: fatal: Function 'nosuchfunc' is not defined",
+        "{}:4:35: fatal: Function 'nosuchfunc' is not defined",
         env.live.display()
     );
     assert!(
@@ -333,7 +333,7 @@ fn rejection_reason_names_the_live_path_line_and_message() {
     let v = env.rk(&["validate", "-t", "ps", up.to_str().unwrap()]);
     assert_eq!(v.code, 1, "{}", v.all());
     let want = format!(
-        "{}:4:34: fatal: Function 'nosuchfunc' is not defined",
+        "{}:4:35: fatal: Function 'nosuchfunc' is not defined",
         up.display()
     );
     assert!(v.stdout.contains(&want), "validate: {}", v.all());

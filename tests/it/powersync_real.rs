@@ -193,7 +193,17 @@ fn fatal_rules_rejected_offline_and_by_the_api_without_restart() {
     let o = w.rk(&cfg, &["once"]);
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stdout.contains("rejected"), "{}", o.all());
-    assert!(o.all().contains("nosuchfunc"), "{}", o.all());
+    // PowerSync's own words, with line and column, naming the live path (never the temp file).
+    let want = format!(
+        "{}:5:35: fatal: Function 'nosuchfunc' is not defined",
+        w.env.live.display()
+    );
+    let reason = w.state("offline")["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains(&want), "{reason}");
+    assert!(!o.all().contains(".rk-"), "{}", o.all());
     assert_eq!(w.state("offline")["quarantine"]["sha256"], sha256(FATAL));
 
     // The service's own validate API (required: a skipped check would not prove anything).
@@ -208,7 +218,18 @@ fn fatal_rules_rejected_offline_and_by_the_api_without_restart() {
     let o = w.rk(&cfg, &["once"]);
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stdout.contains("rejected"), "{}", o.all());
-    assert!(o.all().contains("nosuchfunc"), "{}", o.all());
+    let reason = w.state("api")["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        // The service gives this error no location: the live path, then its message.
+        reason.contains(&format!(
+            "{}: fatal: Function 'nosuchfunc' is not defined",
+            w.env.live.display()
+        )),
+        "{reason}"
+    );
     assert_eq!(w.state("api")["quarantine"]["sha256"], sha256(FATAL));
 
     assert_eq!(w.ps.restarts(), 0, "never restarted");
@@ -227,6 +248,13 @@ fn crashing_revision_rolled_back_and_last_good_served() {
     let o = w.rk(&cfg, &["once"]);
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    // Seen answering, then seen dead: verification failed at that probe, not at the timeout.
+    let reason = w.state("rk")["quarantine"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(reason.contains("the service died"), "{reason}");
+    assert!(!reason.contains("not healthy within"), "{reason}");
     assert_eq!(w.ps.restarts(), 2, "the apply and the rollback");
     assert!(
         w.ps.log().contains("nosuchfunc"),
