@@ -19,6 +19,9 @@ pub enum Exit {
     NoUsableFile,
     /// A rollback left the service unhealthy on last-good (the emergency case).
     RollbackFailed,
+    /// The cycle failed on I/O (installing the file, saving state): the host needs an
+    /// operator (disk full, read-only, permissions); the live file is usable.
+    Io,
 }
 
 impl Exit {
@@ -29,13 +32,26 @@ impl Exit {
             Exit::Usage => 2,
             Exit::NoUsableFile => 3,
             Exit::RollbackFailed => 4,
+            Exit::Io => 5,
         }
     }
 
-    /// Of two targets' codes, the more serious (`once` over several targets). The codes are
-    /// numbered by seriousness: 4 > 3 > 2 > 1 > 0.
+    /// How serious: the emergency first, then a host that cannot store what it does, then
+    /// no usable file; codes 0-4 were numbered this way before 5 was added.
+    fn seriousness(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::NoUsableFile => 3,
+            Exit::Io => 4,
+            Exit::RollbackFailed => 5,
+        }
+    }
+
+    /// Of two targets' codes, the more serious (`once` over several targets).
     pub fn worse(self, other: Exit) -> Exit {
-        if other.code() > self.code() {
+        if other.seriousness() > self.seriousness() {
             other
         } else {
             self
@@ -47,6 +63,7 @@ impl Exit {
         match rep.outcome {
             Outcome::RollbackFailed => Exit::RollbackFailed,
             _ if !rep.usable => Exit::NoUsableFile,
+            Outcome::Failed => Exit::Io,
             // A manual rollback that left the service healthy did what was asked.
             Outcome::RolledBack if rep.asked == Asked::Rollback => Exit::Ok,
             Outcome::Rejected
@@ -80,6 +97,9 @@ mod tests {
         assert_eq!(RollbackFailed.worse(NoUsableFile), RollbackFailed);
         assert_eq!(Usage.worse(Failed), Usage);
         assert_eq!(Failed.worse(Usage), Usage);
+        assert_eq!(Io.worse(RollbackFailed), RollbackFailed);
+        assert_eq!(NoUsableFile.worse(Io), Io);
+        assert_eq!(Io.code(), 5);
     }
 
     #[test]

@@ -111,21 +111,46 @@ pub fn install(
     prev: Option<&[u8]>,
     mode: u32,
 ) -> Result<(), InstallError> {
+    let p = prev_path(live);
+    // Last-good must survive any single failure: if the live rename fails after `.prev` was
+    // replaced (an immutable or bind-mounted live file, EPERM/EBUSY), the `.prev` it replaced
+    // goes back, or the one good version before it would be gone.
+    let mut replaced: Option<Option<Vec<u8>>> = None;
     if let Some(old) = prev {
-        let p = prev_path(live);
+        let before = read(&p).ok().flatten();
         let staged = stage(live, old, mode)?;
         staged
             .tmp
             .persist(&p)
             .map_err(|e| ierr("cannot rename into place", &p)(e.error))?;
+        replaced = Some(before);
     }
-    candidate
-        .tmp
-        .persist(live)
-        .map_err(|e| ierr("cannot rename into place", live)(e.error))?;
+    if let Err(e) = candidate.tmp.persist(live) {
+        if let Some(before) = replaced {
+            restore_prev(live, &p, before.as_deref(), mode);
+        }
+        return Err(ierr("cannot rename into place", live)(e.error));
+    }
     let dir = dir_of(live);
     fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
     Ok(())
+}
+
+/// Puts back the `.prev` an install replaced before its live rename failed (none: removes
+/// the new one). Best effort: this runs after a failure, and its own failure is logged.
+fn restore_prev(live: &Path, p: &Path, before: Option<&[u8]>, mode: u32) {
+    let undone = match before {
+        Some(bytes) => stage(live, bytes, mode).and_then(|c| {
+            c.tmp
+                .persist(p)
+                .map(|_| ())
+                .map_err(|e| ierr("cannot rename into place", p)(e.error))
+        }),
+        None => std::fs::remove_file(p).map_err(ierr("cannot remove", p)),
+    };
+    if let Err(e) = undone {
+        tracing::error!(path = %p.display(), error = %e, "cannot put the previous .prev back");
+    }
 }
 
 /// Removes temp files a crashed run left next to the live file. They are never the live
@@ -148,6 +173,32 @@ pub fn remove_stale_temps(live: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A live rename that fails (here: the live path is a directory, EISDIR; on hosts, an
+    /// immutable or bind-mounted file) leaves the `.prev` that was there: last-good survives.
+    #[test]
+    fn failed_live_rename_puts_prev_back() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("rules.yaml");
+        std::fs::create_dir(&live).unwrap();
+        std::fs::write(live.join("x"), b"x").unwrap();
+        std::fs::write(prev_path(&live), b"v1").unwrap();
+        let c = stage(&live, b"v3", 0o644).unwrap();
+        let e = install(c, &live, Some(b"v2"), 0o644).unwrap_err();
+        assert!(e.to_string().contains("cannot rename into place"), "{e}");
+        assert_eq!(std::fs::read(prev_path(&live)).unwrap(), b"v1");
+        // no temp file left
+        let names: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // with no .prev before, none after
+        std::fs::remove_file(prev_path(&live)).unwrap();
+        let c = stage(&live, b"v3", 0o644).unwrap();
+        assert!(install(c, &live, Some(b"v2"), 0o644).is_err());
+        assert!(!prev_path(&live).exists());
+    }
 
     #[test]
     fn install_keeps_prev_and_mode() {

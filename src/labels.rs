@@ -56,6 +56,9 @@ label_set! {
         Gated => "gated",
         /// The target's state file cannot be read or parsed; the target is left alone.
         StateError => "state_error",
+        /// The cycle failed on I/O (installing the file, saving state) or on rulekeeper's own
+        /// error; the reason names the stage.
+        Failed => "failed",
     }
 }
 

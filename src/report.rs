@@ -39,6 +39,9 @@ pub struct Report {
     /// How many times the managed service was restarted.
     pub restarts: u32,
     pub drift_corrected: bool,
+    /// The state file could not be saved after the cycle (the error): `/status` shows it,
+    /// since what is on disk is older.
+    pub unsaved: Option<String>,
     /// Upstream now serves quarantined content.
     pub quarantined: bool,
     pub held: bool,
@@ -61,6 +64,7 @@ impl Report {
             revision: None,
             restarts: 0,
             drift_corrected: false,
+            unsaved: None,
             quarantined: false,
             held: false,
             phases: Vec::new(),

@@ -57,6 +57,9 @@ pub struct Shared {
     ready: AtomicBool,
     epoch: Instant,
     last_cycle: Mutex<String>,
+    /// Targets whose last cycle could not save its state, and why: what `/status` reads from
+    /// disk is older than what happened.
+    unsaved: Mutex<BTreeMap<String, String>>,
 }
 
 impl Shared {
@@ -85,11 +88,26 @@ impl Shared {
             ready: AtomicBool::new(false),
             epoch: Instant::now(),
             last_cycle: Mutex::new(String::new()),
+            unsaved: Mutex::new(BTreeMap::new()),
         }
     }
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Remembers (or forgets) that a target's last cycle could not save its state.
+    pub fn note_unsaved(&self, target: &str, error: Option<String>) {
+        let mut m = crate::mutex::lock(&self.unsaved);
+        match error {
+            Some(e) => m.insert(target.to_string(), e),
+            None => m.remove(target),
+        };
+    }
+
+    /// The state save error of a target's last cycle, if it had one.
+    pub fn unsaved(&self, target: &str) -> Option<String> {
+        crate::mutex::lock(&self.unsaved).get(target).cloned()
     }
 
     pub fn loop_handle(&self, target: &str) -> Option<&LoopHandle> {

@@ -37,6 +37,8 @@ pub struct TargetStatus {
     /// Live content PowerSync is still deploying (initial replication), and since when.
     pub deploying_sha256: Option<String>,
     pub deploying_since: Option<DateTime<Utc>>,
+    /// The daemon's last cycle of this target could not save its state (`/status` only).
+    pub state_unsaved: bool,
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -92,6 +94,7 @@ pub fn of(
         gate_reason: st.gate.as_ref().map(|g| g.reason.clone()),
         deploying_sha256: st.deploying.as_ref().map(|d| d.sha256.clone()),
         deploying_since: st.deploying.as_ref().map(|d| d.since),
+        state_unsaved: false,
     }
 }
 
@@ -125,6 +128,12 @@ pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
     Ok(readable)
 }
 
+/// The live file is not what rulekeeper applied, and no apply is under way (an apply in
+/// progress has swapped the file before it records it).
+fn drifted(s: &TargetStatus) -> bool {
+    s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some() && !(s.pending && s.busy)
+}
+
 /// The human-readable table and the notes below it.
 pub fn table(all: &[TargetStatus]) -> String {
     use std::fmt::Write;
@@ -143,7 +152,7 @@ pub fn table(all: &[TargetStatus]) -> String {
     );
     for s in all {
         let mut sha = cell(&s.live_sha256);
-        if s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some() {
+        if drifted(s) {
             sha.push('*');
         }
         let _ = writeln!(
@@ -191,7 +200,9 @@ pub fn table(all: &[TargetStatus]) -> String {
                 ago(s.deploying_since)
             );
         }
-        if s.pending {
+        if s.pending && s.busy {
+            let _ = writeln!(out, "{}: an apply is in progress", s.target);
+        } else if s.pending {
             let _ = writeln!(
                 out,
                 "{}: an apply was interrupted; the next cycle finishes it",
@@ -199,10 +210,7 @@ pub fn table(all: &[TargetStatus]) -> String {
             );
         }
     }
-    if all
-        .iter()
-        .any(|s| s.live_sha256 != s.applied_sha256 && s.applied_sha256.is_some())
-    {
+    if all.iter().any(drifted) {
         let _ = writeln!(
             out,
             "* the live file differs from what rulekeeper applied (drift; the next cycle converges it)"

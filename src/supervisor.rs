@@ -29,6 +29,7 @@ use crate::state::Store;
 /// Records a finished cycle: metrics, log line, STATUS=.
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
+    shared.note_unsaved(&rep.target, rep.unsaved.clone());
     rep.log();
     shared.note_cycle(
         &rep.target,

@@ -58,6 +58,19 @@ pub enum CycleError {
     Internal(String),
 }
 
+impl CycleError {
+    /// The stage a failure that is an outcome (`failed`) happened in; None for refusals,
+    /// shutdown and boot deferral, which are not outcomes.
+    fn stage(&self) -> Option<&'static str> {
+        match self {
+            CycleError::State(_) => Some("state"),
+            CycleError::Install(_) => Some("install"),
+            CycleError::Internal(_) => Some("internal"),
+            CycleError::Aborted | CycleError::Deferred | CycleError::Refused(_) => None,
+        }
+    }
+}
+
 /// What triggered the cycle.
 #[derive(Debug, Clone)]
 pub enum Trigger {
@@ -141,6 +154,22 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     if rep.live_sha256.is_none() {
         rep.live_sha256 = st.applied.as_ref().map(|a| a.sha256.clone());
     }
+    // An I/O failure (or our own) is a cycle that ran and failed: an outcome, counted and
+    // shown like any other, naming the stage. Refusals, shutdown and boot deferral are not.
+    let res = match res {
+        Err(e) if e.stage().is_some() => {
+            let stage = e.stage().unwrap_or("internal");
+            tracing::error!(target_name = %ctx.target.name, stage, error = %e, "cycle failed");
+            let live = install::read(&ctx.target.path).ok().flatten();
+            rep.outcome = Outcome::Failed;
+            rep.reason = Some(format!("{stage}: {e}"));
+            rep.usable = validate::usable_now(&ctx.target.validate, live.as_deref());
+            rep.success = false;
+            rep.live_sha256 = live.as_deref().map(sha256_hex);
+            Ok(())
+        }
+        other => other,
+    };
     if let Err(e) = &res {
         st.last_error = Some(e.to_string());
     } else {
@@ -154,10 +183,25 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             st.last_success = Some(Utc::now());
         }
     }
-    if st.volatile_eq(&loaded) {
-        ctx.store.save_volatile(&st)?;
+    let saved = if st.volatile_eq(&loaded) {
+        ctx.store.save_volatile(&st)
     } else {
-        ctx.store.save(&st)?;
+        ctx.store.save(&st)
+    };
+    if let Err(e) = saved {
+        if res.is_err() {
+            return Err(e.into());
+        }
+        // The cycle's work stands (a verified swap is not undone for a state file), but it
+        // is not on disk: say so as a failure, so the next cycle's restart is not a surprise.
+        tracing::error!(target_name = %ctx.target.name, error = %e, "cannot save state");
+        rep.unsaved = Some(e.to_string());
+        rep.outcome = Outcome::Failed;
+        rep.success = false;
+        rep.reason = Some(match rep.reason.take() {
+            Some(r) => format!("state: {e} (after: {r})"),
+            None => format!("state: {e}"),
+        });
     }
     rep.state = st;
     res.map(|()| rep)

@@ -113,7 +113,16 @@ async fn route(
             }
         }
         (&Method::GET, "/status") => {
-            let targets = crate::status::collect(&shared.cfg);
+            let mut targets = crate::status::collect(&shared.cfg);
+            // A cycle that could not save its state happened all the same: show it over
+            // the older state on disk.
+            for t in &mut targets {
+                if let Some(e) = shared.unsaved(&t.target) {
+                    t.last_outcome = Some(crate::labels::Outcome::Failed);
+                    t.last_error = Some(format!("state: {e}"));
+                    t.state_unsaved = true;
+                }
+            }
             json(
                 StatusCode::OK,
                 &serde_json::json!({
