@@ -95,12 +95,22 @@ pub fn stage(live: &Path, content: &[u8], mode: u32) -> Result<Candidate, Instal
         .prefix(&temp_prefix(live))
         .tempfile_in(dir)
         .map_err(ierr("cannot create a temp file in", dir))?;
-    tmp.write_all(content)
-        .map_err(ierr("cannot write", tmp.path()))?;
+    // Messages name the live file the candidate is for: the temp file is removed when this
+    // fails, so its name would point at nothing.
+    tmp.write_all(content).map_err(ierr(
+        "cannot write the new content (a temp file, removed) for",
+        live,
+    ))?;
     let f = tmp.as_file();
     f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(ierr("cannot set the mode of", live))?;
-    f.sync_all().map_err(ierr("cannot fsync", live))?;
+        .map_err(ierr(
+            "cannot set the mode of the new content (a temp file, removed) for",
+            live,
+        ))?;
+    f.sync_all().map_err(ierr(
+        "cannot fsync the new content (a temp file, removed) for",
+        live,
+    ))?;
     Ok(Candidate { tmp })
 }
 
@@ -134,6 +144,12 @@ pub fn install(
     let dir = dir_of(live);
     fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
     Ok(())
+}
+
+/// fsyncs the live file's directory: what makes a rename in it durable.
+pub fn sync_live_dir(live: &Path) -> Result<(), InstallError> {
+    let dir = dir_of(live);
+    fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))
 }
 
 /// Puts back the `.prev` an install replaced before its live rename failed (none: removes

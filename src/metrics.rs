@@ -310,7 +310,7 @@ impl Metrics {
                 .observe(d.as_secs_f64());
         }
         // Without a readable state the gauges keep what they last knew.
-        if rep.outcome != Outcome::StateError {
+        if rep.outcome != Outcome::StateError && !rep.state_unknown {
             self.set_gauges(t, &rep.state, rep.live_sha256.as_deref());
         }
     }

@@ -42,6 +42,8 @@ pub struct Report {
     /// The state file could not be saved after the cycle (the error): `/status` shows it,
     /// since what is on disk is older.
     pub unsaved: Option<String>,
+    /// The state could not be read at all (no lock): `state` is not the target's.
+    pub state_unknown: bool,
     /// Upstream now serves quarantined content.
     pub quarantined: bool,
     pub held: bool,
@@ -65,6 +67,7 @@ impl Report {
             restarts: 0,
             drift_corrected: false,
             unsaved: None,
+            state_unknown: false,
             quarantined: false,
             held: false,
             phases: Vec::new(),
@@ -111,7 +114,9 @@ impl Report {
             Outcome::Applied | Outcome::Held | Outcome::Quarantined | Outcome::Gated => {
                 entry!(tracing::Level::INFO)
             }
-            Outcome::RollbackFailed | Outcome::StateError => entry!(tracing::Level::ERROR),
+            Outcome::RollbackFailed | Outcome::StateError | Outcome::Failed => {
+                entry!(tracing::Level::ERROR)
+            }
             _ => entry!(tracing::Level::WARN),
         }
     }

@@ -22,6 +22,12 @@ pub enum StateError {
     },
     #[error("state file {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// The lock file this cycle holds is no longer the one at its path: the state directory
+    /// was removed or replaced under it, and another cycle may be running on a fresh one.
+    #[error(
+        "lock {path} was removed or replaced while this cycle held it (the state directory was removed?); nothing more is saved by this cycle, the next one takes over"
+    )]
+    LockLost { path: PathBuf },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -194,12 +200,17 @@ pub fn parse(bytes: &[u8]) -> Result<TargetState, serde_json::Error> {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// (device, inode) of the lock this store handed out, shared by its clones: every save
+    /// checks the lock file is still the one locked, so a cycle whose state directory was
+    /// removed under it never writes into the next cycle's.
+    locked: std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>,
 }
 
 impl Store {
     pub fn new(state_dir: &Path, target: &str) -> Self {
         Store {
             dir: state_dir.join("targets").join(target),
+            locked: Default::default(),
         }
     }
 
@@ -241,6 +252,7 @@ impl Store {
     }
 
     fn write(&self, st: &TargetState, durable: bool) -> Result<(), StateError> {
+        self.check_lock()?;
         self.ensure_dir()?;
         let path = self.file();
         let json = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
@@ -278,26 +290,59 @@ impl Store {
     /// Takes this target's lock, waiting for another holder (daemon or CLI) to finish.
     pub fn lock(&self) -> Result<LockGuard, StateError> {
         self.ensure_dir()?;
-        lock_file(&self.dir.join("lock"))
+        let g = lock_file(&self.dir.join("lock"))?;
+        *crate::mutex::lock(&self.locked) = Some(g.id);
+        Ok(g)
     }
+
+    /// Err(LockLost) when this store's lock file is no longer at its path.
+    fn check_lock(&self) -> Result<(), StateError> {
+        let Some(id) = *crate::mutex::lock(&self.locked) else {
+            return Ok(());
+        };
+        let path = self.dir.join("lock");
+        match file_id(&path) {
+            Ok(now) if now == id => Ok(()),
+            _ => Err(StateError::LockLost { path }),
+        }
+    }
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 /// Holds an exclusive `flock` until dropped.
 #[derive(Debug)]
 pub struct LockGuard {
     _file: File,
+    id: (u64, u64),
 }
 
-/// Takes an exclusive lock on `path` (created if needed), blocking until it is free.
+/// Takes an exclusive lock on `path` (created if needed), blocking until it is free. A lock
+/// is only a lock while the path still names the locked file: if it was removed or replaced
+/// while we waited (a state directory removed), the lock is taken again on what is there now.
 pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    file.lock().map_err(io_err(path))?;
-    Ok(LockGuard { _file: file })
+    use std::os::unix::fs::MetadataExt;
+    for _ in 0..10 {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.lock().map_err(io_err(path))?;
+        let held = file.metadata().map_err(io_err(path))?;
+        let id = (held.dev(), held.ino());
+        if file_id(path).ok() == Some(id) {
+            return Ok(LockGuard { _file: file, id });
+        }
+    }
+    Err(StateError::LockLost {
+        path: path.to_path_buf(),
+    })
 }
 
 /// The lock that serialises restart + verify of one systemd unit across targets.

@@ -125,9 +125,15 @@ pub struct Ctx<'a> {
 pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> {
     let started = Instant::now();
     let store = ctx.store.clone();
-    let _lock = tokio::task::spawn_blocking(move || store.lock())
+    let locked = tokio::task::spawn_blocking(move || store.lock())
         .await
-        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))??;
+        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))?;
+    let _lock = match locked {
+        Ok(l) => l,
+        // No lock, no state: nothing may run, but the failure is an outcome all the same
+        // (a read-only or vanished state directory), so monitoring sees it.
+        Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
+    };
     if ctx.tidy {
         install::remove_stale_temps(&ctx.target.path);
     }
@@ -205,6 +211,21 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     }
     rep.state = st;
     res.map(|()| rep)
+}
+
+/// The report of a cycle that could not take the target's lock (I/O on the state directory).
+fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Report {
+    tracing::error!(target_name = %ctx.target.name, error = %e, "cannot take the target's lock");
+    let live = install::read(&ctx.target.path).ok().flatten();
+    let mut rep = Report::new(&ctx.target.name, asked);
+    rep.outcome = Outcome::Failed;
+    rep.reason = Some(format!("state: {e}"));
+    rep.unsaved = Some(e.to_string());
+    rep.state_unknown = true;
+    rep.usable = validate::usable_now(&ctx.target.validate, live.as_deref());
+    rep.live_sha256 = live.as_deref().map(sha256_hex);
+    rep.phases.push((Phase::Total, started.elapsed()));
+    rep
 }
 
 /// The state file holds the quarantine and any pending apply: never reset it silently, and

@@ -4,6 +4,7 @@
 
 use super::{CycleError, Runner};
 use crate::digest::sha256_hex;
+use crate::install;
 use crate::labels::Outcome;
 use crate::restart::{self, WasRunning};
 use crate::state::{self, Pending, PendingStage};
@@ -24,6 +25,10 @@ impl Runner<'_, '_> {
                 Ok(false)
             }
             PendingStage::Applying => {
+                // The swap happened, but its directory fsync may have failed (EIO) or never
+                // run: the new name is not durable until it has, so it is redone before the
+                // apply can be called applied.
+                install::sync_live_dir(&t.path)?;
                 let was = was_running(&p);
                 self.defer_at_boot(was).await?;
                 let _unit = self.unit_lock().await?;

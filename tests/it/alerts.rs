@@ -14,7 +14,7 @@ use crate::util;
 
 /// The contract (docs/contract.md, "Alerts", plus RulekeeperStateError for a target whose state
 /// file is broken): exactly these alerts, in both worlds.
-const ALERTS: [&str; 7] = [
+const ALERTS: [&str; 8] = [
     "RulekeeperDown",
     "RulekeeperSyncStale",
     "RulekeeperRolledBack",
@@ -22,6 +22,7 @@ const ALERTS: [&str; 7] = [
     "RulekeeperRollbackFailed",
     "RulekeeperFleetDrift",
     "RulekeeperStateError",
+    "RulekeeperCycleFailed",
 ];
 
 use crate::util::{CYCLE_OUTCOMES, METRICS};

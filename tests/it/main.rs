@@ -28,6 +28,7 @@ mod untrusted;
 // The daemon.
 mod daemon;
 mod hostile;
+mod storage;
 mod systemd;
 mod webhook;
 

@@ -25,7 +25,7 @@ pub const METRICS: [&str; 16] = [
 ];
 
 /// docs/contract.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
-pub const CYCLE_OUTCOMES: [&str; 10] = [
+pub const CYCLE_OUTCOMES: [&str; 11] = [
     "unchanged",
     "applied",
     "rejected",
@@ -36,6 +36,7 @@ pub const CYCLE_OUTCOMES: [&str; 10] = [
     "held",
     "gated",
     "state_error",
+    "failed",
 ];
 
 /// Path of the `rulekeeper` binary under test.

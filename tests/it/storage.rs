@@ -1,0 +1,241 @@
+//! Storage faults with real files in a private mount namespace (`unshare -m`, root): a live
+//! file that cannot be renamed over (a single-file bind mount: EBUSY), a full file system (a
+//! 64 KiB tmpfs), a read-only state directory. Each must leave the live file whole and
+//! last-good (`.prev`) intact, end the cycle `failed` with a reason naming the stage and the
+//! file, exit 5, and converge once the fault is gone (docs/reliability.md, "Storage faults").
+
+use std::process::Command;
+
+use crate::util::{require_tool, rules, Env, Out};
+
+/// Root and `unshare`, or a loud skip (a failure under `RULEKEEPER_REQUIRE_TOOLS=1`).
+fn can_unshare() -> bool {
+    let Some(_) = require_tool("unshare") else {
+        return false;
+    };
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if !root {
+        if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!(
+                "the storage fault tests need root for `unshare -m` (RULEKEEPER_REQUIRE_TOOLS=1)"
+            );
+        }
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: the storage fault tests need root (`unshare -m`) !!!!!!!!\n"
+        );
+    }
+    root
+}
+
+/// Runs `rulekeeper ARGS -c CONFIG` after `setup` (shell) in a private mount namespace: the
+/// mounts vanish with it.
+fn in_ns(env: &Env, setup: &str, args: &str) -> Out {
+    let script = format!(
+        "set -e\n{setup}\nexec \"{}\" {args} -c \"{}\"",
+        crate::util::bin().display(),
+        env.config.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .expect("run unshare");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A file source at `up`, nothing restarted or probed.
+fn world() -> (Env, std::path::PathBuf) {
+    let env = Env::new();
+    let up = env.dir.path().join("upstream.yaml");
+    env.write_config(
+        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    (env, up)
+}
+
+fn prev(env: &Env) -> String {
+    std::fs::read_to_string(env.live.with_file_name("sync-rules.yaml.prev")).unwrap_or_default()
+}
+
+fn temps(env: &Env) -> Vec<String> {
+    std::fs::read_dir(env.live.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".rk-"))
+        .collect()
+}
+
+/// Issue 21, item 2: from live v2 and `.prev` v1, a rename of v3 over the live path that fails
+/// must not cost v1.
+#[test]
+fn failed_live_rename_keeps_last_good_and_is_a_failed_outcome() {
+    if !can_unshare() {
+        return;
+    }
+    let (env, up) = world();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    assert_eq!(prev(&env), rules("v1", "good"));
+    std::fs::write(&up, rules("v3", "good")).unwrap();
+    // A single-file bind mount over the live path: renaming over a mount point is EBUSY.
+    let pin = env.dir.path().join("pinned.yaml");
+    std::fs::write(&pin, rules("v2", "good")).unwrap();
+    let o = in_ns(
+        &env,
+        &format!(
+            "mount --bind \"{}\" \"{}\"",
+            pin.display(),
+            env.live.display()
+        ),
+        "once",
+    );
+    assert_eq!(o.code, 5, "{}", o.all());
+    assert!(o.stdout.contains("failed"), "{}", o.all());
+    let live = env.live.display().to_string();
+    assert!(
+        o.all()
+            .contains(&format!("install: cannot rename into place {live}")),
+        "the reason names the stage and the live file: {}",
+        o.all()
+    );
+    assert_eq!(env.live(), rules("v2", "good"), "the live file is whole");
+    assert_eq!(prev(&env), rules("v1", "good"), "last-good survived");
+    assert!(temps(&env).is_empty(), "{:?}", temps(&env));
+    let st = env.state_json();
+    assert_eq!(st["last_outcome"], "failed", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("install: "),
+        "{st}"
+    );
+    let s = env.rk(&["status"]);
+    assert!(s.stdout.contains("failed"), "{}", s.all());
+    // The fault gone, the next cycle converges, and last-good still rolls back.
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("v3", "good"));
+    assert_eq!(prev(&env), rules("v2", "good"));
+}
+
+/// A full file system: the candidate cannot be staged. Nothing partial, no temp file, the live
+/// file as it was, `failed` naming the file.
+#[test]
+fn full_file_system_leaves_nothing_partial() {
+    if !can_unshare() {
+        return;
+    }
+    let (env, up) = world();
+    let dir = env.live.parent().unwrap().to_path_buf();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    // The big revision does not fit in 64 KiB; a small one does.
+    let big = format!("{}# {}\n", rules("big", "good"), "x".repeat(200_000));
+    std::fs::write(&up, &big).unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap() + "    max_bytes: 1048576\n";
+    std::fs::write(&env.config, text).unwrap();
+    let small = rules("small", "good");
+    let o = in_ns(
+        &env,
+        &format!(
+            "mount -t tmpfs -o size=64k tmpfs \"{d}\"\nprintf '%s' '{small}' > \"{live}\"",
+            d = dir.display(),
+            live = env.live.display(),
+            small = small.replace('\'', "'\\''"),
+        ),
+        "once",
+    );
+    assert_eq!(o.code, 5, "{}", o.all());
+    assert!(o.all().contains("install: "), "{}", o.all());
+    assert!(
+        o.all().contains(&dir.display().to_string()),
+        "names the directory's file: {}",
+        o.all()
+    );
+    assert!(!o.all().contains("panicked"), "{}", o.all());
+    assert_eq!(env.state_json()["last_outcome"], "failed");
+}
+
+/// A state directory that cannot be written: the cycle's work stands, and the failure is an
+/// outcome (counted, exit 5), not only a log line.
+#[test]
+fn unwritable_state_directory_is_a_failed_outcome() {
+    if !can_unshare() {
+        return;
+    }
+    let (env, up) = world();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let st = env.state.display().to_string();
+    let o = in_ns(
+        &env,
+        &format!("mount --bind \"{st}\" \"{st}\"\nmount -o remount,ro,bind \"{st}\""),
+        "once",
+    );
+    assert_eq!(o.code, 5, "{}", o.all());
+    assert!(o.stdout.contains("failed"), "{}", o.all());
+    assert!(o.all().contains("state: "), "{}", o.all());
+    assert!(o.all().contains(&st), "names the state file: {}", o.all());
+}
+
+/// Issue 21, item 1: the state directory removed while a cycle restarts (docs/operations.md
+/// calls removing it safe). The cycle must notice that its lock is gone, save nothing into a
+/// directory another cycle may now own, and end `failed` (exit 5).
+#[test]
+fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
+    let (env, up) = world();
+    let gate = env.dir.path().join("restart-may-finish");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "restart: { none: true }",
+        &format!(
+            "restart: {{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+            gate.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    assert_eq!(env.once().code, 0);
+    std::fs::remove_file(&gate).unwrap();
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let child = env
+        .command(&["once"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The apply is under way: its pending record is on disk and the restart waits.
+    crate::util::wait_until(30, "the apply's pending record", || {
+        !env.state_json()["pending"].is_null()
+    });
+    let target_dir = env.state.join("targets/ps");
+    std::fs::remove_dir_all(&target_dir).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(5), "{all}");
+    assert!(all.contains("was removed or replaced"), "{all}");
+    assert!(
+        !target_dir.join("state.json").exists(),
+        "the cycle wrote state into a directory it no longer owns"
+    );
+}
