@@ -340,6 +340,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         stop: Stop::default(),
         boot: false,
         tidy: true,
+        carry: None,
     };
     match cycle::run(&ctx, trigger).await {
         Ok(rep) => {

@@ -60,6 +60,8 @@ pub struct Shared {
     /// Targets whose last cycle could not save its state, and why: what `/status` reads from
     /// disk is older than what happened.
     unsaved: Mutex<BTreeMap<String, String>>,
+    /// The state a target's last cycle could not save, for its next cycle.
+    carry: Mutex<BTreeMap<String, crate::state::TargetState>>,
 }
 
 impl Shared {
@@ -89,6 +91,7 @@ impl Shared {
             epoch: Instant::now(),
             last_cycle: Mutex::new(String::new()),
             unsaved: Mutex::new(BTreeMap::new()),
+            carry: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -103,6 +106,20 @@ impl Shared {
             Some(e) => m.insert(target.to_string(), e),
             None => m.remove(target),
         };
+    }
+
+    /// Keeps (or drops) the state a target's cycle could not save, for its next cycle.
+    pub fn set_carry(&self, target: &str, st: Option<crate::state::TargetState>) {
+        let mut m = crate::mutex::lock(&self.carry);
+        match st {
+            Some(s) => m.insert(target.to_string(), s),
+            None => m.remove(target),
+        };
+    }
+
+    /// The state to start a target's next cycle from, when the last one could not save it.
+    pub fn take_carry(&self, target: &str) -> Option<crate::state::TargetState> {
+        crate::mutex::lock(&self.carry).remove(target)
     }
 
     /// The state save error of a target's last cycle, if it had one.

@@ -30,6 +30,10 @@ use crate::state::Store;
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
     shared.note_unsaved(&rep.target, rep.unsaved.clone());
+    shared.set_carry(
+        &rep.target,
+        (rep.unsaved.is_some() && !rep.state_unknown).then(|| rep.state.clone()),
+    );
     rep.log();
     shared.note_cycle(
         &rep.target,
@@ -292,6 +296,7 @@ async fn run_one(
         stop: stop.clone(),
         boot,
         tidy: boot,
+        carry: shared.take_carry(&t.name),
     };
     shared.loop_cycling(&t.name);
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.

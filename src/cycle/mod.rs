@@ -119,6 +119,10 @@ pub struct Ctx<'a> {
     /// The first cycles of this target in this process: a killed predecessor may have left
     /// temp files beside the live file, so they are removed even if nothing is applied.
     pub tidy: bool,
+    /// The state the daemon's previous cycle of this target could not save: it is what
+    /// happened (a verified apply), and the file on disk is older. Used instead of loading,
+    /// so a failed final save does not cost a second restart.
+    pub carry: Option<TargetState>,
 }
 
 /// Runs one cycle under the target's lock.
@@ -138,15 +142,24 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         install::remove_stale_temps(&ctx.target.path);
     }
     let mut rep = Report::new(&ctx.target.name, trigger.asked());
-    let mut st = match ctx.store.load() {
-        Ok(st) => st,
-        Err(e) => {
-            state_error(ctx.target, &mut rep, &e);
-            rep.phases.push((Phase::Total, started.elapsed()));
-            return Ok(rep);
+    let (mut st, loaded) = match ctx.carry.clone() {
+        Some(st) => {
+            tracing::warn!(target_name = %ctx.target.name, "using the state the previous cycle could not save");
+            // Nothing on disk to compare with: the save below is a full one.
+            (st, None)
         }
+        None => match ctx.store.load() {
+            Ok(st) => {
+                let loaded = st.clone();
+                (st, Some(loaded))
+            }
+            Err(e) => {
+                state_error(ctx.target, &mut rep, &e);
+                rep.phases.push((Phase::Total, started.elapsed()));
+                return Ok(rep);
+            }
+        },
     };
-    let loaded = st.clone();
     let res = Runner {
         ctx,
         st: &mut st,
@@ -189,7 +202,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             st.last_success = Some(Utc::now());
         }
     }
-    let saved = if st.volatile_eq(&loaded) {
+    let saved = if loaded.as_ref().is_some_and(|l| st.volatile_eq(l)) {
         ctx.store.save_volatile(&st)
     } else {
         ctx.store.save(&st)
@@ -202,6 +215,9 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         // is not on disk: say so as a failure, so the next cycle's restart is not a surprise.
         tracing::error!(target_name = %ctx.target.name, error = %e, "cannot save state");
         rep.unsaved = Some(e.to_string());
+        // A lost lock means the directory is no longer ours: what this cycle knew is not
+        // carried into the next one.
+        rep.state_unknown = matches!(e, StateError::LockLost { .. });
         rep.outcome = Outcome::Failed;
         rep.success = false;
         rep.reason = Some(match rep.reason.take() {

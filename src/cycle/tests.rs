@@ -74,6 +74,7 @@ impl World {
             stop: Stop::default(),
             boot: false,
             tidy: true,
+            carry: None,
         };
         run(&ctx, trigger).await.unwrap()
     }

@@ -239,3 +239,148 @@ fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
         "the cycle wrote state into a directory it no longer owns"
     );
 }
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// tests/support/faultshim.c, built once per test process with `cc`.
+fn shim() -> Option<std::path::PathBuf> {
+    static SHIM: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    SHIM.get_or_init(|| {
+        require_tool("cc")?;
+        let out = std::env::temp_dir().join(format!("rk-faultshim-{}.so", std::process::id()));
+        let src = crate::util::repo_root().join("tests/support/faultshim.c");
+        let st = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .ok()?;
+        assert!(st.success(), "cc failed on {}", src.display());
+        Some(out)
+    })
+    .clone()
+}
+
+/// Issue 21, item 4: the directory fsync after the swap fails (EIO). The apply must not be
+/// called durable until that fsync has succeeded: the next cycle redoes it first.
+#[test]
+fn failed_directory_fsync_is_redone_before_the_apply_counts() {
+    let Some(shim) = shim() else { return };
+    let (env, up) = world();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let dir = env.live.parent().unwrap().display().to_string();
+    let faulty = [
+        ("LD_PRELOAD", shim.to_str().unwrap()),
+        ("RK_FAULT_FSYNC_PATH", dir.as_str()),
+    ];
+    let o = env.rk_env(&["once"], &faulty);
+    assert_eq!(o.code, 5, "{}", o.all());
+    assert!(
+        o.all()
+            .contains(&format!("install: cannot fsync directory {dir}")),
+        "{}",
+        o.all()
+    );
+    assert!(
+        !env.state_json()["pending"].is_null(),
+        "the apply is not done"
+    );
+    // Still failing: the interrupted apply is not adopted while its rename is not durable.
+    let o = env.rk_env(&["once"], &faulty);
+    assert_eq!(o.code, 5, "{}", o.all());
+    assert!(o.all().contains("cannot fsync directory"), "{}", o.all());
+    assert!(!o.stdout.contains("applied"), "{}", o.all());
+    // The disk is well again: the fsync is redone, then the apply is verified.
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert!(env.state_json()["pending"].is_null());
+    assert_eq!(env.live(), rules("v2", "good"));
+}
+
+/// Issue 21, item 5: the final state save of a verified apply fails (the state file cannot be
+/// written). The daemon shows it (`failed`, `/status`), and its next cycle starts from what
+/// happened, not from the older file: no second restart.
+#[test]
+fn failed_final_save_costs_no_second_restart() {
+    let Some(shim) = shim() else { return };
+    let (env, up) = world();
+    let gate = env.dir.path().join("restart-may-finish");
+    let switch = env.dir.path().join("disk-broken");
+    let restarts = env.dir.path().join("restarts.log");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "restart: { none: true }",
+        &format!(
+            "restart: {{ command: [sh, -c, \"echo x >> '{}'; while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}\n    interval: 1s",
+            restarts.display(),
+            gate.display()
+        ),
+    );
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let prefix = env
+        .state
+        .join("targets/ps/.state.json")
+        .display()
+        .to_string();
+    let mut cmd = env.command(&["run"], &[]);
+    cmd.env("LD_PRELOAD", &shim)
+        .env("RK_FAULT_WRITE_PREFIX", &prefix)
+        .env("RK_FAULT_SWITCH", &switch)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(env.dir.path().join("daemon.log")).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    crate::util::wait_until(30, "v1 applied", || {
+        env.state_json()["applied"]["sha256"].is_string() && env.state_json()["pending"].is_null()
+    });
+    assert_eq!(lines(&restarts), 1);
+    std::fs::remove_file(&gate).unwrap();
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    crate::util::wait_until(30, "v2's pending record", || {
+        !env.state_json()["pending"].is_null()
+    });
+    // The disk breaks while the restart runs: the save after it fails.
+    std::fs::write(&switch, "").unwrap();
+    std::fs::write(&gate, "").unwrap();
+    let status = || crate::util::http(env.listen, "GET", "/status", &[], b"");
+    crate::util::wait_until(30, "/status showing the unsaved state", || {
+        let (code, body) = status();
+        code == 200
+            && (body.contains("\"state_unsaved\": true") || body.contains("\"state_unsaved\":true"))
+    });
+    let (_, body) = status();
+    assert!(body.contains("\"failed\""), "{body}");
+    let metrics = crate::util::http(env.listen, "GET", "/metrics", &[], b"").1;
+    assert!(
+        crate::util::metric(
+            &metrics,
+            "rulekeeper_cycles_total",
+            &[("outcome", "failed")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    // The disk is well again: the next cycle saves what happened, without restarting.
+    std::fs::remove_file(&switch).unwrap();
+    crate::util::wait_until(30, "v2 recorded as applied on disk", || {
+        let st = env.state_json();
+        st["pending"].is_null()
+            && st["applied"]["sha256"] == serde_json::Value::from(sha256(&rules("v2", "good")))
+    });
+    assert_eq!(lines(&restarts), 2, "v1 and v2, no second restart of v2");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
