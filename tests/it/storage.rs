@@ -377,8 +377,7 @@ fn failed_final_save_costs_no_second_restart() {
     std::fs::remove_file(&switch).unwrap();
     crate::util::wait_until(30, "v2 recorded as applied on disk", || {
         let st = env.state_json();
-        st["pending"].is_null()
-            && st["applied"]["sha256"] == serde_json::Value::from(sha256(&rules("v2", "good")))
+        st["pending"].is_null() && st["applied"]["sha256"] == sha256(&rules("v2", "good"))
     });
     assert_eq!(lines(&restarts), 2, "v1 and v2, no second restart of v2");
     let _ = Command::new("kill").arg(child.id().to_string()).status();
