@@ -47,6 +47,11 @@ fn temp_prefix(live: &Path) -> String {
     format!(".{name}.rk-")
 }
 
+/// The directory holding the live file (what renames and fsyncs happen in).
+pub fn live_dir(live: &Path) -> &Path {
+    dir_of(live)
+}
+
 fn dir_of(live: &Path) -> &Path {
     live.parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -223,7 +223,19 @@ impl Store {
     }
 
     pub fn ensure_dir(&self) -> Result<(), StateError> {
-        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        // A new directory's name lives in its parent: without this fsync, a power loss can
+        // take the directory, and the state saved in it, away again.
+        for d in [self.dir.parent(), self.dir.parent().and_then(Path::parent)]
+            .into_iter()
+            .flatten()
+        {
+            fsync_dir(d).map_err(io_err(d))?;
+        }
+        Ok(())
     }
 
     /// Loads the state; a missing file is the empty state.
@@ -342,6 +354,20 @@ pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
     }
     Err(StateError::LockLost {
         path: path.to_path_buf(),
+    })
+}
+
+/// An exclusive `flock` on a directory itself (its inode cannot be swapped under us by
+/// removing a file), blocking until it is free. A missing directory is created.
+pub fn lock_dir(dir: &Path) -> Result<LockGuard, StateError> {
+    use std::os::unix::fs::MetadataExt;
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let file = File::open(dir).map_err(io_err(dir))?;
+    file.lock().map_err(io_err(dir))?;
+    let m = file.metadata().map_err(io_err(dir))?;
+    Ok(LockGuard {
+        _file: file,
+        id: (m.dev(), m.ino()),
     })
 }
 

@@ -36,7 +36,7 @@ use crate::install;
 use crate::labels::{Outcome, Phase};
 use crate::report::{Asked, Report};
 use crate::source::Source;
-use crate::state::{StateError, Store, TargetState};
+use crate::state::{self, StateError, Store, TargetState};
 use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +136,18 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         Ok(l) => l,
         // No lock, no state: nothing may run, but the failure is an outcome all the same
         // (a read-only or vanished state directory), so monitoring sees it.
+        Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
+    };
+    // The state lock lives in a directory an operator may remove; the live file's directory
+    // stays. Holding it too means a cycle started on a fresh state directory waits for one
+    // still restarting on the old, instead of running beside it and adopting its unverified
+    // file (targets whose live files share a directory take turns).
+    let live_dir = install::live_dir(&ctx.target.path).to_path_buf();
+    let _dir_lock = match tokio::task::spawn_blocking(move || state::lock_dir(&live_dir))
+        .await
+        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))?
+    {
+        Ok(l) => l,
         Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
     };
     if ctx.tidy {

@@ -25,7 +25,12 @@ impl Runner<'_, '_> {
         if let Some(p) = self.st.pending.as_mut() {
             p.stage = PendingStage::RollingBack;
         }
-        self.ctx.store.save(self.st)?;
+        // The record is for crash safety; the service needs last-good back either way. A
+        // state that cannot be saved (a full disk, the state directory removed) does not stop
+        // the rollback; the cycle's final save reports it.
+        if let Err(e) = self.ctx.store.save(self.st) {
+            tracing::error!(target_name = %self.t().name, error = %e, "cannot record the rollback; rolling back all the same");
+        }
         self.restore_prev(bad_sha, why, was).await
     }
 

@@ -383,3 +383,80 @@ fn failed_final_save_costs_no_second_restart() {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
 }
+
+/// Issue 21, item 1, the other half: a second cycle started on a fresh state directory while
+/// the first still restarts waits for it (the live file's directory is locked too), and never
+/// adopts the first one's unverified file as `unchanged`. Here the first one's verification
+/// fails, so the live file goes back to v1 before the second one looks.
+#[test]
+fn a_cycle_on_a_fresh_state_directory_waits_for_the_one_still_restarting() {
+    let (env, up) = world();
+    let gate = env.dir.path().join("restart-may-finish");
+    let ok = env.dir.path().join("healthy");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace(
+            "restart: { none: true }",
+            &format!(
+                "restart: {{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+                gate.display()
+            ),
+        )
+        .replace(
+            "verify: { none: true }",
+            &format!(
+                "verify: {{ command: [test, -e, \"{}\"], timeout: 1s, interval: 100ms, successes: 1 }}",
+                ok.display()
+            ),
+        );
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    std::fs::write(&gate, "").unwrap();
+    std::fs::write(&ok, "").unwrap();
+    assert_eq!(env.once().code, 0);
+    // v2 will fail verification.
+    std::fs::remove_file(&gate).unwrap();
+    std::fs::remove_file(&ok).unwrap();
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let spawn = || {
+        env.command(&["once"], &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    crate::util::wait_until(30, "the first apply's pending record", || {
+        !env.state_json()["pending"].is_null()
+    });
+    std::fs::remove_dir_all(env.state.join("targets/ps")).unwrap();
+    let second = spawn();
+    // The second one has its fresh state lock, and then cannot go on while the first holds
+    // the live file's directory (the assertions after the gate are what prove it: run beside
+    // the first, it would report the unverified v2 as `unchanged`).
+    crate::util::wait_until(30, "the second cycle's fresh state lock", || {
+        env.state.join("targets/ps/lock").exists()
+    });
+    let mut second = second;
+    assert!(
+        second.try_wait().unwrap().is_none(),
+        "the second cycle ran beside the first"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    let said = |o: &std::process::Output| {
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(first.status.code(), Some(5), "{}", said(&first));
+    assert!(
+        !String::from_utf8_lossy(&second.stdout).contains("unchanged"),
+        "the second cycle adopted unverified content: {}",
+        said(&second)
+    );
+    assert_eq!(env.live(), rules("v1", "good"), "{}", said(&second));
+}
