@@ -296,3 +296,94 @@ fn webhook_triggers_a_deploy_through_the_daemon() {
     let code = d.terminate();
     assert_eq!(code, 0);
 }
+
+/// PowerSync still reading its rules from a file (`sync_config:` in its config) refuses API
+/// deploys with 422 PSYNC_S4105: the reason names the fix, the file is put back, nothing is
+/// quarantined (the content is not at fault).
+#[test]
+fn api_disabled_names_the_fix_and_quarantines_nothing() {
+    let env = Env::new();
+    std::fs::write(&env.live, V1).unwrap();
+    let Some(ps) = PowerSync::new(Rules::File(env.live.clone())) else {
+        return;
+    };
+    let up = env.dir.path().join("upstream.yaml");
+    std::fs::write(&up, V2).unwrap();
+    ps.start();
+    ps.wait_active(V1);
+    let w = World { env, ps, up };
+    w.default_config();
+    let o = w.once();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(o.stdout.contains("rejected"), "{}", o.all());
+    assert!(
+        o.all().contains("PSYNC_S4105") && o.all().contains("remove the `sync_config:`"),
+        "{}",
+        o.all()
+    );
+    assert_eq!(w.env.live(), V1, "the file is put back");
+    assert!(w.env.state_json()["quarantine"].is_null());
+    assert_eq!(w.active_content().as_deref(), Some(V1));
+}
+
+/// At boot PowerSync may not answer yet: the apply deploys nothing and says so, and the first
+/// cycle after PowerSync answers deploys the live file (drift from "no rules").
+#[test]
+fn powersync_not_answering_yet_gets_the_live_file_once_it_does() {
+    let Some(w) = World::new(V1) else { return };
+    w.default_config();
+    w.ps.stop();
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.stdout.contains("applied"), "{}", o.all());
+    assert!(o.all().contains("does not answer"), "{}", o.all());
+    assert_eq!(w.env.live(), V1);
+    w.ps.start();
+    assert_eq!(w.active_content(), None);
+    let o = w.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.all().contains("PowerSync ran no rules"), "{}", o.all());
+    assert_eq!(w.active_content().as_deref(), Some(V1));
+}
+
+/// What deploying last-good does while another version is still deploying (measured for
+/// docs/powersync.md): PowerSync replaces the deploying version with the new one; the old
+/// active version serves until that one is active. Here an operator's `rollback` during a
+/// long initial replication.
+#[test]
+fn rollback_while_another_version_deploys_replaces_it() {
+    let Some(w) = World::new(V1) else { return };
+    let (ok, out) = w.ps.cluster.psql(
+        &w.ps.db.app,
+        "create table big(id text primary key, payload text); \
+         insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
+    );
+    assert!(ok, "{out}");
+    w.config("{ none: true, timeout: 2s, interval: 500ms }", "");
+    assert_eq!(w.once().code, 0);
+    let v1_slot = w.slot();
+    let big = "# big\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM big\n";
+    std::fs::write(&w.up, big).unwrap();
+    let o = w.once();
+    assert!(o.all().contains("deploying"), "{}", o.all());
+    let t = Instant::now();
+    let o = w.env.rk(&["rollback", "-t", "ps"]);
+    eprintln!(
+        "rollback: exit {} after {:?}: {}",
+        o.code,
+        t.elapsed(),
+        o.stdout.trim()
+    );
+    assert_eq!(w.env.live(), V1);
+    wait_until(120, "last-good active again, nothing deploying", || {
+        let d = w.diagnostics();
+        d["deploying_sync_rules"].is_null()
+            && d["active_sync_rules"]["content"].as_str() == Some(V1)
+    });
+    eprintln!(
+        "MEASURED: rollback during a deploy -> last-good active again after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Last-good came back as a new version (a new slot): the big one was replaced, never active.
+    assert_ne!(w.slot(), v1_slot, "a new version of last-good");
+}
