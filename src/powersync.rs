@@ -88,6 +88,17 @@ impl<'a> From<&'a PowerSyncApi> for Endpoint<'a> {
     }
 }
 
+impl<'a> Endpoint<'a> {
+    /// The deploy restarter's API, each request limited to `timeout`.
+    pub fn deploy(api: &'a crate::config::PowerSyncDeploy, timeout: std::time::Duration) -> Self {
+        Endpoint {
+            url: &api.url,
+            token_file: &api.token_file,
+            timeout,
+        }
+    }
+}
+
 /// An HTTP answer that was not 2xx: its status and the body's PowerSync error, if it has one.
 struct Refusal {
     status: reqwest::StatusCode,

@@ -223,11 +223,7 @@ async fn deploy(
     timeout: Duration,
     content: &[u8],
 ) -> Result<Restarted, RestartError> {
-    let ep = powersync::Endpoint {
-        url: &api.url,
-        token_file: &api.token_file,
-        timeout,
-    };
+    let ep = powersync::Endpoint::deploy(&api, timeout);
     let d = match powersync::diagnostics(&ep).await {
         Ok(d) => d,
         Err(ApiError::Unreachable(detail)) => return Ok(Restarted::NotAnswering { detail }),

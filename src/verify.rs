@@ -92,11 +92,7 @@ async fn taken_up(
     request_timeout: Duration,
     content: &[u8],
 ) -> Result<Healthy, VerifyError> {
-    let ep = powersync::Endpoint {
-        url: &api.url,
-        token_file: &api.token_file,
-        timeout: request_timeout.min(cfg.timeout),
-    };
+    let ep = powersync::Endpoint::deploy(api, request_timeout.min(cfg.timeout));
     let deadline = Instant::now() + cfg.timeout;
     let mut last = "no answer yet".to_string();
     let mut deploying = false;

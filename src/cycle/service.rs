@@ -28,11 +28,7 @@ impl Runner<'_, '_> {
         let Some(api) = t.restart.deploy() else {
             return Ok(());
         };
-        let ep = Endpoint {
-            url: &api.url,
-            token_file: &api.token_file,
-            timeout: t.restart.timeout,
-        };
+        let ep = Endpoint::deploy(api, t.restart.timeout);
         let d = match powersync::diagnostics(&ep).await {
             Ok(d) => d,
             Err(e) => {

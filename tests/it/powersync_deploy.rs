@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::realps::{fatal_errors, PowerSync, Rules};
-use crate::util::{http, wait_until, Env, Out};
+use crate::util::{http, sha256, wait_until, Env, Out};
 
 const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
 const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM todos\n";
@@ -23,11 +23,6 @@ const UNPARSABLE: &str = "# unparsable\nbucket_definitions:\n  global:\n    data
 /// the deploying version (docs/powersync.md).
 const NO_PK: &str = "# no pk\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM no_pk\n";
 const SECRET: &str = "deploy-webhook-secret";
-
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
 
 /// PowerSync in API mode, rulekeeper's temp dirs, a `file` source at `up`.
 struct World {

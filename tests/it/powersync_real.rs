@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::realps::{fatal_errors, PowerSync, Rules};
-use crate::util::{bin, repo_root, Env, Out};
+use crate::util::{bin, repo_root, sha256, Env, Out};
 
 pub const V1: &str =
     "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
@@ -22,11 +22,6 @@ pub const V2: &str = "# v2\nbucket_definitions:\n  global:\n    data:\n      - S
 pub const FATAL: &str = "# fatal\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists WHERE nosuchfunc(name)\n";
 /// A warning only: the table does not exist in the source database.
 pub const UNKNOWN_TABLE: &str = "# unknown table\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM nosuchtable\n";
-
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
-}
 
 /// A test's world: rulekeeper's temp dirs (`Env`), the real service reading `env.live`, and the
 /// upstream file (a `file` source).

@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::util::{require_tool, rules, Env, Out};
+use crate::util::{require_tool, rules, sha256, Env, Out};
 
 /// Root and `unshare`, or a loud skip (a failure under `RULEKEEPER_REQUIRE_TOOLS=1`).
 fn can_unshare() -> bool {
@@ -238,11 +238,6 @@ fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
         !target_dir.join("state.json").exists(),
         "the cycle wrote state into a directory it no longer owns"
     );
-}
-
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// tests/support/faultshim.c, built once per test process with `cc`.

@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use crate::lab::Lab;
-use crate::util::{self, repo_root, rules, wait_until};
+use crate::util::{self, repo_root, rules, sha256, wait_until};
 
 const LIVE: &str = "/var/lib/powersync/sync-rules.yaml";
 const UNIT: &str = "podman-powersync.service";
@@ -208,11 +208,6 @@ impl World {
 
 fn field<'a>(e: &'a serde_json::Value, name: &str) -> &'a str {
     e[name].as_str().unwrap_or("")
-}
-
-fn sha256(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Microseconds since the epoch of a journal entry.

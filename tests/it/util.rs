@@ -39,6 +39,12 @@ pub const CYCLE_OUTCOMES: [&str; 11] = [
     "failed",
 ];
 
+/// Hex sha256 of a text, as rulekeeper reports content.
+pub fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
 /// Path of the `rulekeeper` binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rulekeeper"))
