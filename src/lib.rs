@@ -18,6 +18,7 @@ pub mod mutex;
 pub mod notify;
 pub mod powersync;
 pub mod preflight;
+pub mod reason;
 pub mod redact;
 pub mod regular;
 pub mod report;

@@ -235,7 +235,7 @@ impl Metrics {
             target,
             st.quarantine
                 .as_ref()
-                .map(|q| (q.sha256.clone(), reason_label(&q.reason))),
+                .map(|q| (q.sha256.clone(), crate::reason::label(&q.reason))),
         );
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st
@@ -333,17 +333,3 @@ impl Metrics {
         buf
     }
 }
-
-/// The quarantine's reason as a label value: one line, at most [`REASON_LABEL_CHARS`]
-/// characters, so an alert can quote it (the validator's first message, the failed probe)
-/// without a long validator output bloating every scrape.
-fn reason_label(reason: &str) -> String {
-    let one_line = reason.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() <= REASON_LABEL_CHARS {
-        return one_line;
-    }
-    let cut: String = one_line.chars().take(REASON_LABEL_CHARS - 3).collect();
-    format!("{cut}...")
-}
-
-const REASON_LABEL_CHARS: usize = 300;

@@ -67,7 +67,7 @@ pub fn line_col(text: &str, utf16_offset: usize) -> (usize, usize) {
 /// reason (the log line, state, `status`, an alert's text).
 pub fn summarize(ps: &[&Problem], shown: &str, text: &str, max: usize) -> String {
     let lines: Vec<String> = ps.iter().map(|p| p.located(shown, text)).collect();
-    crate::validate::bounded(&lines, max)
+    crate::reason::bounded(&lines, max)
 }
 
 /// Where PowerSync's API is and how to authenticate: from `validate.powersync_api`,

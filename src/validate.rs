@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::config::{PowerSyncApi, Validate, Warnings};
 use crate::exec;
 use crate::powersync;
+use crate::reason::{bounded, cut, REASON_CHARS, REASON_LINES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -140,44 +141,6 @@ pub async fn full(
         powersync_api(api, content, shown).await?;
     }
     Ok(())
-}
-
-/// How many of a validator's messages go into a reason, and how long it may be: enough for
-/// the first fatal errors in the validator's own words, short enough for an alert.
-const REASON_LINES: usize = 3;
-const REASON_CHARS: usize = 600;
-const LINE_CHARS: usize = 290;
-
-/// The first `max` lines, each cut at [`LINE_CHARS`], joined with "; ", the whole cut at
-/// [`REASON_CHARS`], with a count of what was left out.
-pub fn bounded(lines: &[String], max: usize) -> String {
-    let mut out = String::new();
-    let mut used = 0;
-    for l in lines.iter().take(max) {
-        let l = cut(l.trim(), LINE_CHARS);
-        let sep = if out.is_empty() { "" } else { "; " };
-        if out.len() + sep.len() + l.len() > REASON_CHARS {
-            break;
-        }
-        out.push_str(sep);
-        out.push_str(&l);
-        used += 1;
-    }
-    if used < lines.len() {
-        out.push_str(&format!(" (+{} more)", lines.len() - used));
-    }
-    out
-}
-
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
 }
 
 /// What a failed validator said that matters: its lines naming an error (`fatal`, `error`),
@@ -373,16 +336,5 @@ mod tests {
             findings(&quiet, tmp, live),
             "rules look wrong in /srv/ps/sync-rules.yaml"
         );
-    }
-
-    #[test]
-    fn bounded_keeps_three_lines_and_at_most_600_characters() {
-        let lines: Vec<String> = (0..5).map(|i| format!("error {i}")).collect();
-        assert_eq!(bounded(&lines, 3), "error 0; error 1; error 2 (+2 more)");
-        let long: Vec<String> = (0..3).map(|_| "x".repeat(1000)).collect();
-        let b = bounded(&long, 3);
-        assert!(b.len() <= REASON_CHARS + " (+9 more)".len(), "{}", b.len());
-        assert!(b.ends_with("(+1 more)"), "{b}");
-        assert_eq!(bounded(&[], 3), "");
     }
 }
