@@ -342,7 +342,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         tidy: true,
         carry: None,
     };
-    match cycle::run(&ctx, trigger).await {
+    let exit = match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
             rep.log();
             println!("{}", rep.summary());
@@ -356,7 +356,11 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
             );
             Exit::of_error(refused, crate::validate::live_usable(t))
         }
-    }
+    };
+    // Commit statuses post beside the cycle; a one-shot command lets them finish (bounded)
+    // before it exits, once its result is out.
+    crate::commit_status::flush(std::time::Duration::from_secs(20)).await;
+    exit
 }
 
 fn set_hold(cfg: &Config, t: &Target, hold: bool) -> anyhow::Result<Exit> {

@@ -3,6 +3,7 @@
 //! docs/architecture.md for the map.
 
 pub mod cli;
+pub mod commit_status;
 pub mod config;
 pub mod cycle;
 pub mod digest;

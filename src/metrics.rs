@@ -155,7 +155,8 @@ impl Metrics {
             registry,
         };
         for c in [
-            Box::new(m.rules_info.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(crate::commit_status::POSTS.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.rules_info.clone()),
             Box::new(m.last_success.clone()),
             Box::new(m.last_apply.clone()),
             Box::new(m.rollbacks.clone()),
@@ -200,6 +201,9 @@ impl Metrics {
         }
         self.rollbacks.with_label_values(&[target]);
         self.drift.with_label_values(&[target]);
+        for r in ["posted", "failed"] {
+            crate::commit_status::POSTS.with_label_values(&[target, r]);
+        }
         self.set_gauges(target, st, live_sha);
     }
 

@@ -152,6 +152,25 @@ pub struct TargetState {
     /// until it is active (`restart.powersync_deploy`).
     #[serde(default)]
     pub deploying: Option<Deploying>,
+    /// The last commit status posted (`commit_status:`).
+    #[serde(default)]
+    pub commit_status: Option<PostedStatus>,
+}
+
+/// A commit status's state (`commit_status:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CommitState {
+    Pending,
+    Success,
+    Failure,
+}
+
+/// The last commit status posted for a target: each (commit, state) is posted once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostedStatus {
+    pub sha: String,
+    pub state: CommitState,
 }
 
 /// Content deployed through PowerSync's API whose initial replication is not done.

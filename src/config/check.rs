@@ -76,7 +76,36 @@ fn target(t: &mut Target) -> Result<(), Complaint> {
     if let Some(p) = &t.validate.powersync_api {
         check_url(&p.url, true).map_err(|m| at("validate.powersync_api.url", m))?;
     }
-    gate(t)
+    gate(t)?;
+    commit_status(t)
+}
+
+fn commit_status(t: &Target) -> Result<(), Complaint> {
+    let Some(c) = &t.commit_status else {
+        return Ok(());
+    };
+    if !matches!(
+        t.source.kind,
+        SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab
+    ) {
+        return Err(at(
+            "commit_status",
+            "needs a forgejo, gitea, github or gitlab source (it posts to that forge's statuses API)",
+        ));
+    }
+    // The status token travels to the source's forge: TLS unless loopback.
+    if let Some(b) = &t.source.base_url {
+        check_url(b, true).map_err(|m| at("commit_status", format!("source.base_url: {m}")))?;
+    }
+    if let Some(ctx) = &c.context {
+        if ctx.trim().is_empty() || ctx.len() > 255 {
+            return Err(at("commit_status.context", "must be 1 to 255 characters"));
+        }
+    }
+    if c.timeout.is_zero() {
+        return Err(at("commit_status.timeout", "must be greater than 0"));
+    }
+    Ok(())
 }
 
 fn restart(t: &Target) -> Result<(), Complaint> {

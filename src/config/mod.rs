@@ -123,6 +123,9 @@ pub struct Target {
     /// Fleets: new upstream content waits until this query says so.
     #[serde(default)]
     pub gate: Option<Gate>,
+    /// Post what each upstream commit did on this host as a commit status on the forge.
+    #[serde(default)]
+    pub commit_status: Option<CommitStatus>,
     /// Filled in by [`load`].
     #[serde(skip)]
     pub name: String,
@@ -321,6 +324,19 @@ impl Verify {
 #[serde(deny_unknown_fields)]
 pub struct Webhook {
     pub secret_file: PathBuf,
+}
+
+/// Commit statuses on the source's forge (docs/operations.md, "What the app team sees").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitStatus {
+    /// A token with write access to statuses (not the read token of `source`).
+    pub token_file: PathBuf,
+    /// Defaults to `rulekeeper/<hostname>/<target>`: one line per host and target.
+    #[serde(default)]
+    pub context: Option<String>,
+    #[serde(default = "d_10s", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 /// A staged-rollout gate: a Prometheus-compatible query that must answer before new upstream

@@ -137,6 +137,12 @@ impl Runner<'_, '_> {
         let Some(candidate) = self.admit(&a).await? else {
             return Ok(());
         };
+        if mode.gated() {
+            let t = self.ctx.target;
+            if let Some(p) = crate::commit_status::entering(t, self.st, a.revision.as_deref()) {
+                crate::commit_status::send(t, p);
+            }
+        }
         if self.ctx.stop.requested() {
             return Err(CycleError::Aborted);
         }

@@ -214,6 +214,11 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             st.last_success = Some(Utc::now());
         }
     }
+    if res.is_ok() {
+        if let Some(p) = crate::commit_status::finished(ctx.target, &rep, &mut st) {
+            crate::commit_status::send(ctx.target, p);
+        }
+    }
     let saved = if loaded.as_ref().is_some_and(|l| st.volatile_eq(l)) {
         ctx.store.save_volatile(&st)
     } else {

@@ -53,6 +53,10 @@ pub struct State {
     pub ps_diag_bad: Option<(String, String)>,
     /// Serve other bytes than the digests describe.
     pub tamper: Option<Tamper>,
+    /// The write token the statuses API takes (another token than the read one).
+    pub status_token: String,
+    /// When set, status posts get this status (a forge that fails them).
+    pub status_fail_with: Option<u16>,
 }
 
 /// How the fake forge damages the body while describing the real content.
@@ -126,6 +130,9 @@ fn etag_of(b: &[u8]) -> String {
     format!("\"{}\"", blob_id(b))
 }
 
+/// The write token the fake's statuses API takes.
+pub const STATUS_TOKEN: &str = "status-write-token";
+
 impl FakeForge {
     pub fn start(token: &str) -> FakeForge {
         let state = Arc::new(Mutex::new(State {
@@ -138,6 +145,8 @@ impl FakeForge {
             ps_live: None,
             ps_diag_bad: None,
             tamper: None,
+            status_token: STATUS_TOKEN.to_string(),
+            status_fail_with: None,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forge");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -198,6 +207,22 @@ impl FakeForge {
 
     pub fn log(&self) -> Vec<Req> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// The commit statuses posted: (path, JSON body), in order.
+    pub fn statuses(&self) -> Vec<(String, serde_json::Value)> {
+        self.log()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.contains("/statuses/") && r.status == 201)
+            .map(|r| {
+                let v = serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null);
+                (r.path, v)
+            })
+            .collect()
+    }
+
+    pub fn fail_statuses(&self, status: Option<u16>) {
+        self.state.lock().unwrap().status_fail_with = status;
     }
 
     pub fn clear_log(&self) {
@@ -286,6 +311,27 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
     } else {
         return resp(404, b"no route".to_vec(), &[]);
     };
+    // The statuses API (Forgejo/Gitea `POST /api/v1/repos/O/R/statuses/SHA`, GitHub
+    // `POST /repos/O/R/statuses/SHA`, GitLab `POST /api/v4/projects/ID/statuses/SHA`), with the
+    // write token in each forge's header.
+    if r.method == "POST" && p.contains("/statuses/") {
+        let want = match kind {
+            "forgejo" => r.header("authorization") == Some(&format!("token {}", s.status_token)),
+            "github" => r.header("authorization") == Some(&format!("Bearer {}", s.status_token)),
+            _ => r.header("private-token") == Some(s.status_token.as_str()),
+        };
+        if !want {
+            return resp(401, b"{\"message\":\"bad token\"}".to_vec(), &[]);
+        }
+        if let Some(code) = s.status_fail_with {
+            return resp(code, b"{\"message\":\"failing\"}".to_vec(), &[]);
+        }
+        return resp(
+            201,
+            b"{}".to_vec(),
+            &[("content-type", "application/json".into())],
+        );
+    }
     if !auth_ok {
         return resp(401, b"{\"message\":\"token is required\"}".to_vec(), &[]);
     }

@@ -20,6 +20,7 @@ mod util;
 mod vmstack;
 
 // The cycle and its commands.
+mod commit_status;
 mod cycle;
 mod operator;
 mod sources;
