@@ -572,9 +572,10 @@ in
               ++ lib.optional (
                 t.restart != null && t.restart.powersync_deploy or null != null
               ) t.restart.powersync_deploy.token_file
+              ++ lib.optional (t ? commit_status && t.commit_status ? token_file) t.commit_status.token_file
             ) targetList
           );
-          message = "services.rulekeeper: token_file / secret_file (source, webhook, gate, restart.powersync_deploy) must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
+          message = "services.rulekeeper: token_file / secret_file (source, webhook, gate, restart.powersync_deploy, commit_status) must not point into the Nix store (it is world readable); use services.rulekeeper.credentials.";
         }
       ];
 

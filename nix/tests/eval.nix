@@ -356,6 +356,22 @@ let
       "powersync-api-token:/run/secrets/powersync-api-token"
     ])
     (checkEq "deploy: no managed units" deploy.cfg.managedUnits [ ])
+    (check "commit_status: a store token is refused" (
+      builtins.any (lib.hasInfix "commit_status") (evalModule {
+        enable = true;
+        settings.targets.powersync = {
+          source = {
+            kind = "forgejo";
+            base_url = "https://git.example.com";
+            repo = "owner/app";
+            path = "sync-rules.yaml";
+          };
+          path = "/var/lib/powersync/sync-rules.yaml";
+          restart.none = true;
+          commit_status.token_file = "/nix/store/00000000000000000000000000000000-status-token";
+        };
+      }).failedAssertions
+    ))
     (check "deploy: a store token is refused" (
       builtins.any (lib.hasInfix "restart.powersync_deploy") (evalModule {
         enable = true;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// docs/contract.md, "Metrics": every name the alerts and the dashboard may use.
-pub const METRICS: [&str; 16] = [
+pub const METRICS: [&str; 17] = [
     "rulekeeper_build_info",
     "rulekeeper_rules_info",
     "rulekeeper_last_success_timestamp_seconds",
@@ -22,6 +22,7 @@ pub const METRICS: [&str; 16] = [
     "rulekeeper_quarantined_info",
     "rulekeeper_poll_interval_seconds",
     "rulekeeper_powersync_deploying",
+    "rulekeeper_commit_status_total",
 ];
 
 /// docs/contract.md, "Metrics": the `outcome` label values of `rulekeeper_cycles_total`.
