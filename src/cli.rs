@@ -73,12 +73,28 @@ pub enum Command {
         /// The file to apply; `-` or nothing reads standard input.
         path: Option<PathBuf>,
     },
-    /// Restore `.prev` through restart + verify, quarantining what it rolled back from.
+    /// Restore `.prev` (or, with `--to`, a version from the history) through restart +
+    /// verify, quarantining what it rolled back from.
     Rollback {
         #[command(flatten)]
         c: ConfigArg,
         #[arg(short, long)]
         target: String,
+        /// A version from `rulekeeper history`: a unique prefix of its sha256 or revision.
+        /// Goes through validate, install, restart and verify (no fetch), and holds the target
+        /// there until `release`.
+        #[arg(long, value_name = "REV|SHA256")]
+        to: Option<String>,
+    },
+    /// List a target's last applied versions and rollbacks.
+    History {
+        #[command(flatten)]
+        c: ConfigArg,
+        #[arg(short, long)]
+        target: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop applying new content for a target (cycles still fetch, report and alert).
     Hold {
@@ -193,9 +209,16 @@ fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Push { c, target, path } => {
             with_target(&c, &target, |cfg, t| push(cfg, t, path.as_deref()))
         }
-        Command::Rollback { c, target } => with_target(&c, &target, |cfg, t| {
-            Ok(runtime()?.block_on(one(cfg, t, Trigger::Rollback)))
+        Command::Rollback { c, target, to } => with_target(&c, &target, |cfg, t| {
+            let trigger = match to {
+                Some(key) => Trigger::RollbackTo(key),
+                None => Trigger::Rollback,
+            };
+            Ok(runtime()?.block_on(one(cfg, t, trigger)))
         }),
+        Command::History { c, target, json } => {
+            with_target(&c, &target, |cfg, t| history(cfg, t, json))
+        }
         Command::Hold { c, target } => with_target(&c, &target, |cfg, t| set_hold(cfg, t, true)),
         Command::Release { c, target } => {
             with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))
@@ -361,6 +384,41 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
     // before it exits, once its result is out.
     crate::commit_status::flush(std::time::Duration::from_secs(20)).await;
     exit
+}
+
+fn history(cfg: &Config, t: &Target, json: bool) -> anyhow::Result<Exit> {
+    let store = Store::new(&cfg.state_dir, &t.name);
+    let list = match crate::history::History::new(store.dir()).load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("rulekeeper: target `{}`: {e}", t.name);
+            return Ok(Exit::Failed);
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(Exit::Ok);
+    }
+    println!(
+        "{:<20} {:<12} {:<12} {:<16} {:>8} {:>10}  KEPT",
+        "WHEN", "SHA256", "REVISION", "OUTCOME", "RESTARTS", "DURATION"
+    );
+    for e in list.iter().rev() {
+        println!(
+            "{:<20} {:<12} {:<12} {:<16} {:>8} {:>8}ms  {}",
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            crate::digest::short(&e.sha256),
+            e.revision
+                .as_deref()
+                .map(crate::digest::short)
+                .unwrap_or("-"),
+            e.outcome.as_str(),
+            e.restarts,
+            e.duration_ms,
+            if e.kept { "yes" } else { "no" }
+        );
+    }
+    Ok(Exit::Ok)
 }
 
 fn set_hold(cfg: &Config, t: &Target, hold: bool) -> anyhow::Result<Exit> {

@@ -68,6 +68,14 @@ impl Outcome {
     pub fn is_good(self) -> bool {
         matches!(self, Outcome::Unchanged | Outcome::Applied)
     }
+
+    /// The outcomes of a cycle that put content in place: what the history records.
+    pub fn changes_live(self) -> bool {
+        matches!(
+            self,
+            Outcome::Applied | Outcome::RolledBack | Outcome::RollbackFailed
+        )
+    }
 }
 
 label_set! {

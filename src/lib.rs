@@ -10,6 +10,7 @@ pub mod digest;
 pub mod exec;
 pub mod exit;
 pub mod gate;
+pub mod history;
 pub mod install;
 pub mod labels;
 pub mod logging;

@@ -109,6 +109,49 @@ impl Runner<'_, '_> {
             .await
     }
 
+    pub(super) async fn rollback_to(&mut self, key: &str) -> Result<(), CycleError> {
+        let t = self.ctx.target;
+        let (entry, body) = crate::history::History::new(self.ctx.store.dir())
+            .find(key)
+            .map_err(|e| CycleError::Refused(format!("cannot roll back to `{key}`: {e}")))?;
+        let live = self.read_live()?;
+        let live_sha = live.as_deref().map(sha256_hex);
+        if live_sha.as_deref() == Some(entry.sha256.as_str()) {
+            return Err(CycleError::Refused(format!(
+                "nothing to roll back to: {} is the live file already",
+                short(&entry.sha256)
+            )));
+        }
+        if let Some(l) = &live_sha {
+            self.quarantine(
+                l,
+                &format!("rolled back by an operator to {}", short(&entry.sha256)),
+            );
+        }
+        self.apply(
+            body,
+            entry.sha256.clone(),
+            entry.revision.clone(),
+            live,
+            Mode::RollbackTo,
+        )
+        .await?;
+        if self.rep.outcome == Outcome::RolledBack
+            && self.rep.live_sha256.as_deref() == Some(entry.sha256.as_str())
+        {
+            // Held there: the next poll would otherwise bring upstream's content back.
+            self.st.hold = true;
+            let note = format!(
+                "rolled back to {} (revision {}); held there until `rulekeeper release`",
+                short(&entry.sha256),
+                entry.revision.as_deref().unwrap_or("-")
+            );
+            tracing::warn!(target_name = %t.name, "{note}");
+            self.rep.reason = Some(note);
+        }
+        Ok(())
+    }
+
     pub(super) fn quarantine(&mut self, sha: &str, reason: &str) {
         tracing::warn!(target_name = %self.t().name, sha256 = %sha, reason, "quarantining content");
         self.st.quarantine = Some(Quarantine {

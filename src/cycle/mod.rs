@@ -80,6 +80,9 @@ pub enum Trigger {
     Push(Vec<u8>),
     /// Restore `.prev` (operator's `rollback`).
     Rollback,
+    /// Go back to a version from the history (operator's `rollback --to`): a unique prefix of
+    /// its sha256 or revision.
+    RollbackTo(String),
 }
 
 impl Trigger {
@@ -87,7 +90,7 @@ impl Trigger {
         match self {
             Trigger::Poll => Asked::Poll,
             Trigger::Push(_) => Asked::Push,
-            Trigger::Rollback => Asked::Rollback,
+            Trigger::Rollback | Trigger::RollbackTo(_) => Asked::Rollback,
         }
     }
 }
@@ -219,6 +222,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             crate::commit_status::send(ctx.target, p);
         }
     }
+    let tried = st.quarantine.as_ref().map(|q| q.sha256.clone());
     let saved = if loaded.as_ref().is_some_and(|l| st.volatile_eq(l)) {
         ctx.store.save_volatile(&st)
     } else {
@@ -241,6 +245,16 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
             Some(r) => format!("state: {e} (after: {r})"),
             None => format!("state: {e}"),
         });
+    }
+    if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
+        let live = install::read(&ctx.target.path).ok().flatten();
+        if let Err(e) = crate::history::History::new(ctx.store.dir()).record(
+            &rep,
+            live.as_deref(),
+            tried.as_deref(),
+        ) {
+            tracing::warn!(target_name = %ctx.target.name, error = %e, "cannot record the history");
+        }
     }
     rep.state = st;
     res.map(|()| rep)
@@ -290,6 +304,9 @@ enum Mode {
     Push,
     /// An operator's `rollback`: last-good goes back in.
     ManualRollback,
+    /// An operator's `rollback --to`: a version from the history goes back in, through the
+    /// whole pipeline (it may predate the validators), and the target is held there.
+    RollbackTo,
 }
 
 impl Mode {
@@ -302,7 +319,7 @@ impl Mode {
     /// A rejected candidate is quarantined unless an operator pushed it: the operator sees
     /// the rejection, and upstream's content is not the pushed one.
     fn quarantines_rejects(self) -> bool {
-        self != Mode::Push
+        !matches!(self, Mode::Push | Mode::RollbackTo)
     }
 
     /// Only upstream content waits on a fleet gate; operators bypass it.
@@ -314,7 +331,7 @@ impl Mode {
     /// starts a unit that is not running; putting last-good back by hand brings back one
     /// the bad content killed.
     fn forward(self) -> crate::restart::WasRunning {
-        if self == Mode::ManualRollback {
+        if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
             crate::restart::WasRunning::Unknown
         } else {
             crate::restart::WasRunning::No
@@ -332,7 +349,7 @@ impl Mode {
 
     /// The outcome of a verified apply.
     fn verified(self) -> Outcome {
-        if self == Mode::ManualRollback {
+        if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
             Outcome::RolledBack
         } else {
             Outcome::Applied
@@ -359,6 +376,7 @@ impl Runner<'_, '_> {
             Trigger::Poll => self.poll().await,
             Trigger::Push(body) => self.push(body).await,
             Trigger::Rollback => self.manual_rollback().await,
+            Trigger::RollbackTo(key) => self.rollback_to(&key).await,
         }
     }
 

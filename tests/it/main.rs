@@ -22,6 +22,7 @@ mod vmstack;
 // The cycle and its commands.
 mod commit_status;
 mod cycle;
+mod history;
 mod operator;
 mod sources;
 mod untrusted;

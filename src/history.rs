@@ -1,0 +1,240 @@
+//! The versions a target went through, kept under its state directory
+//! (`state_dir/targets/<t>/history/`): a list of the last [`KEEP`] applies and rollbacks
+//! (`history.json`: when, sha256, revision, outcome, restarts, duration) and the content of
+//! each version that was live and verified (`<sha256>.yaml`, content-addressed), so
+//! `rulekeeper rollback --to` can go back to any of them with the forge down. Bounded: at most
+//! [`KEEP`] entries, and only their contents.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::sha256_hex;
+use crate::labels::Outcome;
+use crate::report::Report;
+
+/// How many entries are kept.
+pub const KEEP: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("history {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("history {}: {message}", path.display())]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
+    move |source| HistoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One apply or rollback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: DateTime<Utc>,
+    /// What the cycle tried to make live (for a rollback: the content rolled back from).
+    pub sha256: String,
+    pub revision: Option<String>,
+    pub outcome: Outcome,
+    pub restarts: u32,
+    pub duration_ms: u64,
+    /// The content is kept: a version that was live and verified.
+    #[serde(default)]
+    pub kept: bool,
+}
+
+pub struct History {
+    dir: PathBuf,
+}
+
+impl History {
+    /// The history of the target whose state directory is `target_dir`.
+    pub fn new(target_dir: &Path) -> History {
+        History {
+            dir: target_dir.join("history"),
+        }
+    }
+
+    fn list_path(&self) -> PathBuf {
+        self.dir.join("history.json")
+    }
+
+    fn content_path(&self, sha: &str) -> PathBuf {
+        self.dir.join(format!("{sha}.yaml"))
+    }
+
+    pub fn load(&self) -> Result<Vec<Entry>, HistoryError> {
+        let p = self.list_path();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| HistoryError::Corrupt {
+                path: p,
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    /// Adds what `rep` did, if it applied or rolled back; `live` is the live file after it.
+    /// `tried` is the content a failed apply tried (the quarantined sha256).
+    pub fn record(
+        &self,
+        rep: &Report,
+        live: Option<&[u8]>,
+        tried: Option<&str>,
+    ) -> Result<(), HistoryError> {
+        let (sha, kept) = match rep.outcome {
+            Outcome::Applied => match live {
+                Some(l) => (sha256_hex(l), true),
+                None => return Ok(()),
+            },
+            Outcome::RolledBack | Outcome::RollbackFailed => match tried {
+                Some(t) => (t.to_string(), false),
+                None => return Ok(()),
+            },
+            _ => return Ok(()),
+        };
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        if kept {
+            if let Some(l) = live {
+                let p = self.content_path(&sha);
+                if !p.exists() {
+                    write_atomic(&self.dir, &p, l)?;
+                }
+            }
+        }
+        let mut list = self.load().unwrap_or_default();
+        list.push(Entry {
+            at: Utc::now(),
+            sha256: sha,
+            revision: rep.revision.clone(),
+            outcome: rep.outcome,
+            restarts: rep.restarts,
+            duration_ms: rep.total().as_millis().try_into().unwrap_or(u64::MAX),
+            kept,
+        });
+        let drop = list.len().saturating_sub(KEEP);
+        list.drain(..drop);
+        let json = serde_json::to_vec_pretty(&list).map_err(|e| HistoryError::Corrupt {
+            path: self.list_path(),
+            message: e.to_string(),
+        })?;
+        write_atomic(&self.dir, &self.list_path(), &json)?;
+        self.prune(&list);
+        Ok(())
+    }
+
+    /// Removes kept contents no entry refers to any more.
+    fn prune(&self, list: &[Entry]) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(sha) = name.strip_suffix(".yaml") else {
+                continue;
+            };
+            if !list.iter().any(|x| x.kept && x.sha256 == sha) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// The kept version `key` names: a unique prefix of its sha256 or its revision.
+    pub fn find(&self, key: &str) -> Result<(Entry, Vec<u8>), HistoryError> {
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(HistoryError::NotFound("an empty revision or sha256".into()));
+        }
+        let list = self.load()?;
+        let mut hits: Vec<&Entry> = list
+            .iter()
+            .rev()
+            .filter(|e| e.kept)
+            .filter(|e| {
+                e.sha256.starts_with(key)
+                    || e.revision.as_deref().is_some_and(|r| r.starts_with(key))
+            })
+            .collect();
+        hits.dedup_by(|a, b| a.sha256 == b.sha256);
+        match hits.as_slice() {
+            [] => Err(HistoryError::NotFound(format!(
+                "no kept version matches `{key}` (see `rulekeeper history`)"
+            ))),
+            [one] => {
+                let p = self.content_path(&one.sha256);
+                let body = std::fs::read(&p).map_err(io(&p))?;
+                if sha256_hex(&body) != one.sha256 {
+                    return Err(HistoryError::Corrupt {
+                        path: p,
+                        message: "content does not match its sha256".into(),
+                    });
+                }
+                Ok(((*one).clone(), body))
+            }
+            many => Err(HistoryError::NotFound(format!(
+                "`{key}` names {} versions; give more of the sha256 or revision",
+                many.len()
+            ))),
+        }
+    }
+}
+
+fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), HistoryError> {
+    use std::io::Write;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".history.")
+        .tempfile_in(dir)
+        .map_err(io(path))?;
+    tmp.write_all(bytes).map_err(io(path))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| io(path)(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Asked;
+
+    fn applied(rev: &str) -> Report {
+        let mut r = Report::new("t", Asked::Poll);
+        r.outcome = Outcome::Applied;
+        r.revision = Some(rev.into());
+        r.restarts = 1;
+        r
+    }
+
+    #[test]
+    fn keeps_the_last_ten_and_their_contents_only() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::new(d.path());
+        for i in 0..12 {
+            let body = format!("v{i}\n");
+            h.record(&applied(&format!("rev{i:02}")), Some(body.as_bytes()), None)
+                .unwrap();
+        }
+        let list = h.load().unwrap();
+        assert_eq!(list.len(), KEEP);
+        assert_eq!(list[0].revision.as_deref(), Some("rev02"));
+        let files = std::fs::read_dir(d.path().join("history")).unwrap().count();
+        assert_eq!(files, KEEP + 1, "ten contents and the list");
+        let (e, body) = h.find("rev05").unwrap();
+        assert_eq!(body, b"v5\n");
+        assert_eq!(e.sha256, sha256_hex(b"v5\n"));
+        assert!(h.find("rev01").is_err(), "pruned");
+        assert!(h.find("rev").unwrap_err().to_string().contains("names"));
+        let prefix = &sha256_hex(b"v7\n")[..8];
+        assert_eq!(h.find(prefix).unwrap().1, b"v7\n");
+    }
+}
