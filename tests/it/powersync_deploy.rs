@@ -23,6 +23,8 @@ const UNPARSABLE: &str = "# unparsable\nbucket_definitions:\n  global:\n    data
 /// the deploying version (docs/powersync.md).
 const NO_PK: &str = "# no pk\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM no_pk\n";
 const SECRET: &str = "deploy-webhook-secret";
+/// Reads `big` (see `World::big_table`): an initial replication of tens of seconds.
+const BIG: &str = "# big\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM big\n";
 
 /// PowerSync in API mode, rulekeeper's temp dirs, a `file` source at `up`.
 struct World {
@@ -70,6 +72,17 @@ impl World {
             o.stdout.trim()
         );
         o
+    }
+
+    /// A 200,000-row table `big` in the source database: its initial replication takes
+    /// about 20 s on this kind of machine.
+    fn big_table(&self) {
+        let (ok, out) = self.ps.cluster.psql(
+            &self.ps.db.app,
+            "create table big(id text primary key, payload text); \
+             insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
+        );
+        assert!(ok, "{out}");
     }
 
     fn diagnostics(&self) -> serde_json::Value {
@@ -204,15 +217,10 @@ fn drift_is_converged_back_to_the_live_file() {
 #[test]
 fn slow_initial_replication_is_followed_until_active_not_rolled_back() {
     let Some(w) = World::new(V1) else { return };
-    let (ok, out) = w.ps.cluster.psql(
-        &w.ps.db.app,
-        "create table big(id text primary key, payload text); \
-         insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
-    );
-    assert!(ok, "{out}");
+    w.big_table();
     w.config("{ none: true, timeout: 3s, interval: 500ms }", "");
     assert_eq!(w.once().code, 0);
-    let big = "# big\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM big\n";
+    let big = BIG;
     std::fs::write(&w.up, big).unwrap();
     let t = Instant::now();
     let o = w.once();
@@ -348,16 +356,11 @@ fn powersync_not_answering_yet_gets_the_live_file_once_it_does() {
 #[test]
 fn rollback_while_another_version_deploys_replaces_it() {
     let Some(w) = World::new(V1) else { return };
-    let (ok, out) = w.ps.cluster.psql(
-        &w.ps.db.app,
-        "create table big(id text primary key, payload text); \
-         insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
-    );
-    assert!(ok, "{out}");
+    w.big_table();
     w.config("{ none: true, timeout: 2s, interval: 500ms }", "");
     assert_eq!(w.once().code, 0);
     let v1_slot = w.slot();
-    let big = "# big\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n      - SELECT * FROM big\n";
+    let big = BIG;
     std::fs::write(&w.up, big).unwrap();
     let o = w.once();
     assert!(o.all().contains("deploying"), "{}", o.all());
