@@ -258,11 +258,59 @@ impl ForgeSource {
         Ok(h)
     }
 
+    /// Fetches the file (conditionally). For forges, the content and its revision always
+    /// agree: once the file at `ref` has changed, the commit that last touched it is resolved
+    /// and the file is fetched again *at that commit*, so a branch that moves between two
+    /// requests cannot pair one commit's id with another commit's bytes.
     pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
-        let mut req = self
-            .client
-            .get(self.url.clone())
-            .headers(self.auth_headers()?);
+        let Some(first) = self.get(&self.url, self.meta_url.as_ref(), cond).await? else {
+            return Ok(Fetched::NotModified);
+        };
+        let revision = match first.revision {
+            Some(r) => Some(r),
+            None => self.last_commit().await,
+        };
+        let forge = matches!(
+            self.kind,
+            SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab
+        );
+        let Some(commit) = revision.filter(|_| forge) else {
+            return Ok(Fetched::Content {
+                body: first.body,
+                token: first.token,
+                revision: None,
+            });
+        };
+        let at = with_ref(&self.url, &commit);
+        let meta_at = self.meta_url.as_ref().map(|m| with_ref(m, &commit));
+        let Some(pinned) = self.get(&at, meta_at.as_ref(), None).await? else {
+            return Err(FetchError::new(
+                FetchReason::Protocol,
+                format!(
+                    "GET {} answered 304 to an unconditional request",
+                    self.shown
+                ),
+            ));
+        };
+        // The validator belongs to the first answer: if the branch moved in between, it
+        // does not describe these bytes, and the next fetch must not be conditional on it.
+        let token = first.token.filter(|_| pinned.body == first.body);
+        Ok(Fetched::Content {
+            body: pinned.body,
+            token,
+            revision: Some(commit),
+        })
+    }
+
+    /// One GET of the file at `url` (its bytes checked, with `meta` for Forgejo's contents
+    /// API); None for a 304 to a conditional request.
+    async fn get(
+        &self,
+        url: &url::Url,
+        meta: Option<&url::Url>,
+        cond: Option<&str>,
+    ) -> Result<Option<Got>, FetchError> {
+        let mut req = self.client.get(url.clone()).headers(self.auth_headers()?);
         if self.kind == SourceKind::Github {
             // The object form, not raw: it carries the blob `sha` the bytes are checked with.
             req = req
@@ -279,7 +327,7 @@ impl ForgeSource {
         let resp = req.send().await.map_err(|e| classify(&e))?;
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED && cond.is_some() {
-            return Ok(Fetched::NotModified);
+            return Ok(None);
         }
         if !status.is_success() {
             let reason = match status {
@@ -290,13 +338,13 @@ impl ForgeSource {
             };
             return Err(FetchError::new(
                 reason,
-                format!("GET {} answered {status}", self.shown),
+                format!("GET {} answered {status}", crate::redact::url(url.as_str())),
             ));
         }
         let token = header_str(resp.headers(), "etag")
             .map(|e| format!("etag:{e}"))
             .or_else(|| header_str(resp.headers(), "last-modified").map(|l| format!("lm:{l}")));
-        let mut revision = header_str(resp.headers(), "x-gitlab-last-commit-id")
+        let revision = header_str(resp.headers(), "x-gitlab-last-commit-id")
             .or_else(|| header_str(resp.headers(), "x-gitlab-commit-id"));
         let headers = resp.headers().clone();
         let close_delimited = close_delimited(&resp);
@@ -307,15 +355,12 @@ impl ForgeSource {
             self.max_bytes
         };
         let raw = read_capped(resp, cap, &self.shown).await?;
-        let body = self.checked(raw, &headers, close_delimited).await?;
-        if revision.is_none() {
-            revision = self.last_commit().await;
-        }
-        Ok(Fetched::Content {
+        let body = self.checked(raw, &headers, close_delimited, meta).await?;
+        Ok(Some(Got {
             body,
             token,
             revision,
-        })
+        }))
     }
 
     /// The file's bytes once they match what the source says they are.
@@ -324,6 +369,7 @@ impl ForgeSource {
         raw: Vec<u8>,
         headers: &HeaderMap,
         close_delimited: bool,
+        meta: Option<&url::Url>,
     ) -> Result<Vec<u8>, FetchError> {
         match self.kind {
             SourceKind::Github => github_content(&raw, self.max_bytes, &self.shown),
@@ -333,7 +379,7 @@ impl ForgeSource {
                         integrity::check_blob_id(&raw, &id, "the ETag (the forge's blob id)")?
                     }
                     None => {
-                        let id = self.meta_blob_id().await?;
+                        let id = self.meta_blob_id(meta).await?;
                         integrity::check_blob_id(&raw, &id, "the contents API")?;
                     }
                 }
@@ -387,8 +433,8 @@ impl ForgeSource {
 
     /// Forgejo/Gitea: the file's blob id from the contents API (when the raw answer's ETag
     /// is not one, e.g. behind a proxy that rewrites ETags).
-    async fn meta_blob_id(&self) -> Result<String, FetchError> {
-        let u = self.meta_url.as_ref().ok_or_else(|| {
+    async fn meta_blob_id(&self, meta: Option<&url::Url>) -> Result<String, FetchError> {
+        let u = meta.ok_or_else(|| {
             FetchError::new(
                 FetchReason::Integrity,
                 "no blob id to check the bytes against",
@@ -454,6 +500,33 @@ impl ForgeSource {
             None
         }
     }
+}
+
+/// One answer with the file.
+struct Got {
+    body: Vec<u8>,
+    token: Option<String>,
+    /// GitLab names the commit in a header.
+    revision: Option<String>,
+}
+
+/// `u` with its `ref` query parameter set to `r` (added if it had none).
+fn with_ref(u: &url::Url, r: &str) -> url::Url {
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .filter(|(k, _)| k != "ref")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = u.clone();
+    {
+        let mut q = out.query_pairs_mut();
+        q.clear();
+        for (k, v) in &pairs {
+            q.append_pair(k, v);
+        }
+        q.append_pair("ref", r);
+    }
+    out
 }
 
 /// An HTTP/1 body without Content-Length and not chunked ends when the server closes the

@@ -198,9 +198,13 @@ fn hand_edited_live_file_is_converged_back() {
     assert!(o.stdout.contains("applied"), "{}", o.all());
     assert_eq!(env.live(), rules("v1", "good"));
     assert_eq!(env.restarts(), 2);
-    // the 304 was followed by an unconditional fetch of the body
-    let statuses: Vec<u16> = forge.content_requests().iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![304, 200]);
+    // the 304 was followed by an unconditional fetch of the body, then the file at the
+    // commit that last touched it (content and revision agree)
+    let reqs = forge.content_requests();
+    let statuses: Vec<u16> = reqs.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![304, 200, 200]);
+    assert_eq!(reqs[1].query, "ref=master");
+    assert_eq!(reqs[2].query, format!("ref={}", forge.commit()));
 }
 
 #[test]

@@ -57,6 +57,11 @@ pub struct State {
     pub status_token: String,
     /// When set, status posts get this status (a forge that fails them).
     pub status_fail_with: Option<u16>,
+    /// Every commit published, with its content: `ref=<commit>` serves that content.
+    pub commits: std::collections::HashMap<String, Vec<u8>>,
+    /// Published as a new commit right after the next answer with the file at a branch:
+    /// the branch moves between two requests of one fetch.
+    pub move_after_next: Option<Vec<u8>>,
 }
 
 /// How the fake forge damages the body while describing the real content.
@@ -147,6 +152,8 @@ impl FakeForge {
             tamper: None,
             status_token: STATUS_TOKEN.to_string(),
             status_fail_with: None,
+            commits: std::collections::HashMap::new(),
+            move_after_next: None,
         }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forge");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -185,12 +192,12 @@ impl FakeForge {
 
     /// Publishes new content under a new commit.
     pub fn set(&self, content: &str) {
-        let mut s = self.state.lock().unwrap();
-        s.content = Some(content.as_bytes().to_vec());
-        s.commit = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(content.as_bytes()))[..40].to_string()
-        };
+        publish(&mut self.state.lock().unwrap(), content.as_bytes());
+    }
+
+    /// `content` becomes the branch's new commit right after the next answer with the file.
+    pub fn move_after_next_fetch(&self, content: &str) {
+        self.state.lock().unwrap().move_after_next = Some(content.as_bytes().to_vec());
     }
 
     pub fn commit(&self) -> String {
@@ -238,6 +245,15 @@ impl FakeForge {
     }
 }
 
+fn publish(s: &mut State, content: &[u8]) {
+    s.content = Some(content.to_vec());
+    s.commit = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(content))[..40].to_string()
+    };
+    s.commits.insert(s.commit.clone(), content.to_vec());
+}
+
 fn resp(status: u16, body: Vec<u8>, headers: &[(&str, String)]) -> Response<Full<Bytes>> {
     let mut b = Response::builder().status(status);
     for (k, v) in headers {
@@ -274,6 +290,17 @@ async fn handle(
         status: 0,
     };
     let out = route(&s, &r);
+    let at_branch = !r.path.contains("/commits")
+        && !r.path.contains("/statuses/")
+        && !s
+            .commits
+            .keys()
+            .any(|c| r.query.contains(&format!("ref={c}")));
+    if at_branch && out.status().as_u16() == 200 {
+        if let Some(next) = s.move_after_next.take() {
+            publish(&mut s, &next);
+        }
+    }
     let mut r = r;
     r.status = out.status().as_u16();
     s.log.push(r);
@@ -356,7 +383,13 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
     if !well_formed {
         return resp(400, b"bad request".to_vec(), &[]);
     }
-    let Some(content) = &s.content else {
+    // `ref=<commit>`: the file as it was at that commit.
+    let pinned = s
+        .commits
+        .iter()
+        .find(|(c, _)| r.query.split('&').any(|kv| kv == format!("ref={c}")))
+        .map(|(_, b)| b);
+    let Some(content) = pinned.or(s.content.as_ref()) else {
         return resp(404, b"not found".to_vec(), &[]);
     };
     let etag = etag_of(content);

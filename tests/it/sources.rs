@@ -171,6 +171,9 @@ fn github_source_conditional_with_commit_revision() {
     );
     assert_eq!(r.header("accept"), Some("application/vnd.github+json"));
     assert_eq!(env.state_json()["applied"]["revision"], forge.commit());
+    // the bytes applied are the file at that commit: fetched again with `ref=<commit>`
+    let pinned = &forge.content_requests()[1];
+    assert_eq!(pinned.query, format!("ref={}", forge.commit()));
     forge.clear_log();
     assert!(env.once().stdout.contains("unchanged"));
     assert_eq!(forge.content_requests()[0].status, 304);
@@ -193,6 +196,10 @@ fn gitlab_source_conditional_with_commit_header() {
     assert_eq!(r.query, "ref=main");
     assert_eq!(r.header("private-token"), Some(TOKEN));
     assert_eq!(env.state_json()["applied"]["revision"], forge.commit());
+    assert_eq!(
+        forge.content_requests()[1].query,
+        format!("ref={}", forge.commit())
+    );
     forge.clear_log();
     assert!(env.once().stdout.contains("unchanged"));
     assert_eq!(forge.content_requests()[0].status, 304);
@@ -236,4 +243,31 @@ fn plain_http_to_a_non_loopback_host_is_refused() {
         o.stderr
     );
     assert!(o.stderr.contains("https"), "{}", o.stderr);
+}
+
+/// Issue 22, part 1: the branch moves between the request for the file and the question
+/// "which commit last touched it". The bytes applied are the file at the commit recorded,
+/// never one commit's bytes under another commit's id.
+#[test]
+fn content_and_revision_agree_when_the_branch_moves_mid_fetch() {
+    for kind in ["forgejo", "github"] {
+        let (env, forge) = forge_env(&format!(
+            "{{ kind: {kind}, base_url: \"BASE\", repo: owner/app, path: sync-rules.yaml, ref: main, token_file: \"TOKENFILE\" }}"
+        ));
+        forge.set(&rules("v1", "good"));
+        forge.move_after_next_fetch(&rules("v2", "good"));
+        let o = env.once();
+        assert_eq!(o.code, 0, "{kind}: {}", o.all());
+        let st = env.state_json();
+        assert_eq!(st["applied"]["revision"], forge.commit(), "{kind}");
+        assert_eq!(
+            env.live(),
+            rules("v2", "good"),
+            "{kind}: the file at the recorded commit"
+        );
+        // The validator of the first answer described v1: the next fetch is not
+        // conditional on it, and finds upstream in sync.
+        let o = env.once();
+        assert!(o.stdout.contains("unchanged"), "{kind}: {}", o.all());
+    }
 }
