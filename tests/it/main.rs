@@ -9,7 +9,9 @@
 //!   `RULEKEEPER_REQUIRE_TOOLS=1`.
 //! - peers: `forge.rs` (a fake forge and a fake PowerSync admin API), `lab.rs` (a real
 //!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager), `realps.rs` (the real
-//!   PowerSync Service on a private Postgres; `tests/support/psctl` restarts it).
+//!   PowerSync Service on a private Postgres; `tests/support/psctl` restarts it),
+//!   `tests/support/faultshim.c` (an `LD_PRELOAD` shim failing chosen writes and fsyncs, for
+//!   `storage.rs`).
 //! - one file per feature; `cargo test --test it <file>::` runs one of them.
 
 // Harness and peers.
