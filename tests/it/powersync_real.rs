@@ -589,7 +589,7 @@ impl LabWorld {
                  \x20   path: {LAB_LIVE}\n    interval: 1h\n\
                  \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
                  \x20   restart: {{ systemd: {LAB_UNIT}, timeout: 60s }}\n\
-                 \x20   verify: {{ http: \"http://127.0.0.1:8080/probes/liveness\", interval: 1s, successes: 6, timeout: 60s }}\n\
+                 \x20   verify: {{ http: \"http://127.0.0.1:8080/probes/liveness\", interval: 2s, successes: 3, timeout: 90s }}\n\
                  \x20   webhook: {{ secret_file: /run/credentials/rulekeeper.service/webhook-secret }}\n"
             ),
         )
