@@ -219,8 +219,6 @@ pub async fn deploy(ep: &Endpoint<'_>, yaml: &[u8]) -> Result<(), DeployError> {
 pub struct Version {
     pub content: Option<String>,
     pub errors: Vec<Problem>,
-    /// Every replication connection finished its initial replication.
-    pub replicated: bool,
 }
 
 impl Version {
@@ -242,6 +240,39 @@ pub struct Diagnostics {
     pub deploying: Option<Version>,
 }
 
+/// Where deployed content stands in PowerSync's diagnostics.
+#[derive(Debug)]
+pub enum Deployed {
+    /// Active, and nothing else deploying.
+    Active,
+    Deploying,
+    /// The version holding it reports fatal errors.
+    Fatal(Vec<Problem>),
+    /// Not what PowerSync runs or deploys (never deployed, replaced, PowerSync's storage
+    /// reset), or active while another version deploys (about to be replaced).
+    Absent,
+}
+
+impl Diagnostics {
+    /// Where `content` stands: the one answer to "does PowerSync run or deploy this?" that
+    /// the deploy, its verification and the follow-up cycles share.
+    pub fn holding(&self, content: &[u8]) -> Deployed {
+        let (v, active) = match (&self.deploying, &self.active) {
+            (Some(v), _) if v.is(content) => (v, false),
+            (None, Some(v)) if v.is(content) => (v, true),
+            _ => return Deployed::Absent,
+        };
+        let fatal: Vec<Problem> = v.fatal().into_iter().cloned().collect();
+        if !fatal.is_empty() {
+            Deployed::Fatal(fatal)
+        } else if active {
+            Deployed::Active
+        } else {
+            Deployed::Deploying
+        }
+    }
+}
+
 /// `POST /api/admin/v1/diagnostics {"sync_rules_content": true}`.
 pub async fn diagnostics(ep: &Endpoint<'_>) -> Result<Diagnostics, ApiError> {
     // Without `sync_rules_content` PowerSync leaves the rules text out of the answer.
@@ -254,17 +285,9 @@ pub async fn diagnostics(ep: &Endpoint<'_>) -> Result<Diagnostics, ApiError> {
     let data = v.get("data").unwrap_or(&v);
     let version = |key: &str| -> Option<Version> {
         let r = data.get(key).filter(|r| !r.is_null())?;
-        let connections = r.get("connections").and_then(Value::as_array);
         Some(Version {
             content: r.get("content").and_then(Value::as_str).map(str::to_string),
             errors: problems(r.get("errors")),
-            replicated: connections.is_some_and(|c| {
-                c.iter().all(|c| {
-                    c.get("initial_replication_done")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false)
-                })
-            }),
         })
     };
     Ok(Diagnostics {

@@ -216,7 +216,7 @@ pub async fn restart(
 
 /// Deploys `content` unless PowerSync already runs it with nothing else deploying, or is
 /// deploying it now: every deploy is a new version that replicates from scratch, also for
-/// content PowerSync has (docs/powersync.md, "What a deploy costs"), so a rollback after a
+/// content PowerSync has (docs/powersync.md, "When a rollback is expensive"), so a rollback after a
 /// refused deploy, or a retry, must not start one for nothing.
 async fn deploy(
     api: PowerSyncDeploy,
@@ -229,9 +229,7 @@ async fn deploy(
         Err(ApiError::Unreachable(detail)) => return Ok(Restarted::NotAnswering { detail }),
         Err(e) => return Err(DeployError::Api(e).into()),
     };
-    let running = d.active.as_ref().is_some_and(|v| v.is(content)) && d.deploying.is_none();
-    let deploying = d.deploying.as_ref().is_some_and(|v| v.is(content));
-    if running || deploying {
+    if !matches!(d.holding(content), powersync::Deployed::Absent) {
         tracing::info!(url = %crate::redact::url(&api.url), "PowerSync already has this content; not deployed again");
     } else {
         match powersync::deploy(&ep, content).await {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
 use crate::digest::short;
 use crate::exec;
-use crate::powersync;
+use crate::powersync::{self, Deployed};
 use crate::restart::{self, Restarted};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,14 +99,14 @@ async fn taken_up(
     loop {
         let started = Instant::now();
         match tokio::time::timeout_at(deadline, powersync::diagnostics(&ep)).await {
-            Ok(Ok(d)) => match deployed_state(&d, content) {
+            Ok(Ok(d)) => match d.holding(content) {
                 Deployed::Fatal(errors) => {
                     let text = String::from_utf8_lossy(content);
                     return Err(VerifyError::PowerSync(powersync::summarize(
                         &errors.iter().collect::<Vec<_>>(),
                         "the deployed rules",
                         &text,
-                        3,
+                        crate::reason::REASON_LINES,
                     )));
                 }
                 Deployed::Active => return Ok(Healthy::Yes),
@@ -133,35 +133,6 @@ async fn taken_up(
             });
         }
         tokio::time::sleep_until(next).await;
-    }
-}
-
-/// Where deployed content stands in PowerSync's diagnostics.
-#[derive(Debug)]
-pub enum Deployed {
-    /// Active, and nothing else deploying.
-    Active,
-    Deploying,
-    /// The version holding it reports fatal errors.
-    Fatal(Vec<powersync::Problem>),
-    /// Not what PowerSync runs or deploys (never deployed, replaced, PowerSync's storage
-    /// reset), or active while another version deploys (about to be replaced).
-    Absent,
-}
-
-pub fn deployed_state(d: &powersync::Diagnostics, content: &[u8]) -> Deployed {
-    let (v, active) = match (&d.deploying, &d.active) {
-        (Some(v), _) if v.is(content) => (v, false),
-        (None, Some(v)) if v.is(content) => (v, true),
-        _ => return Deployed::Absent,
-    };
-    let fatal: Vec<powersync::Problem> = v.fatal().into_iter().cloned().collect();
-    if !fatal.is_empty() {
-        Deployed::Fatal(fatal)
-    } else if active {
-        Deployed::Active
-    } else {
-        Deployed::Deploying
     }
 }
 

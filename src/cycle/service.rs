@@ -15,11 +15,10 @@ use super::{CycleError, Runner};
 use crate::digest::{sha256_hex, short};
 use crate::install;
 use crate::labels::Outcome;
-use crate::powersync::{self, Endpoint};
+use crate::powersync::{self, Deployed, Endpoint};
 use crate::restart::{RestartError, WasRunning};
 use crate::state::Deploying;
 use crate::validate;
-use crate::verify::{self, Deployed};
 
 impl Runner<'_, '_> {
     /// Called with the live file in sync with upstream (or upstream unreachable) and usable.
@@ -40,7 +39,7 @@ impl Runner<'_, '_> {
             }
         };
         let sha = sha256_hex(live);
-        match verify::deployed_state(&d, live) {
+        match d.holding(live) {
             Deployed::Active => {
                 if self.st.deploying.take().is_some() {
                     tracing::info!(target_name = %t.name, sha256 = %sha, "PowerSync finished deploying the live file; it is active");
@@ -72,7 +71,7 @@ impl Runner<'_, '_> {
                         &errors.iter().collect::<Vec<_>>(),
                         &t.path.display().to_string(),
                         &text,
-                        3
+                        crate::reason::REASON_LINES
                     )
                 );
                 tracing::error!(target_name = %t.name, sha256 = %sha, error = %why, "deployed content failed; rolling back");
