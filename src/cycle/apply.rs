@@ -349,9 +349,7 @@ impl Runner<'_, '_> {
             return Ok(None);
         };
         let dir = self.ctx.state_dir.clone();
-        let g = tokio::task::spawn_blocking(move || state::unit_lock(&dir, &unit))
-            .await
-            .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))??;
+        let g = super::blocking_lock(move || state::unit_lock(&dir, &unit)).await??;
         Ok(Some(g))
     }
 

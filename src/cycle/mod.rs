@@ -132,10 +132,7 @@ pub struct Ctx<'a> {
 pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> {
     let started = Instant::now();
     let store = ctx.store.clone();
-    let locked = tokio::task::spawn_blocking(move || store.lock())
-        .await
-        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))?;
-    let _lock = match locked {
+    let _lock = match blocking_lock(move || store.lock()).await? {
         Ok(l) => l,
         // No lock, no state: nothing may run, but the failure is an outcome all the same
         // (a read-only or vanished state directory), so monitoring sees it.
@@ -146,10 +143,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     // still restarting on the old, instead of running beside it and adopting its unverified
     // file (targets whose live files share a directory take turns).
     let live_dir = install::live_dir(&ctx.target.path).to_path_buf();
-    let _dir_lock = match tokio::task::spawn_blocking(move || state::lock_dir(&live_dir))
-        .await
-        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))?
-    {
+    let _dir_lock = match blocking_lock(move || state::lock_dir(&live_dir)).await? {
         Ok(l) => l,
         Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
     };
@@ -191,18 +185,18 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     // An I/O failure (or our own) is a cycle that ran and failed: an outcome, counted and
     // shown like any other, naming the stage. Refusals, shutdown and boot deferral are not.
     let res = match res {
-        Err(e) if e.stage().is_some() => {
-            let stage = e.stage().unwrap_or("internal");
-            tracing::error!(target_name = %ctx.target.name, stage, error = %e, "cycle failed");
-            let live = install::read(&ctx.target.path).ok().flatten();
-            rep.outcome = Outcome::Failed;
-            rep.reason = Some(format!("{stage}: {e}"));
-            rep.usable = validate::usable_now(&ctx.target.validate, live.as_deref());
-            rep.success = false;
-            rep.live_sha256 = live.as_deref().map(sha256_hex);
-            Ok(())
-        }
-        other => other,
+        Err(e) => match e.stage() {
+            Some(stage) => {
+                tracing::error!(target_name = %ctx.target.name, stage, error = %e, "cycle failed");
+                rep.outcome = Outcome::Failed;
+                rep.reason = Some(format!("{stage}: {e}"));
+                rep.success = false;
+                describe_live(ctx.target, &mut rep);
+                Ok(())
+            }
+            None => Err(e),
+        },
+        ok => ok,
     };
     if let Err(e) = &res {
         st.last_error = Some(e.to_string());
@@ -263,28 +257,41 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
 /// The report of a cycle that could not take the target's lock (I/O on the state directory).
 fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Report {
     tracing::error!(target_name = %ctx.target.name, error = %e, "cannot take the target's lock");
-    let live = install::read(&ctx.target.path).ok().flatten();
     let mut rep = Report::new(&ctx.target.name, asked);
     rep.outcome = Outcome::Failed;
     rep.reason = Some(format!("state: {e}"));
     rep.unsaved = Some(e.to_string());
     rep.state_unknown = true;
-    rep.usable = validate::usable_now(&ctx.target.validate, live.as_deref());
-    rep.live_sha256 = live.as_deref().map(sha256_hex);
+    describe_live(ctx.target, &mut rep);
     rep.phases.push((Phase::Total, started.elapsed()));
     rep
+}
+
+/// The report of a cycle that ended without a verdict on the live file: whether it is
+/// usable and which content it holds, as the disk says now.
+fn describe_live(t: &Target, rep: &mut Report) {
+    let live = install::read(&t.path).ok().flatten();
+    rep.live_sha256 = live.as_deref().map(sha256_hex);
+    rep.usable = validate::usable_now(&t.validate, live.as_deref());
+}
+
+/// Takes a lock (which blocks) off the async threads.
+pub(super) async fn blocking_lock<T: Send + 'static>(
+    take: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, CycleError> {
+    tokio::task::spawn_blocking(take)
+        .await
+        .map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))
 }
 
 /// The state file holds the quarantine and any pending apply: never reset it silently, and
 /// touch nothing of this target until an operator has looked.
 fn state_error(t: &Target, rep: &mut Report, e: &StateError) {
-    let live = install::read(&t.path).ok().flatten();
     rep.outcome = Outcome::StateError;
     rep.reason = Some(format!(
         "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
     ));
-    rep.live_sha256 = live.as_deref().map(sha256_hex);
-    rep.usable = validate::usable_now(&t.validate, live.as_deref());
+    describe_live(t, rep);
 }
 
 /// One cycle in progress: the context, the state as it will be saved, the report so far.

@@ -69,10 +69,7 @@ impl Runner<'_, '_> {
         self.leave(Outcome::FetchFailed, Some(e.message), live)
             .await?;
         // Upstream being down is no reason for PowerSync not to run the live file.
-        match live {
-            Some(l) if self.rep.usable && !self.st.hold => self.converge_service(l).await,
-            _ => Ok(()),
-        }
+        self.converge_service(live).await
     }
 
     pub(super) async fn poll(&mut self) -> Result<(), CycleError> {
@@ -165,9 +162,6 @@ impl Runner<'_, '_> {
         self.rep.success = self.rep.usable;
         self.rep.live_sha256 = Some(up.sha.clone());
         self.rep.revision = up.revision.clone();
-        match live {
-            Some(l) if self.rep.usable && !self.st.hold => self.converge_service(l).await,
-            _ => Ok(()),
-        }
+        self.converge_service(live).await
     }
 }

@@ -13,6 +13,14 @@ use crate::restart::WasRunning;
 use crate::state::{Applied, PendingStage};
 use crate::validate;
 
+/// What going back to `.prev` found.
+enum PrevBack {
+    /// Last-good, now the live file.
+    Restored(Vec<u8>),
+    /// No usable `.prev`: the live file (its sha256) stays as it is.
+    Nothing { live_sha: Option<String> },
+}
+
 impl Runner<'_, '_> {
     /// Restores `.prev` after `bad_sha` failed; quarantines it.
     pub(super) async fn roll_back(
@@ -48,28 +56,38 @@ impl Runner<'_, '_> {
         if quarantine {
             self.quarantine(bad_sha, &format!("validation failed: {why}"));
         }
-        let prev = install::read(&install::prev_path(&t.path))?;
-        let live = self.read_live()?;
         self.st.pending = None;
         self.rep.outcome = Outcome::Rejected;
         self.rep.reason = Some(why.to_string());
         self.rep.revision = self.applied_revision();
-        match prev.filter(|p| validate::usable_now(&t.validate, Some(p))) {
-            Some(prev) => {
-                if live.as_deref().map(sha256_hex).as_deref() == Some(bad_sha) {
-                    let c = install::stage(&t.path, &prev, t.mode_bits)?;
-                    install::install(c, &t.path, None, t.mode_bits)?;
-                }
+        match self.put_prev_back(bad_sha)? {
+            PrevBack::Restored(prev) => {
                 self.rep.usable = true;
                 self.rep.live_sha256 = Some(sha256_hex(&prev));
             }
-            None => {
+            PrevBack::Nothing { live_sha } => {
                 // A first apply: there is no last-good, and the service runs none of ours.
                 self.rep.usable = false;
-                self.rep.live_sha256 = live.as_deref().map(sha256_hex);
+                self.rep.live_sha256 = live_sha;
             }
         }
         Ok(())
+    }
+
+    /// Puts a usable `.prev` in place of the live file if that is still `bad_sha`.
+    fn put_prev_back(&self, bad_sha: &str) -> Result<PrevBack, CycleError> {
+        let t = self.ctx.target;
+        let prev = install::read(&install::prev_path(&t.path))?;
+        let live_sha = self.read_live()?.as_deref().map(sha256_hex);
+        let Some(prev) = prev.filter(|p| validate::usable_now(&t.validate, Some(p))) else {
+            return Ok(PrevBack::Nothing { live_sha });
+        };
+        if live_sha.as_deref() == Some(bad_sha) {
+            let c = install::stage(&t.path, &prev, t.mode_bits)?;
+            install::install(c, &t.path, None, t.mode_bits)?;
+            tracing::warn!(target_name = %t.name, sha256 = %sha256_hex(&prev), "restored .prev");
+        }
+        Ok(PrevBack::Restored(prev))
     }
 
     /// Puts `.prev` back (if the live file is still `bad_sha`), restarts and verifies. A unit
@@ -82,28 +100,22 @@ impl Runner<'_, '_> {
         was: WasRunning,
     ) -> Result<(), CycleError> {
         let t = self.ctx.target;
-        let prev_path = install::prev_path(&t.path);
-        let prev = install::read(&prev_path)?;
-        let live = self.read_live()?;
-        let live_sha = live.as_deref().map(sha256_hex);
         self.rep.revision = self.applied_revision();
-        let Some(prev) = prev.filter(|p| validate::usable_now(&t.validate, Some(p))) else {
-            self.st.pending = None;
-            self.rep.outcome = Outcome::RollbackFailed;
-            self.rep.usable = false;
-            self.rep.live_sha256 = live_sha;
-            self.rep.reason = Some(format!(
-                "{why}; and there is no usable {} to roll back to",
-                prev_path.display()
-            ));
-            return Ok(());
+        let prev = match self.put_prev_back(bad_sha)? {
+            PrevBack::Restored(prev) => prev,
+            PrevBack::Nothing { live_sha } => {
+                self.st.pending = None;
+                self.rep.outcome = Outcome::RollbackFailed;
+                self.rep.usable = false;
+                self.rep.live_sha256 = live_sha;
+                self.rep.reason = Some(format!(
+                    "{why}; and there is no usable {} to roll back to",
+                    install::prev_path(&t.path).display()
+                ));
+                return Ok(());
+            }
         };
         let prev_sha = sha256_hex(&prev);
-        if live_sha.as_deref() == Some(bad_sha) {
-            let c = install::stage(&t.path, &prev, t.mode_bits)?;
-            install::install(c, &t.path, None, t.mode_bits)?;
-            tracing::warn!(target_name = %t.name, sha256 = %prev_sha, "restored .prev");
-        }
         let checked = self.restart_and_verify(&prev, was).await;
         self.st.pending = None;
         self.rep.usable = true;

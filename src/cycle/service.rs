@@ -21,10 +21,15 @@ use crate::state::Deploying;
 use crate::validate;
 
 impl Runner<'_, '_> {
-    /// Called with the live file in sync with upstream (or upstream unreachable) and usable.
-    pub(super) async fn converge_service(&mut self, live: &[u8]) -> Result<(), CycleError> {
+    /// Called when the cycle leaves the live file as it is (in sync with upstream, or
+    /// upstream unreachable): a usable live file of a target that is not held is what
+    /// PowerSync must run.
+    pub(super) async fn converge_service(&mut self, live: Option<&[u8]>) -> Result<(), CycleError> {
         let t = self.ctx.target;
         let Some(api) = t.restart.deploy() else {
+            return Ok(());
+        };
+        let Some(live) = live.filter(|_| self.rep.usable && !self.st.hold) else {
             return Ok(());
         };
         let ep = Endpoint::deploy(api, t.restart.timeout);
