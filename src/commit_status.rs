@@ -14,7 +14,7 @@ use prometheus::{IntCounterVec, Opts};
 use crate::config::{CommitStatus, SourceKind, Target};
 use crate::labels::Outcome;
 use crate::report::{Asked, Report};
-use crate::source::read_secret;
+use crate::source::forge;
 use crate::state::{CommitState as State, PostedStatus as Posted, TargetState};
 
 /// GitHub's limit for a status description; the others take more, none needs more.
@@ -230,18 +230,12 @@ async fn post_with_retries(t: &Target, c: &CommitStatus, post: &Post) -> Result<
     Err(format!("{ATTEMPTS} attempts: {last}"))
 }
 
+/// One post, with the source's own HTTP client (its private CA, user agent and timeouts are
+/// the forge's, not ours to guess), base URL and each forge's token header.
 async fn post_once(t: &Target, c: &CommitStatus, post: &Post) -> Result<(), String> {
     let s = &t.source;
-    let token = read_secret(&c.token_file).map_err(|e| e.message)?;
     let repo = s.repo.clone().unwrap_or_default();
     let (owner, name) = repo.split_once('/').unwrap_or((&repo, ""));
-    let default_base = if s.kind == SourceKind::Github {
-        "https://api.github.com"
-    } else {
-        ""
-    };
-    let mut u = url::Url::parse(s.base_url.as_deref().unwrap_or(default_base))
-        .map_err(|e| format!("source.base_url: {e}"))?;
     let segs: Vec<&str> = match s.kind {
         SourceKind::Forgejo | SourceKind::Gitea => {
             vec!["api", "v1", "repos", owner, name, "statuses", &post.sha]
@@ -251,10 +245,8 @@ async fn post_once(t: &Target, c: &CommitStatus, post: &Post) -> Result<(), Stri
         SourceKind::Gitlab => vec!["api", "v4", "projects", &repo, "statuses", &post.sha],
         _ => return Err("not a forge source".into()),
     };
-    u.path_segments_mut()
-        .map_err(|_| "source.base_url cannot take a path".to_string())?
-        .pop_if_empty()
-        .extend(segs);
+    let mut u = forge::api_base(s.kind, s.base_url.as_deref()).map_err(|e| e.message)?;
+    forge::push_segments(&mut u, &segs).map_err(|e| e.message)?;
     let context = context(t, c);
     let description = bounded(&post.description);
     let state = word(post.state, s.kind);
@@ -263,22 +255,16 @@ async fn post_once(t: &Target, c: &CommitStatus, post: &Post) -> Result<(), Stri
     } else {
         serde_json::json!({"state": state, "context": context, "description": description})
     };
-    let client = reqwest::Client::builder()
-        .timeout(c.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let req = client.post(u.clone()).json(&body);
-    let req = match s.kind {
-        SourceKind::Forgejo | SourceKind::Gitea => {
-            req.header("Authorization", format!("token {}", token.expose()))
-        }
-        SourceKind::Gitlab => req.header("PRIVATE-TOKEN", token.expose()),
-        _ => req
-            .bearer_auth(token.expose())
+    let client = forge::client(c.timeout, s.ca_file.as_deref()).map_err(|e| e.message)?;
+    let mut req = client
+        .post(u.clone())
+        .headers(forge::auth_headers(s.kind, &c.token_file).map_err(|e| e.message)?)
+        .json(&body);
+    if s.kind == SourceKind::Github {
+        req = req
             .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28"),
-    };
+            .header("X-GitHub-Api-Version", "2022-11-28");
+    }
     let shown = crate::redact::url(u.as_str());
     let resp = req
         .send()

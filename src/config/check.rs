@@ -84,10 +84,7 @@ fn commit_status(t: &Target) -> Result<(), Complaint> {
     let Some(c) = &t.commit_status else {
         return Ok(());
     };
-    if !matches!(
-        t.source.kind,
-        SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab
-    ) {
+    if !t.source.kind.is_forge() {
         return Err(at(
             "commit_status",
             "needs a forgejo, gitea, github or gitlab source (it posts to that forge's statuses API)",

@@ -147,6 +147,14 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// A forge with a REST API (raw files, commits, statuses): not `git`, `http` or `file`.
+    pub fn is_forge(self) -> bool {
+        matches!(
+            self,
+            SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Forgejo => "forgejo",

@@ -3,7 +3,7 @@
 //! redirects that stay on the same origin (so a token is never sent to another host), and
 //! check the bytes against what the forge says they are (`integrity`) before returning them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -98,6 +98,16 @@ fn build_client(
     })
 }
 
+/// The API base of a forge source: `base_url`, or GitHub's public API when GitHub has none.
+pub fn api_base(kind: SourceKind, base_url: Option<&str>) -> Result<url::Url, FetchError> {
+    let default = if kind == SourceKind::Github {
+        "https://api.github.com"
+    } else {
+        ""
+    };
+    parse_base(base_url.unwrap_or(default))
+}
+
 fn parse_base(base: &str) -> Result<url::Url, FetchError> {
     let mut u = url::Url::parse(base)
         .map_err(|e| FetchError::new(FetchReason::Config, format!("base_url: {e}")))?;
@@ -109,7 +119,7 @@ fn parse_base(base: &str) -> Result<url::Url, FetchError> {
     Ok(u)
 }
 
-fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
+pub fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
     let mut p = u
         .path_segments_mut()
         .map_err(|_| FetchError::new(FetchReason::Config, "base URL cannot have a path"))?;
@@ -119,6 +129,40 @@ fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
     }
     drop(p);
     Ok(())
+}
+
+/// Each forge's header for a token read from `tf` (Forgejo/Gitea `Authorization: token`,
+/// GitLab `PRIVATE-TOKEN`, others Bearer), marked sensitive: the read token of a source and
+/// the write token of commit statuses go the same way.
+pub fn auth_headers(kind: SourceKind, tf: &Path) -> Result<HeaderMap, FetchError> {
+    let mut h = HeaderMap::new();
+    let tok = read_secret(tf)?;
+    let (name, value) = match kind {
+        SourceKind::Forgejo | SourceKind::Gitea => (
+            reqwest::header::AUTHORIZATION,
+            format!("token {}", tok.expose()),
+        ),
+        SourceKind::Gitlab => (
+            HeaderName::from_static("private-token"),
+            tok.expose().to_string(),
+        ),
+        _ => (
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", tok.expose()),
+        ),
+    };
+    let mut v = HeaderValue::from_str(&value).map_err(|_| {
+        FetchError::new(
+            FetchReason::Token,
+            format!(
+                "token file {} holds characters not allowed in a header",
+                tf.display()
+            ),
+        )
+    })?;
+    v.set_sensitive(true);
+    h.insert(name, v);
+    Ok(h)
 }
 
 impl ForgeSource {
@@ -165,7 +209,7 @@ impl ForgeSource {
                 (u, Some(c))
             }
             SourceKind::Github => {
-                let base = parse_base(s.base_url.as_deref().unwrap_or("https://api.github.com"))?;
+                let base = api_base(s.kind, s.base_url.as_deref())?;
                 let (owner, name) = repo.split_once('/').unwrap_or((&repo, ""));
                 let mut u = base.clone();
                 push_segments(&mut u, &["repos", owner, name, "contents"])?;
@@ -225,37 +269,10 @@ impl ForgeSource {
     }
 
     fn auth_headers(&self) -> Result<HeaderMap, FetchError> {
-        let mut h = HeaderMap::new();
-        let Some(tf) = &self.token_file else {
-            return Ok(h);
-        };
-        let tok = read_secret(tf)?;
-        let (name, value) = match self.kind {
-            SourceKind::Forgejo | SourceKind::Gitea => (
-                reqwest::header::AUTHORIZATION,
-                format!("token {}", tok.expose()),
-            ),
-            SourceKind::Gitlab => (
-                HeaderName::from_static("private-token"),
-                tok.expose().to_string(),
-            ),
-            _ => (
-                reqwest::header::AUTHORIZATION,
-                format!("Bearer {}", tok.expose()),
-            ),
-        };
-        let mut v = HeaderValue::from_str(&value).map_err(|_| {
-            FetchError::new(
-                FetchReason::Token,
-                format!(
-                    "token file {} holds characters not allowed in a header",
-                    tf.display()
-                ),
-            )
-        })?;
-        v.set_sensitive(true);
-        h.insert(name, v);
-        Ok(h)
+        match &self.token_file {
+            Some(tf) => auth_headers(self.kind, tf),
+            None => Ok(HeaderMap::new()),
+        }
     }
 
     /// Fetches the file (conditionally). For forges, the content and its revision always
@@ -270,11 +287,7 @@ impl ForgeSource {
             Some(r) => Some(r),
             None => self.last_commit().await,
         };
-        let forge = matches!(
-            self.kind,
-            SourceKind::Forgejo | SourceKind::Gitea | SourceKind::Github | SourceKind::Gitlab
-        );
-        let Some(commit) = revision.filter(|_| forge) else {
+        let Some(commit) = revision.filter(|_| self.kind.is_forge()) else {
             return Ok(Fetched::Content {
                 body: first.body,
                 token: first.token,

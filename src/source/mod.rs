@@ -3,7 +3,7 @@
 //! size-capped and time-limited; tokens are read from files and never appear in errors.
 
 mod file;
-mod forge;
+pub mod forge;
 mod git;
 pub mod integrity;
 

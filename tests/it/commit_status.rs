@@ -118,6 +118,18 @@ fn a_rolled_back_commit_gets_failure_with_the_reason_once() {
         "{got:?}"
     );
     assert!(got[1].2.chars().count() <= 140, "{got:?}");
+    // GitHub refuses API requests without a User-Agent: the forge client's is sent.
+    let post = forge
+        .log()
+        .into_iter()
+        .find(|r| r.method == "POST" && r.path.contains("/statuses/"))
+        .unwrap();
+    assert!(
+        post.header("user-agent")
+            .is_some_and(|u| u.starts_with("rulekeeper/")),
+        "{:?}",
+        post.headers
+    );
     // Upstream keeps serving it: quarantined polls post nothing more for that commit.
     let o = env.once();
     assert!(o.stdout.contains("quarantined"), "{}", o.all());
