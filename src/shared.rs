@@ -59,9 +59,15 @@ pub struct Shared {
     last_cycle: Mutex<String>,
     /// Targets whose last cycle could not save its state, and why: what `/status` reads from
     /// disk is older than what happened.
-    unsaved: Mutex<BTreeMap<String, String>>,
-    /// The state a target's last cycle could not save, for its next cycle.
-    carry: Mutex<BTreeMap<String, crate::state::TargetState>>,
+    unsaved: Mutex<BTreeMap<String, Unsaved>>,
+}
+
+/// A target's cycle whose state could not be saved.
+pub struct Unsaved {
+    pub error: String,
+    /// What the cycle would have saved, when it is still the target's (not after a lost
+    /// lock): the next cycle starts from it rather than the older file.
+    pub state: Option<crate::state::TargetState>,
 }
 
 impl Shared {
@@ -91,7 +97,6 @@ impl Shared {
             epoch: Instant::now(),
             last_cycle: Mutex::new(String::new()),
             unsaved: Mutex::new(BTreeMap::new()),
-            carry: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -99,32 +104,29 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Remembers (or forgets) that a target's last cycle could not save its state.
-    pub fn note_unsaved(&self, target: &str, error: Option<String>) {
+    /// Records what a target's cycle left unsaved: its error (None: the state is on disk)
+    /// and, when it is the target's, the state itself, for the next cycle to start from.
+    pub fn note_unsaved(&self, target: &str, unsaved: Option<Unsaved>) {
         let mut m = crate::mutex::lock(&self.unsaved);
-        match error {
-            Some(e) => m.insert(target.to_string(), e),
-            None => m.remove(target),
-        };
-    }
-
-    /// Keeps (or drops) the state a target's cycle could not save, for its next cycle.
-    pub fn set_carry(&self, target: &str, st: Option<crate::state::TargetState>) {
-        let mut m = crate::mutex::lock(&self.carry);
-        match st {
-            Some(s) => m.insert(target.to_string(), s),
+        match unsaved {
+            Some(u) => m.insert(target.to_string(), u),
             None => m.remove(target),
         };
     }
 
     /// The state to start a target's next cycle from, when the last one could not save it.
+    /// Taken once: the error stays shown until a cycle saves.
     pub fn take_carry(&self, target: &str) -> Option<crate::state::TargetState> {
-        crate::mutex::lock(&self.carry).remove(target)
+        crate::mutex::lock(&self.unsaved)
+            .get_mut(target)
+            .and_then(|u| u.state.take())
     }
 
     /// The state save error of a target's last cycle, if it had one.
     pub fn unsaved(&self, target: &str) -> Option<String> {
-        crate::mutex::lock(&self.unsaved).get(target).cloned()
+        crate::mutex::lock(&self.unsaved)
+            .get(target)
+            .map(|u| u.error.clone())
     }
 
     pub fn loop_handle(&self, target: &str) -> Option<&LoopHandle> {

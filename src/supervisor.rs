@@ -29,10 +29,12 @@ use crate::state::Store;
 /// Records a finished cycle: metrics, log line, STATUS=.
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
-    shared.note_unsaved(&rep.target, rep.unsaved.clone());
-    shared.set_carry(
+    shared.note_unsaved(
         &rep.target,
-        (rep.unsaved.is_some() && !rep.state_unknown).then(|| rep.state.clone()),
+        rep.unsaved.as_ref().map(|error| crate::shared::Unsaved {
+            error: error.clone(),
+            state: (!rep.state_unknown).then(|| rep.state.clone()),
+        }),
     );
     rep.log();
     shared.note_cycle(
