@@ -339,10 +339,14 @@ impl Store {
     }
 }
 
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+/// (device, inode): which file a path or an open file is, whatever its name.
+fn id_of(m: &fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+    (m.dev(), m.ino())
+}
+
+fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    Ok(id_of(&fs::metadata(path)?))
 }
 
 /// Holds an exclusive `flock` until dropped.
@@ -356,7 +360,6 @@ pub struct LockGuard {
 /// is only a lock while the path still names the locked file: if it was removed or replaced
 /// while we waited (a state directory removed), the lock is taken again on what is there now.
 pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
-    use std::os::unix::fs::MetadataExt;
     for _ in 0..10 {
         let file = OpenOptions::new()
             .create(true)
@@ -365,8 +368,7 @@ pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
             .open(path)
             .map_err(io_err(path))?;
         file.lock().map_err(io_err(path))?;
-        let held = file.metadata().map_err(io_err(path))?;
-        let id = (held.dev(), held.ino());
+        let id = id_of(&file.metadata().map_err(io_err(path))?);
         if file_id(path).ok() == Some(id) {
             return Ok(LockGuard { _file: file, id });
         }
@@ -379,15 +381,11 @@ pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
 /// An exclusive `flock` on a directory itself (its inode cannot be swapped under us by
 /// removing a file), blocking until it is free. A missing directory is created.
 pub fn lock_dir(dir: &Path) -> Result<LockGuard, StateError> {
-    use std::os::unix::fs::MetadataExt;
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let file = File::open(dir).map_err(io_err(dir))?;
     file.lock().map_err(io_err(dir))?;
-    let m = file.metadata().map_err(io_err(dir))?;
-    Ok(LockGuard {
-        _file: file,
-        id: (m.dev(), m.ino()),
-    })
+    let id = id_of(&file.metadata().map_err(io_err(dir))?);
+    Ok(LockGuard { _file: file, id })
 }
 
 /// The lock that serialises restart + verify of one systemd unit across targets.
