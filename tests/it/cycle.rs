@@ -331,7 +331,7 @@ fn check_and_validate_commands() {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         &env.restart_command(),
         &env.verify_http(),
         "",
@@ -361,17 +361,13 @@ fn validate_command_sees_the_candidate_and_its_output_is_reported() {
     );
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         "",
     );
     // add a validate command
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        &format!("validate: {{ require_keys: [bucket_definitions], command: [\"{}\", \"{{file}}\"], timeout: 5s }}", script.display()),
-    );
-    std::fs::write(&env.config, text).unwrap();
+    env.set_validate(&format!("validate: {{ require_keys: [bucket_definitions], command: [\"{}\", \"{{file}}\"], timeout: 5s }}", script.display()));
     std::fs::write(&up, rules("ok", "good")).unwrap();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, format!("{}# forbidden\n", rules("no", "good"))).unwrap();

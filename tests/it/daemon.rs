@@ -12,7 +12,7 @@ fn file_env(interval: &str) -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         &env.restart_command(),
         &env.verify_http(),
         &format!("    interval: {interval}\n"),
@@ -81,11 +81,7 @@ fn watchdog_stops_while_a_loop_is_stuck() {
         "{ none: true, timeout: 1s }",
         "    interval: 1s\n",
     );
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        "validate: { timeout: 1s }",
-    );
-    std::fs::write(&env.config, text).unwrap();
+    env.set_validate("validate: { timeout: 1s }");
     let d = env.daemon(Some(400_000));
     d.wait_ready();
     // Hold the target's lock from outside, as a hung process would.
@@ -296,14 +292,10 @@ fn sigterm_mid_cycle_stops_before_the_swap() {
     let (env, up) = file_env("1h");
     std::fs::write(&up, rules("v1", "good")).unwrap();
     let marker = env.dir.path().join("validating");
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        &format!(
+    env.set_validate(&format!(
             "validate: {{ command: [sh, -c, \"grep -q v2 \\\"$0\\\" || exit 0; touch {}; sleep 2\", \"{{file}}\"], timeout: 10s }}",
             marker.display()
-        ),
-    );
-    std::fs::write(&env.config, text).unwrap();
+        ));
     env.start_service();
     assert_eq!(env.once().code, 0);
     let restarts = env.restarts();

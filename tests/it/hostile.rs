@@ -18,7 +18,7 @@ fn hooked() -> (Env, Daemon) {
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         &format!(
@@ -246,7 +246,7 @@ fn a_restart_command_that_backgrounds_the_service_is_done_when_it_exits() {
         d = env.svc.display()
     );
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         &restart,
         &env.verify_http(),
         "",
@@ -355,7 +355,7 @@ fn secret_files_readable_by_others_are_warned_about() {
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         &format!("    webhook: {{ secret_file: \"{}\" }}\n", secret.display()),

@@ -127,11 +127,7 @@ impl Lab {
             .arg(format!("cd /run/lab && {script}"))
             .env_remove("NOTIFY_SOCKET")
             .output()?;
-        Ok(Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(out.into())
     }
 
     pub fn systemctl(&self, args: &[&str]) -> Out {

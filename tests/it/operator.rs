@@ -9,7 +9,7 @@ fn file_env() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         &env.restart_command(),
         &env.verify_http(),
         "",

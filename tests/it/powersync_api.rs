@@ -37,19 +37,15 @@ fn setup(
         verify
     };
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         &env.restart_command(),
         &verify,
         "",
     );
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        &format!(
+    env.set_validate(&format!(
             "validate: {{ require_keys: [bucket_definitions], powersync_api: {{ url: \"{url}\", token_file: \"{}\", timeout: 2s{validate_extra} }} }}",
             tf.display()
-        ),
-    );
-    std::fs::write(&env.config, text).unwrap();
+        ));
     api.state.lock().unwrap().ps_live = Some(env.live.clone());
     env.start_service();
     (env, api, up)

@@ -290,19 +290,15 @@ fn rejection_reason_names_the_live_path_line_and_message() {
     let env = util::Env::new();
     let up = env.dir.path().join("upstream.yaml");
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         "",
     );
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        &format!(
+    env.set_validate(&format!(
             "validate: {{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"], timeout: 60s }}",
             validate.display()
-        ),
-    );
-    std::fs::write(&env.config, text).unwrap();
+        ));
     let good = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
     std::fs::write(&up, good).unwrap();
     let o = env.once();

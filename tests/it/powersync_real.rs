@@ -87,11 +87,7 @@ impl World {
             .env_remove("NOTIFY_SOCKET")
             .output()
             .expect("run rulekeeper");
-        let o = Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let o = Out::from(out);
         eprintln!(
             "rulekeeper {args:?}: exit {} after {:?}: {}",
             o.code,

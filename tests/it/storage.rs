@@ -44,11 +44,7 @@ fn in_ns(env: &Env, setup: &str, args: &str) -> Out {
         .env_remove("NOTIFY_SOCKET")
         .output()
         .expect("run unshare");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    out.into()
 }
 
 /// A file source at `up`, nothing restarted or probed.
@@ -56,7 +52,7 @@ fn world() -> (Env, std::path::PathBuf) {
     let env = Env::new();
     let up = env.dir.path().join("upstream.yaml");
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         "",
@@ -226,13 +222,9 @@ fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
     let target_dir = env.state.join("targets/ps");
     std::fs::remove_dir_all(&target_dir).unwrap();
     std::fs::write(&gate, "").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let all = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(5), "{all}");
+    let out = Out::from(child.wait_with_output().unwrap());
+    let all = out.all();
+    assert_eq!(out.code, 5, "{all}");
     assert!(all.contains("was removed or replaced"), "{all}");
     assert!(
         !target_dir.join("state.json").exists(),
@@ -438,20 +430,13 @@ fn a_cycle_on_a_fresh_state_directory_waits_for_the_one_still_restarting() {
         "the second cycle ran beside the first"
     );
     std::fs::write(&gate, "").unwrap();
-    let first = first.wait_with_output().unwrap();
-    let second = second.wait_with_output().unwrap();
-    let said = |o: &std::process::Output| {
-        format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    assert_eq!(first.status.code(), Some(5), "{}", said(&first));
+    let first = Out::from(first.wait_with_output().unwrap());
+    let second = Out::from(second.wait_with_output().unwrap());
+    assert_eq!(first.code, 5, "{}", first.all());
     assert!(
-        !String::from_utf8_lossy(&second.stdout).contains("unchanged"),
+        !second.stdout.contains("unchanged"),
         "the second cycle adopted unverified content: {}",
-        said(&second)
+        second.all()
     );
-    assert_eq!(env.live(), rules("v1", "good"), "{}", said(&second));
+    assert_eq!(env.live(), rules("v1", "good"), "{}", second.all());
 }

@@ -36,12 +36,7 @@ fn rk_within(env: &Env, args: &[&str], secs: u64) -> Out {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().expect("output");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    child.wait_with_output().expect("output").into()
 }
 
 #[test]
@@ -50,11 +45,7 @@ fn only_one_yaml_mapping_is_a_rules_file_even_without_required_keys() {
         "{ kind: forgejo, base_url: \"BASE\", repo: owner/app, path: sync-rules.yaml, token_file: \"TOKENFILE\" }",
     );
     // Only the built-in checks: no require_keys.
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "validate: { require_keys: [bucket_definitions, streams] }",
-        "validate: {}",
-    );
-    std::fs::write(&env.config, text).unwrap();
+    env.set_validate("validate: {}");
     forge.set(&rules("v1", "good"));
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -285,7 +276,7 @@ fn special_files_are_refused_without_blocking() {
     let up = env.dir.path().join("upstream.yaml");
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         "",
@@ -313,7 +304,7 @@ fn special_files_are_refused_without_blocking() {
     let fifo = env.dir.path().join("upstream.fifo");
     mkfifo(&fifo);
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", fifo.display()),
+        &crate::util::file_source(&fifo),
         "{ none: true }",
         "{ none: true }",
         "",
@@ -333,7 +324,7 @@ fn a_symlinked_live_file_is_refused_and_left_alone() {
     let up = env.dir.path().join("upstream.yaml");
     std::fs::write(&up, rules("v2", "good")).unwrap();
     env.write_config(
-        &format!("{{ kind: file, path: \"{}\" }}", up.display()),
+        &crate::util::file_source(&up),
         "{ none: true }",
         "{ none: true }",
         "",

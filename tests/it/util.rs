@@ -111,6 +111,16 @@ impl Out {
     }
 }
 
+impl From<std::process::Output> for Out {
+    fn from(out: std::process::Output) -> Out {
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,6 +139,11 @@ pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The `source:` of a `file` source reading `path`.
+pub fn file_source(path: &Path) -> String {
+    format!("{{ kind: file, path: \"{}\" }}", path.display())
 }
 
 /// A rules file for the fake service: `tag` lands on the first line (the service logs it at
@@ -218,6 +233,16 @@ impl Env {
         std::fs::write(&self.config, text).unwrap();
     }
 
+    /// Replaces the `validate:` written by [`Env::write_config`] with `validate` (a YAML flow
+    /// mapping, e.g. `validate: { command: [...] }`).
+    pub fn set_validate(&self, validate: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+            "validate: { require_keys: [bucket_definitions, streams] }",
+            validate,
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     /// Config for a Forgejo source on `forge`, command restarter, HTTP verify.
     pub fn forgejo_config(&self, base_url: &str, token_file: &Path) {
         self.forgejo_config_verify(base_url, token_file, &self.verify_http());
@@ -259,12 +284,10 @@ impl Env {
     }
 
     pub fn rk_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Out {
-        let out = self.command(args, envs).output().expect("run rulekeeper");
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        self.command(args, envs)
+            .output()
+            .expect("run rulekeeper")
+            .into()
     }
 
     pub fn once(&self) -> Out {
