@@ -350,22 +350,11 @@ fn check_and_validate_commands() {
 
 #[test]
 fn validate_command_sees_the_candidate_and_its_output_is_reported() {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
+    let (env, up) = Env::with_file_source();
     let script = env.dir.path().join("check.sh");
     let seen = env.dir.path().join("seen");
     std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" >> {}\ngrep -q forbidden \"$1\" && {{ echo \"found forbidden in $1\" >&2; exit 1; }}\nexit 0\n", seen.display())).unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(&script).unwrap().permissions(),
-        0o755,
-    );
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    env.write_config(
-        &crate::util::file_source(&up),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
     // add a validate command
     env.set_validate(&format!("validate: {{ require_keys: [bucket_definitions], command: [\"{}\", \"{{file}}\"], timeout: 5s }}", script.display()));
     std::fs::write(&up, rules("ok", "good")).unwrap();

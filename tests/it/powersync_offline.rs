@@ -287,14 +287,7 @@ fn works_through_a_symlink() {
 #[test]
 fn rejection_reason_names_the_live_path_line_and_message() {
     let Some(validate) = validator() else { return };
-    let env = util::Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    env.write_config(
-        &crate::util::file_source(&up),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
+    let (env, up) = util::Env::with_file_source();
     env.set_validate(&format!(
             "validate: {{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"], timeout: 60s }}",
             validate.display()

@@ -47,19 +47,6 @@ fn in_ns(env: &Env, setup: &str, args: &str) -> Out {
     out.into()
 }
 
-/// A file source at `up`, nothing restarted or probed.
-fn world() -> (Env, std::path::PathBuf) {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    env.write_config(
-        &crate::util::file_source(&up),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
-    (env, up)
-}
-
 fn prev(env: &Env) -> String {
     std::fs::read_to_string(env.live.with_file_name("sync-rules.yaml.prev")).unwrap_or_default()
 }
@@ -80,7 +67,7 @@ fn failed_live_rename_keeps_last_good_and_is_a_failed_outcome() {
     if !can_unshare() {
         return;
     }
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, rules("v2", "good")).unwrap();
@@ -136,7 +123,7 @@ fn full_file_system_leaves_nothing_partial() {
     if !can_unshare() {
         return;
     }
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     let dir = env.live.parent().unwrap().to_path_buf();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     // The big revision does not fit in 64 KiB; a small one does.
@@ -173,7 +160,7 @@ fn unwritable_state_directory_is_a_failed_outcome() {
     if !can_unshare() {
         return;
     }
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, rules("v2", "good")).unwrap();
@@ -194,7 +181,7 @@ fn unwritable_state_directory_is_a_failed_outcome() {
 /// directory another cycle may now own, and end `failed` (exit 5).
 #[test]
 fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
     let text = std::fs::read_to_string(&env.config).unwrap().replace(
         "restart: { none: true }",
@@ -257,7 +244,7 @@ fn shim() -> Option<std::path::PathBuf> {
 #[test]
 fn failed_directory_fsync_is_redone_before_the_apply_counts() {
     let Some(shim) = shim() else { return };
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, rules("v2", "good")).unwrap();
@@ -297,7 +284,7 @@ fn failed_directory_fsync_is_redone_before_the_apply_counts() {
 #[test]
 fn failed_final_save_costs_no_second_restart() {
     let Some(shim) = shim() else { return };
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
     let switch = env.dir.path().join("disk-broken");
     let restarts = env.dir.path().join("restarts.log");
@@ -377,7 +364,7 @@ fn failed_final_save_costs_no_second_restart() {
 /// fails, so the live file goes back to v1 before the second one looks.
 #[test]
 fn a_cycle_on_a_fresh_state_directory_waits_for_the_one_still_restarting() {
-    let (env, up) = world();
+    let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
     let ok = env.dir.path().join("healthy");
     let text = std::fs::read_to_string(&env.config)

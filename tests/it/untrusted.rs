@@ -272,15 +272,8 @@ fn mkfifo(p: &std::path::Path) {
 #[test]
 fn special_files_are_refused_without_blocking() {
     // A FIFO at the live path.
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
+    let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
-    env.write_config(
-        &crate::util::file_source(&up),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
     let text = std::fs::read_to_string(&env.config).unwrap();
     std::fs::write(&env.config, format!("startup_timeout: 2s\n{text}")).unwrap();
     mkfifo(&env.live);
@@ -320,15 +313,8 @@ fn special_files_are_refused_without_blocking() {
 
 #[test]
 fn a_symlinked_live_file_is_refused_and_left_alone() {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
+    let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v2", "good")).unwrap();
-    env.write_config(
-        &crate::util::file_source(&up),
-        "{ none: true }",
-        "{ none: true }",
-        "",
-    );
     let real = env.dir.path().join("real-rules.yaml");
     std::fs::write(&real, rules("v1", "good")).unwrap();
     std::os::unix::fs::symlink(&real, &env.live).unwrap();

@@ -198,6 +198,15 @@ impl Env {
         }
     }
 
+    /// A world with a `file` source at `upstream.yaml` (returned), nothing restarted or
+    /// probed: the cycle alone.
+    pub fn with_file_source() -> (Env, PathBuf) {
+        let env = Env::new();
+        let up = env.dir.path().join("upstream.yaml");
+        env.write_config(&file_source(&up), "{ none: true }", "{ none: true }", "");
+        (env, up)
+    }
+
     pub fn fakesvc() -> String {
         repo_root()
             .join("tests/support/fakesvc.py")
