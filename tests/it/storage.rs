@@ -47,6 +47,15 @@ fn in_ns(env: &Env, setup: &str, args: &str) -> Out {
     out.into()
 }
 
+/// `restart:` that runs `first` (shell), then returns only once `gate` exists: a restart the
+/// test holds open.
+fn restart_waiting_for(gate: &std::path::Path, first: &str) -> String {
+    format!(
+        "restart: {{ command: [sh, -c, \"{first}while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+        gate.display()
+    )
+}
+
 fn prev(env: &Env) -> String {
     std::fs::read_to_string(env.live.with_file_name("sync-rules.yaml.prev")).unwrap_or_default()
 }
@@ -183,14 +192,7 @@ fn unwritable_state_directory_is_a_failed_outcome() {
 fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
     let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
-        "restart: { none: true }",
-        &format!(
-            "restart: {{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
-            gate.display()
-        ),
-    );
-    std::fs::write(&env.config, text).unwrap();
+    env.edit_config("restart: { none: true }", &restart_waiting_for(&gate, ""));
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     assert_eq!(env.once().code, 0);
@@ -288,15 +290,13 @@ fn failed_final_save_costs_no_second_restart() {
     let gate = env.dir.path().join("restart-may-finish");
     let switch = env.dir.path().join("disk-broken");
     let restarts = env.dir.path().join("restarts.log");
-    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+    env.edit_config(
         "restart: { none: true }",
         &format!(
-            "restart: {{ command: [sh, -c, \"echo x >> '{}'; while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}\n    interval: 1s",
-            restarts.display(),
-            gate.display()
+            "{}\n    interval: 1s",
+            restart_waiting_for(&gate, &format!("echo x >> '{}'; ", restarts.display()))
         ),
     );
-    std::fs::write(&env.config, text).unwrap();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     let prefix = env
@@ -367,23 +367,14 @@ fn a_cycle_on_a_fresh_state_directory_waits_for_the_one_still_restarting() {
     let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
     let ok = env.dir.path().join("healthy");
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace(
-            "restart: { none: true }",
-            &format!(
-                "restart: {{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
-                gate.display()
-            ),
-        )
-        .replace(
-            "verify: { none: true }",
-            &format!(
-                "verify: {{ command: [test, -e, \"{}\"], timeout: 1s, interval: 100ms, successes: 1 }}",
-                ok.display()
-            ),
-        );
-    std::fs::write(&env.config, text).unwrap();
+    env.edit_config("restart: { none: true }", &restart_waiting_for(&gate, ""));
+    env.edit_config(
+        "verify: { none: true }",
+        &format!(
+            "verify: {{ command: [test, -e, \"{}\"], timeout: 1s, interval: 100ms, successes: 1 }}",
+            ok.display()
+        ),
+    );
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     std::fs::write(&ok, "").unwrap();

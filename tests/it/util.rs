@@ -245,11 +245,20 @@ impl Env {
     /// Replaces the `validate:` written by [`Env::write_config`] with `validate` (a YAML flow
     /// mapping, e.g. `validate: { command: [...] }`).
     pub fn set_validate(&self, validate: &str) {
-        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+        self.edit_config(
             "validate: { require_keys: [bucket_definitions, streams] }",
             validate,
         );
-        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Replaces `from` with `to` in the config file (a fragment [`Env::write_config`] wrote).
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(
+            text.contains(from),
+            "{from:?} is not in the config:\n{text}"
+        );
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
     }
 
     /// Config for a Forgejo source on `forge`, command restarter, HTTP verify.
