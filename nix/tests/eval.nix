@@ -329,21 +329,32 @@ let
     ];
 
   # 2b. Deploy through PowerSync's API: its token is a credential, and no unit is managed.
+  deployTarget = token: {
+    source = {
+      kind = "file";
+      path = "/srv/upstream/rules.yaml";
+    };
+    path = "/var/lib/powersync/sync-rules.yaml";
+    restart.powersync_deploy = {
+      url = "http://127.0.0.1:8080";
+      token_file = token;
+    };
+  };
   deploy = evalModule {
     enable = true;
     credentials.powersync-api-token = "/run/secrets/powersync-api-token";
-    settings.targets.powersync = {
-      source = {
-        kind = "file";
-        path = "/srv/upstream/rules.yaml";
-      };
-      path = "/var/lib/powersync/sync-rules.yaml";
-      restart.powersync_deploy = {
-        url = "http://127.0.0.1:8080";
-        token_file = "/run/credentials/rulekeeper.service/powersync-api-token";
-      };
-    };
+    settings.targets.powersync = deployTarget "/run/credentials/rulekeeper.service/powersync-api-token";
   };
+  # A target whose token file is in the Nix store fails an assertion naming `key`.
+  refusesStoreToken =
+    name: key: target:
+    check name (
+      builtins.any (lib.hasInfix key)
+        (evalModule {
+          enable = true;
+          settings.targets.powersync = target;
+        }).failedAssertions
+    );
   deployChecks = [
     (checkEq "deploy: no assertions" deploy.failedAssertions [ ])
     (checkEq "deploy: restart in YAML" deploy.config.environment.etc."rulekeeper/config.yaml".source.value.targets.powersync.restart {
@@ -356,37 +367,19 @@ let
       "powersync-api-token:/run/secrets/powersync-api-token"
     ])
     (checkEq "deploy: no managed units" deploy.cfg.managedUnits [ ])
-    (check "commit_status: a store token is refused" (
-      builtins.any (lib.hasInfix "commit_status") (evalModule {
-        enable = true;
-        settings.targets.powersync = {
-          source = {
-            kind = "forgejo";
-            base_url = "https://git.example.com";
-            repo = "owner/app";
-            path = "sync-rules.yaml";
-          };
-          path = "/var/lib/powersync/sync-rules.yaml";
-          restart.none = true;
-          commit_status.token_file = "/nix/store/00000000000000000000000000000000-status-token";
-        };
-      }).failedAssertions
-    ))
-    (check "deploy: a store token is refused" (
-      builtins.any (lib.hasInfix "restart.powersync_deploy") (evalModule {
-        enable = true;
-        settings.targets.powersync = {
-          source = {
-            kind = "file";
-            path = "/srv/upstream/rules.yaml";
-          };
-          path = "/var/lib/powersync/sync-rules.yaml";
-          restart.powersync_deploy = {
-            url = "http://127.0.0.1:8080";
-            token_file = "/nix/store/00000000000000000000000000000000-token";
-          };
-        };
-      }).failedAssertions
+    (refusesStoreToken "commit_status: a store token is refused" "commit_status" {
+      source = {
+        kind = "forgejo";
+        base_url = "https://git.example.com";
+        repo = "owner/app";
+        path = "sync-rules.yaml";
+      };
+      path = "/var/lib/powersync/sync-rules.yaml";
+      restart.none = true;
+      commit_status.token_file = "/nix/store/00000000000000000000000000000000-status-token";
+    })
+    (refusesStoreToken "deploy: a store token is refused" "restart.powersync_deploy" (
+      deployTarget "/nix/store/00000000000000000000000000000000-token"
     ))
   ];
 

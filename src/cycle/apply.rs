@@ -217,7 +217,7 @@ impl Runner<'_, '_> {
                 // PowerSync's config, and the reason names the fix.
                 let quarantine =
                     matches!(e, DeployError::Rejected(_)) && mode.quarantines_rejects();
-                self.undo_refused(&a.sha, &e.to_string(), quarantine).await
+                self.undo_refused(&a.sha, &e.to_string(), quarantine)
             }
             Err(e) => {
                 tracing::error!(target_name = %self.t().name, sha256 = %a.sha, error = %e, "new content failed; rolling back");

@@ -45,7 +45,7 @@ impl Runner<'_, '_> {
     /// The service refused `bad_sha` without taking it in (PowerSync's deploy API answered
     /// 422): `.prev` goes back in place of the live file, and nothing is restarted or
     /// deployed, since the service still runs what `.prev` holds.
-    pub(super) async fn undo_refused(
+    pub(super) fn undo_refused(
         &mut self,
         bad_sha: &str,
         why: &str,

@@ -142,6 +142,13 @@ fn unhealthy_is_rolled_back_and_quarantined_until_new_content() {
 #[test]
 fn healthy_then_exits_is_rolled_back() {
     let (env, forge) = setup();
+    good_then_flaky_is_rolled_back(&env, &forge);
+    assert_eq!(env.live(), rules("good1", "good"));
+    env.wait_probe(true);
+}
+
+/// Applies a good revision, then one the service answers for 0.3 s and dies on: rolled back.
+fn good_then_flaky_is_rolled_back(env: &Env, forge: &FakeForge) -> crate::util::Out {
     forge.set(&rules("good1", "good"));
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -149,8 +156,7 @@ fn healthy_then_exits_is_rolled_back() {
     let o = env.once();
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stdout.contains("rolled_back"), "{}", o.all());
-    assert_eq!(env.live(), rules("good1", "good"));
-    env.wait_probe(true);
+    o
 }
 
 /// docs/contract.md, "Verify": after `restart.command`, an HTTP probe that got a good answer
@@ -168,13 +174,7 @@ fn answered_then_refused_fails_at_that_probe_not_at_the_timeout() {
             env.port
         ),
     );
-    forge.set(&rules("good1", "good"));
-    env.start_service();
-    assert_eq!(env.once().code, 0);
-    forge.set(&rules("flaky", "flaky"));
-    let o = env.once();
-    assert_eq!(o.code, 1, "{}", o.all());
-    assert!(o.stdout.contains("rolled_back"), "{}", o.all());
+    let o = good_then_flaky_is_rolled_back(&env, &forge);
     let reason = env.state_json()["quarantine"]["reason"]
         .as_str()
         .unwrap_or_default()
