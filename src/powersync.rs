@@ -120,23 +120,39 @@ async fn send(
     let token = read_secret(ep.token_file).map_err(|e| ApiError::Protocol(e.message))?;
     let url = format!("{}{endpoint}", ep.url.trim_end_matches('/'));
     let shown = crate::redact::url(&url);
-    let client = reqwest::Client::builder()
-        .timeout(ep.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| ApiError::Protocol(e.to_string()))?;
-    let resp = build(client.post(&url).bearer_auth(token.expose()))
-        .send()
-        .await
-        .map_err(|e| {
-            let connect = e.is_connect();
-            let what = format!("POST {shown}: {}", e.without_url());
-            if connect {
-                ApiError::Unreachable(what)
-            } else {
-                ApiError::Lost(what)
-            }
-        })?;
+    // One client for every call: building one parses the root store each time, and the
+    // deploy path asks diagnostics every `verify.interval`. The timeout is per request; no
+    // idle connections are kept, since PowerSync restarts under them (each call connects
+    // afresh, as it did with a client per call).
+    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
+        std::sync::OnceLock::new();
+    let client = CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| ApiError::Protocol(e.clone()))?;
+    let resp = build(
+        client
+            .post(&url)
+            .timeout(ep.timeout)
+            .bearer_auth(token.expose()),
+    )
+    .send()
+    .await
+    .map_err(|e| {
+        let connect = e.is_connect();
+        let what = format!("POST {shown}: {}", e.without_url());
+        if connect {
+            ApiError::Unreachable(what)
+        } else {
+            ApiError::Lost(what)
+        }
+    })?;
     let status = resp.status();
     let bytes = resp
         .bytes()
