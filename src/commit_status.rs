@@ -99,11 +99,10 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
     let (state, description) = match rep.outcome {
         Outcome::Applied => (
             State::Success,
-            match reason {
-                r if r.contains("not restarted") || r.contains("does not answer") => {
-                    format!("installed on {host}, not verified: {}", headline(r))
-                }
-                _ => format!("live on {host}, verified"),
+            if rep.unverified {
+                format!("installed on {host}, not verified: {}", headline(reason))
+            } else {
+                format!("live on {host}, verified")
             },
         ),
         Outcome::Gated => (

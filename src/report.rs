@@ -39,6 +39,9 @@ pub struct Report {
     /// How many times the managed service was restarted.
     pub restarts: u32,
     pub drift_corrected: bool,
+    /// Nothing was restarted or verified (the unit was not active, PowerSync's API did not
+    /// answer): content installed, not proven.
+    pub unverified: bool,
     /// The state file could not be saved after the cycle (the error): `/status` shows it,
     /// since what is on disk is older.
     pub unsaved: Option<String>,
@@ -66,6 +69,7 @@ impl Report {
             revision: None,
             restarts: 0,
             drift_corrected: false,
+            unverified: false,
             unsaved: None,
             state_unknown: false,
             quarantined: false,

@@ -376,6 +376,7 @@ impl Runner<'_, '_> {
         };
         if let Some(why) = skipped {
             tracing::info!(target_name = %t.name, "{why}");
+            self.rep.unverified = true;
             return Ok(Checked::Skipped { why });
         }
         if restarted != Restarted::Nothing {
