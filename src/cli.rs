@@ -364,6 +364,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         boot: false,
         tidy: true,
         carry: None,
+        on_quarantine: None,
     };
     let exit = match cycle::run(&ctx, trigger).await {
         Ok(rep) => {

@@ -251,6 +251,14 @@ impl Metrics {
         self.set_info(target, sha, revision);
     }
 
+    /// Publishes a quarantine decided mid-cycle, ahead of the cycle's record.
+    pub fn quarantined(&self, target: &str, q: &crate::state::Quarantine) {
+        self.set_quarantined_info(
+            target,
+            Some((q.sha256.clone(), crate::reason::label(&q.reason))),
+        );
+    }
+
     /// Keeps at most one quarantined_info series per target: the content it quarantined.
     fn set_quarantined_info(&self, target: &str, now: Option<(String, String)>) {
         let mut labels = mutex::lock(&self.quarantined_labels);

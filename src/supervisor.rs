@@ -299,6 +299,7 @@ async fn run_one(
         boot,
         tidy: boot,
         carry: shared.take_carry(&t.name),
+        on_quarantine: Some(&|q| shared.metrics.quarantined(&t.name, q)),
     };
     shared.loop_cycling(&t.name);
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.

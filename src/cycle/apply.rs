@@ -154,11 +154,15 @@ impl Runner<'_, '_> {
 
     pub(super) fn quarantine(&mut self, sha: &str, reason: &str) {
         tracing::warn!(target_name = %self.t().name, sha256 = %sha, reason, "quarantining content");
-        self.st.quarantine = Some(Quarantine {
+        let q = Quarantine {
             sha256: sha.to_string(),
             reason: reason.to_string(),
             at: Utc::now(),
-        });
+        };
+        if let Some(tell) = self.ctx.on_quarantine {
+            tell(&q);
+        }
+        self.st.quarantine = Some(q);
     }
 
     /// Validate (unless a manual rollback), swap, restart, verify; roll back on failure.

@@ -126,6 +126,12 @@ pub struct Ctx<'a> {
     /// happened (a verified apply), and the file on disk is older. Used instead of loading,
     /// so a failed final save does not cost a second restart.
     pub carry: Option<TargetState>,
+    /// Told of a quarantine as soon as it is decided, before the rollback's restart and
+    /// verification. The daemon publishes it on `/metrics` then: the rollback counter moves
+    /// only at the end of the cycle, so an alert it fires finds the quarantined content's
+    /// series already stored (a series first seen in the same scrape as the counter's
+    /// increase may not be searchable yet when the alert's annotation is rendered).
+    pub on_quarantine: Option<&'a (dyn Fn(&state::Quarantine) + Sync)>,
 }
 
 /// Runs one cycle under the target's lock.

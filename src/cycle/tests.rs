@@ -75,6 +75,7 @@ impl World {
             boot: false,
             tidy: true,
             carry: None,
+            on_quarantine: None,
         };
         run(&ctx, trigger).await.unwrap()
     }

@@ -339,3 +339,63 @@ fn json_logs_carry_structured_fields() {
     assert_eq!(line["fields"]["outcome"], "applied");
     assert_eq!(line["fields"]["sha256"].as_str().unwrap().len(), 64);
 }
+
+/// The quarantined content is on `/metrics` while the rollback still runs, before the rollback
+/// counter moves: an alert the counter fires (RulekeeperRolledBack) then renders its `rules`
+/// annotation from a series already stored, not one first seen in that same scrape.
+#[test]
+fn quarantine_is_published_before_the_rollback_counts() {
+    let (env, up) = file_env("1s");
+    let gate = env.dir.path().join("gate");
+    // The restart back onto good content (the live file has no `health:` line) waits for
+    // the gate, once the bad content has been published upstream.
+    let armed = env.dir.path().join("armed");
+    let restart = format!(
+        "{{ command: [sh, -c, \"python3 '{}' restart '{}' && if [ -e '{}' ] && ! grep -q health: '{}'; then while [ ! -e '{}' ]; do sleep 0.05; done; fi\"], timeout: 60s }}",
+        Env::fakesvc(),
+        env.svc.display(),
+        armed.display(),
+        env.live.display(),
+        gate.display()
+    );
+    env.edit_config(&env.restart_command(), &restart);
+    std::fs::write(&up, rules("good", "good")).unwrap();
+    env.start_service();
+    let d = env.daemon(None);
+    d.wait_ready();
+    std::fs::write(&armed, "").unwrap();
+    std::fs::write(&up, rules("bad", "bad")).unwrap();
+    let bad = util::sha256(&rules("bad", "bad"));
+    wait_until(30, "the quarantine on /metrics", || {
+        metric(
+            &d.metrics(),
+            "rulekeeper_quarantined_info",
+            &[("target", "ps"), ("sha256", &bad)],
+        ) == Some(1.0)
+    });
+    let m = d.metrics();
+    assert_eq!(
+        metric(&m, "rulekeeper_rollbacks_total", &[("target", "ps")]),
+        Some(0.0),
+        "the rollback is held open by its restart"
+    );
+    assert_eq!(cycles(&m, "rolled_back"), 0.0);
+    std::fs::write(&gate, "").unwrap();
+    wait_until(30, "rolled back", || {
+        cycles(&d.metrics(), "rolled_back") >= 1.0
+    });
+    let m = d.metrics();
+    assert_eq!(
+        metric(&m, "rulekeeper_rollbacks_total", &[("target", "ps")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "rulekeeper_quarantined_info",
+            &[("target", "ps"), ("sha256", &bad)]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(env.live(), rules("good", "good"));
+}
