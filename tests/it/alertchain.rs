@@ -31,12 +31,6 @@ impl Host {
             .replace("\n  ps:\n", &format!("\n  {target}:\n"))
             + "    interval: 1s\n";
         std::fs::write(&env.config, text).unwrap();
-        // Last-good is verified for 2 s after a rollback, as a real service's restart takes
-        // at least that long: the quarantined series (published when the quarantine is
-        // decided) then reaches VictoriaMetrics well before the rollback counter moves. A
-        // series first seen in a scrape may not be searchable for a second or so, and an
-        // alert's annotation is rendered once, when it first fires.
-        env.edit_config("successes: 6", "successes: 20");
         forge.set(first);
         env.start_service();
         Host {

@@ -199,10 +199,11 @@ impl Drop for Stack {
 /// The shipped rules with durations shortened for a test, nothing else.
 ///
 /// VictoriaMetrics makes a brand-new series searchable only some seconds after its first
-/// scrape (measured: 2-10 s here). RulekeeperUpstreamQuarantined's `rules` annotation queries
-/// `rulekeeper_quarantined_info`, a series born with the quarantine; at `for: 3s` vmalert
-/// sometimes templated it before the series was visible ("quarantined content unknown"). The
-/// shipped `for: 5m` leaves minutes; the copy keeps 15 s, past the measured delay.
+/// scrape (measured: 2-10 s here). RulekeeperUpstreamQuarantined's and RulekeeperRolledBack's
+/// `rules` annotations query `rulekeeper_quarantined_info`, a series born with the quarantine;
+/// at `for: 3s` (and RolledBack without a `for`) vmalert sometimes templated it before the
+/// series was visible ("quarantined content unknown", or the live file alone). The shipped
+/// `for: 5m` and `for: 30s` leave time; the copy keeps 15 s for both, past the measured delay.
 fn fast_rules(text: &str) -> String {
     let mut alert = "";
     text.lines()
@@ -213,7 +214,9 @@ fn fast_rules(text: &str) -> String {
                 alert = name.trim();
             }
             if t.starts_with("for: ") {
-                let d = if alert == "RulekeeperUpstreamQuarantined" {
+                let d = if alert == "RulekeeperUpstreamQuarantined"
+                    || alert == "RulekeeperRolledBack"
+                {
                     "15s"
                 } else {
                     "3s"
