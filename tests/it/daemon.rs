@@ -45,7 +45,7 @@ fn ready_status_watchdog_and_stopping() {
         d.notes()
     );
     // pings at half the period (150 ms): wait for several
-    wait_until(10, "5 watchdog pings", || {
+    wait_until(30, "5 watchdog pings", || {
         d.notes()
             .iter()
             .filter(|n| n.contains("WATCHDOG=1"))
@@ -168,7 +168,7 @@ fn metrics_pass_promtool_and_polling_applies_new_revision() {
     // a new upstream revision is applied by polling alone
     std::fs::write(&up, rules("v2", "good")).unwrap();
     wait_until(20, "v2 applied", || env.live() == rules("v2", "good"));
-    wait_until(10, "metrics updated", || {
+    wait_until(30, "metrics updated", || {
         cycles(&d.metrics(), "applied") >= 2.0
     });
     let new = samples(&d.metrics(), "rulekeeper_rules_info");
@@ -216,7 +216,7 @@ fn one_bad_revision_costs_one_rollback_and_two_restarts() {
     // new content clears it
     forge.set(&rules("good2", "good"));
     wait_until(30, "good2 applied", || env.live() == rules("good2", "good"));
-    wait_until(10, "quarantine gauge cleared", || {
+    wait_until(30, "quarantine gauge cleared", || {
         metric(&d.metrics(), "rulekeeper_quarantined", &[("target", "ps")]) == Some(0.0)
     });
 }
@@ -231,7 +231,7 @@ fn daemon_restarts_with_unchanged_upstream_restart_nothing() {
     for _ in 0..3 {
         let d = env.daemon(None);
         d.wait_ready();
-        wait_until(10, "first cycle recorded", || {
+        wait_until(30, "first cycle recorded", || {
             cycles(&d.metrics(), "unchanged") >= 1.0
         });
         assert_eq!(d.terminate(), 0);

@@ -134,7 +134,7 @@ fn canary_first_then_the_gated_host_and_never_a_bad_revision() {
     assert_eq!(prod.env.live(), rules("v2", "good"));
     assert_eq!(canary.env.live(), rules("v2", "good"));
     assert_eq!(prod.env.restarts(), prod_restarts + 1);
-    wait_until(10, "gated gauge back to 0", || {
+    wait_until(30, "gated gauge back to 0", || {
         metric(&prod.metrics(), "rulekeeper_gated", &[("target", "ps")]) == Some(0.0)
     });
     let st = prod.status();

@@ -128,7 +128,7 @@ fn signed_bodies_in_flight_are_bounded_and_the_rest_keeps_answering() {
     assert!(busy >= Some(1.0), "{busy:?}");
     drop(held);
     // Once they go away, the budget is free again: a signed request is judged (401).
-    wait_until(10, "budget released", || {
+    wait_until(30, "budget released", || {
         let mut s = send_head(d.port, &[sig], 2, b"{}");
         status_of(&mut s) == 401
     });

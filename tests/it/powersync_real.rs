@@ -340,7 +340,7 @@ fn rollback_of_deploying_valid_rules_costs_a_new_version() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("psql");
-    crate::util::wait_until(10, "the lock on todos", || {
+    crate::util::wait_until(30, "the lock on todos", || {
         cluster
             .psql(
                 &w.ps.db.app,

@@ -61,7 +61,7 @@ fn git_daemon(base: &Path) -> GitDaemon {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("git daemon");
-    wait_until(10, "git daemon listening", || {
+    wait_until(30, "git daemon listening", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     GitDaemon { child, port }

@@ -243,7 +243,7 @@ fn content_that_failed_verification_is_never_adopted_on_a_fresh_host() {
     {
         let d = env.daemon(None);
         d.wait_ready();
-        wait_until(10, "quarantined gauge", || {
+        wait_until(30, "quarantined gauge", || {
             metric(&d.metrics(), "rulekeeper_quarantined", &[("target", "ps")]) == Some(1.0)
         });
         assert_eq!(

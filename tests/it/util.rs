@@ -362,7 +362,7 @@ impl Env {
     }
 
     pub fn wait_probe(&self, healthy: bool) {
-        wait_until(10, "fake service probe", || self.probe_ok() == healthy);
+        wait_until(30, "fake service probe", || self.probe_ok() == healthy);
     }
 
     pub fn state_json(&self) -> serde_json::Value {
