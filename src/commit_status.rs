@@ -90,12 +90,28 @@ pub fn entering(t: &Target, st: &mut TargetState, sha: Option<&str>) -> Option<P
 /// The status a finished cycle means for its upstream commit, if any is due.
 pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> {
     t.commit_status.as_ref()?;
+    let host = hostname();
+    if rep.asked == Asked::Rollback {
+        // An operator took a commit off this host; its line on the commit says so. What the
+        // rollback put live is the operator's choice, not a commit's new fate.
+        let sha = rep
+            .rolled_back_from
+            .clone()
+            .filter(|r| is_commit(r) && rep.outcome == Outcome::RolledBack)?;
+        return remember(
+            st,
+            Post {
+                sha,
+                state: State::Failure,
+                description: format!("rolled back by an operator on {host}"),
+            },
+        );
+    }
     if rep.asked != Asked::Poll {
-        // An operator's push or rollback is not an upstream commit.
+        // An operator's push is not an upstream commit.
         return None;
     }
     let reason = rep.reason.as_deref().unwrap_or("");
-    let host = hostname();
     let (state, description) = match rep.outcome {
         Outcome::Applied => (
             State::Success,
@@ -130,6 +146,12 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
             description,
         },
     )
+}
+
+/// A forge's commit id (SHA-1 or SHA-256 hex), not one of the revisions rulekeeper writes
+/// for operators' content (`push`, `rollback`).
+fn is_commit(rev: &str) -> bool {
+    (7..=64).contains(&rev.len()) && rev.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Keeps `post` if it is not what was posted last for its commit (a commit's failure is

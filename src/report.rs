@@ -50,6 +50,8 @@ pub struct Report {
     /// Upstream now serves quarantined content.
     pub quarantined: bool,
     pub held: bool,
+    /// An operator's rollback took this revision (the live content's) off the host.
+    pub rolled_back_from: Option<String>,
     pub phases: Vec<(Phase, Duration)>,
     /// The target's persisted state after the cycle (for gauges).
     pub state: TargetState,
@@ -74,6 +76,7 @@ impl Report {
             state_unknown: false,
             quarantined: false,
             held: false,
+            rolled_back_from: None,
             phases: Vec::new(),
             state: TargetState::default(),
         }

@@ -1,8 +1,9 @@
 //! `commit_status:` against the fake forge's statuses API (tests/it/forge.rs speaks Forgejo's,
 //! GitHub's and GitLab's; the real write APIs cannot run here): what one commit receives from
 //! a host (pending, then success only after verification, or failure with the reason), each
-//! state once, a forge that fails the post never failing the cycle, and the fleet case: two
-//! hosts on one commit give two contexts, one success and one failure.
+//! state once, a forge that fails the post never failing the cycle, the fleet case (two hosts
+//! on one commit give two contexts, one success and one failure), and an operator's rollback
+//! marking the commit it took off.
 
 use crate::forge::{forge_env, FakeForge, STATUS_TOKEN};
 use crate::util::{rules, Env};
@@ -215,4 +216,55 @@ fn two_hosts_on_one_commit_post_two_contexts() {
     }
     assert_eq!(last("rulekeeper/web-arm/ps"), "success", "{got:?}");
     assert_eq!(last("rulekeeper/web-x86/ps"), "failure", "{got:?}");
+}
+
+/// An operator's `rollback` (or `rollback --to`) takes a commit off this host: that commit's
+/// line says so, once; what the rollback put back posts nothing, nor do the quarantined polls
+/// after it.
+#[test]
+fn an_operators_rollback_marks_the_commit_it_took_off() {
+    let (env, forge) = host("forgejo", None);
+    let host = hostname();
+    forge.set(&rules("v1", "good"));
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let c1 = forge.commit();
+    forge.set(&rules("v2", "good"));
+    assert_eq!(env.once().code, 0);
+    let c2 = forge.commit();
+    assert_eq!(posted(&forge, &c2).len(), 2);
+
+    let o = env.rk(&["rollback", "-t", "ps"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+    let got = posted(&forge, &c2);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(
+        got[2],
+        (
+            "failure".to_string(),
+            format!("rulekeeper/{host}/ps"),
+            format!("rolled back by an operator on {host}")
+        )
+    );
+    assert_eq!(
+        posted(&forge, &c1).len(),
+        2,
+        "the content put back posts nothing"
+    );
+    let o = env.once();
+    assert!(o.stdout.contains("quarantined"), "{}", o.all());
+    assert_eq!(posted(&forge, &c2).len(), 3);
+
+    // `rollback --to` a version from the history: the same for the commit it replaced.
+    forge.set(&rules("v3", "good"));
+    assert_eq!(env.once().code, 0);
+    let c3 = forge.commit();
+    let o = env.rk(&["rollback", "-t", "ps", "--to", &c1[..8]]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    let got = posted(&forge, &c3);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].0, "failure");
+    assert_eq!(got[2].2, format!("rolled back by an operator on {host}"));
+    assert_eq!(posted(&forge, &c1).len(), 2);
 }
