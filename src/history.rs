@@ -113,7 +113,19 @@ impl History {
                 }
             }
         }
-        let mut list = self.load().unwrap_or_default();
+        let mut list = match self.load() {
+            Ok(list) => list,
+            // A record is never reset silently: the unreadable list goes aside for an operator
+            // (`history.json.broken`, the last one kept), and a new one starts from the kept
+            // contents, so one bad write neither stops the history nor `rollback --to`.
+            Err(HistoryError::Corrupt { path, message }) => {
+                let aside = path.with_extension("json.broken");
+                std::fs::rename(&path, &aside).map_err(io(&path))?;
+                tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %message, "the history list is unreadable; moved aside, a new one started from the kept versions");
+                self.salvage(&sha)
+            }
+            Err(e) => return Err(e),
+        };
         list.push(Entry {
             at: Utc::now(),
             sha256: sha,
@@ -132,6 +144,41 @@ impl History {
         write_atomic(&self.dir, &self.list_path(), &json)?;
         self.prune(&list);
         Ok(())
+    }
+
+    /// Entries for the kept contents on disk whose bytes match their name, oldest first: what
+    /// a lost list can still tell (when, from the file's time, and the sha256; no revision).
+    /// `recording` is left out: the entry being recorded stands for it.
+    fn salvage(&self, recording: &str) -> Vec<Entry> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Entry> = rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let sha = name.strip_suffix(".yaml")?.to_string();
+                if sha == recording {
+                    return None;
+                }
+                let bytes = std::fs::read(e.path()).ok()?;
+                if sha256_hex(&bytes) != sha {
+                    return None;
+                }
+                let at = e.metadata().ok()?.modified().ok()?;
+                Some(Entry {
+                    at: at.into(),
+                    sha256: sha,
+                    revision: None,
+                    outcome: Outcome::Applied,
+                    restarts: 0,
+                    duration_ms: 0,
+                    kept: true,
+                })
+            })
+            .collect();
+        found.sort_by_key(|e| e.at);
+        found
     }
 
     /// Removes kept contents no entry refers to any more.

@@ -83,3 +83,47 @@ fn history_lists_versions_and_rollback_to_goes_back_with_the_forge_down() {
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.all().contains("live file already"), "{}", o.all());
 }
+
+/// An unreadable history list is moved aside (`history.json.broken`), never overwritten: the
+/// next apply starts a new list from the kept versions, and `rollback --to` still reaches them.
+#[test]
+fn an_unreadable_history_is_moved_aside_not_lost() {
+    let (env, up) = crate::util::Env::with_file_source();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    assert_eq!(env.once().code, 0);
+    let dir = env.state.join("targets/ps/history");
+    let list = dir.join("history.json");
+    std::fs::write(&list, b"[{\"at\": ").unwrap();
+    let h = env.rk(&["history", "-t", "ps"]);
+    assert_ne!(h.code, 0, "{}", h.all());
+    assert!(
+        h.stderr.contains(&list.display().to_string()),
+        "{}",
+        h.all()
+    );
+
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.all().contains("history.json.broken"), "{}", o.all());
+    assert_eq!(
+        std::fs::read(dir.join("history.json.broken")).unwrap(),
+        b"[{\"at\": "
+    );
+    let h = env.rk(&["history", "-t", "ps", "--json"]);
+    assert_eq!(h.code, 0, "{}", h.all());
+    let v: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+    let shas: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sha256"].as_str().unwrap_or(""))
+        .collect();
+    let v1 = sha256(&rules("v1", "good"));
+    // v1 from its kept content (no revision any more), then the new apply.
+    assert_eq!(shas, vec![v1.as_str(), &sha256(&rules("v2", "good"))]);
+    assert!(v[0]["revision"].is_null(), "{v}");
+    let o = env.rk(&["rollback", "-t", "ps", "--to", &v1[..12]]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(env.live(), rules("v1", "good"));
+}
