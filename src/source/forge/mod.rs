@@ -2,15 +2,26 @@
 //! All are conditional (ETag, else Last-Modified), capped at `max_bytes`, only follow
 //! redirects that stay on the same origin (so a token is never sent to another host), and
 //! check the bytes against what the forge says they are (`integrity`) before returning them.
+//!
+//! Here: each kind's URLs and the fetch (conditional request, then the file at its commit).
+//! `client`: the HTTP client, API base and token headers, shared with commit statuses.
+//! `wire`: reading an answer (capped, cut-short detection, error classification).
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod client;
+mod wire;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use std::path::PathBuf;
+
+use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
+use client::parse_base;
+pub use client::{api_base, auth_headers, client, push_segments};
+pub use wire::read_capped;
+use wire::{classify, close_delimited, header_str};
+
 use super::integrity;
-use super::{read_secret, FetchError, FetchReason, Fetched};
+use super::{FetchError, FetchReason, Fetched};
 use crate::config::{SourceKind, Target};
 
 pub struct ForgeSource {
@@ -27,142 +38,6 @@ pub struct ForgeSource {
     token_file: Option<PathBuf>,
     max_bytes: u64,
     allow_close_delimited: bool,
-}
-
-/// The HTTP client for a source: system roots plus an optional private CA. Clients are
-/// shared between targets with the same (timeout, ca_file): each holds a parsed root store
-/// and a connection pool, which would otherwise cost memory and a socket per target.
-/// Tokens are per request, so sharing is safe.
-pub fn client(
-    timeout: Duration,
-    ca_file: Option<&std::path::Path>,
-) -> Result<reqwest::Client, FetchError> {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    type Key = (Duration, Option<PathBuf>);
-    static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
-    let key = (timeout, ca_file.map(|p| p.to_path_buf()));
-    let mut cache = crate::mutex::lock(CLIENTS.get_or_init(Default::default));
-    if let Some(c) = cache.get(&key) {
-        return Ok(c.clone());
-    }
-    let c = build_client(timeout, ca_file)?;
-    cache.insert(key, c.clone());
-    Ok(c)
-}
-
-fn build_client(
-    timeout: Duration,
-    ca_file: Option<&std::path::Path>,
-) -> Result<reqwest::Client, FetchError> {
-    let mut b = reqwest::Client::builder()
-        .user_agent(concat!("rulekeeper/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .timeout(timeout)
-        // One client serves many targets on the same forge; a few idle connections do.
-        .pool_max_idle_per_host(4)
-        .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            let same_origin = attempt
-                .previous()
-                .first()
-                .map(|first| first.origin() == attempt.url().origin())
-                .unwrap_or(false);
-            if attempt.previous().len() >= 5 || !same_origin {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        }));
-    if let Some(ca) = ca_file {
-        let pem = std::fs::read(ca).map_err(|e| {
-            FetchError::new(
-                FetchReason::Config,
-                format!("cannot read ca_file {}: {e}", ca.display()),
-            )
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            FetchError::new(
-                FetchReason::Config,
-                format!("ca_file {} is not PEM: {e}", ca.display()),
-            )
-        })?;
-        for c in certs {
-            b = b.add_root_certificate(c);
-        }
-    }
-    b.build().map_err(|e| {
-        FetchError::new(
-            FetchReason::Config,
-            format!("cannot build HTTP client: {e}"),
-        )
-    })
-}
-
-/// The API base of a forge source: `base_url`, or GitHub's public API when GitHub has none.
-pub fn api_base(kind: SourceKind, base_url: Option<&str>) -> Result<url::Url, FetchError> {
-    let default = if kind == SourceKind::Github {
-        "https://api.github.com"
-    } else {
-        ""
-    };
-    parse_base(base_url.unwrap_or(default))
-}
-
-fn parse_base(base: &str) -> Result<url::Url, FetchError> {
-    let mut u = url::Url::parse(base)
-        .map_err(|e| FetchError::new(FetchReason::Config, format!("base_url: {e}")))?;
-    // Treat base_url as a directory even without a trailing slash (forge behind a sub-path).
-    if !u.path().ends_with('/') {
-        let p = format!("{}/", u.path());
-        u.set_path(&p);
-    }
-    Ok(u)
-}
-
-pub fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> {
-    let mut p = u
-        .path_segments_mut()
-        .map_err(|_| FetchError::new(FetchReason::Config, "base URL cannot have a path"))?;
-    p.pop_if_empty();
-    for s in segs {
-        p.push(s);
-    }
-    drop(p);
-    Ok(())
-}
-
-/// Each forge's header for a token read from `tf` (Forgejo/Gitea `Authorization: token`,
-/// GitLab `PRIVATE-TOKEN`, others Bearer), marked sensitive: the read token of a source and
-/// the write token of commit statuses go the same way.
-pub fn auth_headers(kind: SourceKind, tf: &Path) -> Result<HeaderMap, FetchError> {
-    let mut h = HeaderMap::new();
-    let tok = read_secret(tf)?;
-    let (name, value) = match kind {
-        SourceKind::Forgejo | SourceKind::Gitea => (
-            reqwest::header::AUTHORIZATION,
-            format!("token {}", tok.expose()),
-        ),
-        SourceKind::Gitlab => (
-            HeaderName::from_static("private-token"),
-            tok.expose().to_string(),
-        ),
-        _ => (
-            reqwest::header::AUTHORIZATION,
-            format!("Bearer {}", tok.expose()),
-        ),
-    };
-    let mut v = HeaderValue::from_str(&value).map_err(|_| {
-        FetchError::new(
-            FetchReason::Token,
-            format!(
-                "token file {} holds characters not allowed in a header",
-                tf.display()
-            ),
-        )
-    })?;
-    v.set_sensitive(true);
-    h.insert(name, v);
-    Ok(h)
 }
 
 impl ForgeSource {
@@ -542,25 +417,6 @@ fn with_ref(u: &url::Url, r: &str) -> url::Url {
     out
 }
 
-/// An HTTP/1 body without Content-Length and not chunked ends when the server closes the
-/// connection: one cut short looks exactly like a whole one.
-fn close_delimited(resp: &reqwest::Response) -> bool {
-    let http1 = matches!(
-        resp.version(),
-        reqwest::Version::HTTP_09 | reqwest::Version::HTTP_10 | reqwest::Version::HTTP_11
-    );
-    let chunked = resp
-        .headers()
-        .get_all(reqwest::header::TRANSFER_ENCODING)
-        .iter()
-        .any(|v| {
-            v.to_str()
-                .map(|s| s.to_ascii_lowercase().contains("chunked"))
-                .unwrap_or(false)
-        });
-    http1 && resp.content_length().is_none() && !chunked
-}
-
 /// GitHub's contents API object for a file: the base64 content, checked against the blob
 /// `sha` and `size` it names.
 fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError> {
@@ -613,93 +469,4 @@ fn github_content(raw: &[u8], max: u64, url: &str) -> Result<Vec<u8>, FetchError
         .ok_or_else(|| protocol(format!("GET {url}: no blob sha in the contents object")))?;
     integrity::check_blob_id(&body, &sha, "the contents API's sha")?;
     Ok(body)
-}
-
-fn header_str(h: &HeaderMap, name: &str) -> Option<String> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .filter(|s| !s.is_empty())
-}
-
-/// Turns a transport error into a reason label and a message whose URL (if any) has its
-/// credentials redacted.
-fn classify(e: &reqwest::Error) -> FetchError {
-    let reason = if e.is_timeout() {
-        FetchReason::Timeout
-    } else if e.is_connect() {
-        FetchReason::Connect
-    } else if e.is_redirect() {
-        FetchReason::Redirect
-    } else {
-        FetchReason::Transport
-    };
-    let shown = e.url().map(|u| crate::redact::url(u.as_str()));
-    let mut bare = e.to_string();
-    // The source chain says what actually went wrong (refused, reset, TLS ...).
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !bare.contains(&text) {
-            bare = format!("{bare}: {text}");
-        }
-        cause = c.source();
-    }
-    if let Some(u) = e.url() {
-        bare = crate::redact::in_text(&bare, u.as_str());
-    }
-    let msg = match shown {
-        Some(u) if !bare.contains(&u) => format!("{bare} ({u})"),
-        _ => bare,
-    };
-    FetchError::new(reason, msg)
-}
-
-/// Reads a body, failing as soon as it exceeds `max` bytes (without reading the rest).
-pub async fn read_capped(
-    mut resp: reqwest::Response,
-    max: u64,
-    url: &str,
-) -> Result<Vec<u8>, FetchError> {
-    let declared = resp.content_length();
-    if let Some(len) = declared {
-        if len > max {
-            return Err(FetchError::new(
-                FetchReason::TooLarge,
-                format!("{url} is {len} bytes, over max_bytes ({max})"),
-            ));
-        }
-    }
-    let mut out = Vec::new();
-    loop {
-        let chunk = match resp.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => {
-                // A body shorter than its Content-Length: say how short.
-                return Err(match declared {
-                    Some(len) if !e.is_timeout() => FetchError::new(
-                        FetchReason::Integrity,
-                        format!(
-                            "GET {url}: got {} of {len} bytes: the body was cut short ({})",
-                            out.len(),
-                            classify(&e).message
-                        ),
-                    ),
-                    _ => classify(&e),
-                });
-            }
-        };
-        if (out.len() + chunk.len()) as u64 > max {
-            return Err(FetchError::new(
-                FetchReason::TooLarge,
-                format!("{url} is over max_bytes ({max})"),
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    if let Some(len) = declared {
-        integrity::check_len(out.len() as u64, len, "Content-Length")?;
-    }
-    Ok(out)
 }
