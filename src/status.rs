@@ -136,6 +136,13 @@ fn drifted(s: &TargetStatus) -> bool {
 
 /// The human-readable table and the notes below it.
 pub fn table(all: &[TargetStatus]) -> String {
+    let mut out = rows(all);
+    notes(all, &mut out);
+    out
+}
+
+/// One line per target under a header.
+fn rows(all: &[TargetStatus]) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -168,6 +175,12 @@ pub fn table(all: &[TargetStatus]) -> String {
             if s.held { "yes" } else { "no" },
         );
     }
+    out
+}
+
+/// What the rows cannot say: errors, notes, gate waits, deploys, applies in progress, drift.
+fn notes(all: &[TargetStatus], out: &mut String) {
+    use std::fmt::Write;
     for s in all {
         if let Some(e) = &s.state_error {
             let _ = writeln!(
@@ -216,5 +229,4 @@ pub fn table(all: &[TargetStatus]) -> String {
             "* the live file differs from what rulekeeper applied (drift; the next cycle converges it)"
         );
     }
-    out
 }

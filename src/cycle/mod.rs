@@ -157,23 +157,13 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         install::remove_stale_temps(&ctx.target.path);
     }
     let mut rep = Report::new(&ctx.target.name, trigger.asked());
-    let (mut st, loaded) = match ctx.carry.clone() {
-        Some(st) => {
-            tracing::warn!(target_name = %ctx.target.name, "using the state the previous cycle could not save");
-            // Nothing on disk to compare with: the save below is a full one.
-            (st, None)
+    let (mut st, loaded) = match starting_state(ctx) {
+        Ok(s) => s,
+        Err(e) => {
+            state_error(ctx.target, &mut rep, &e);
+            rep.phases.push((Phase::Total, started.elapsed()));
+            return Ok(rep);
         }
-        None => match ctx.store.load() {
-            Ok(st) => {
-                let loaded = st.clone();
-                (st, Some(loaded))
-            }
-            Err(e) => {
-                state_error(ctx.target, &mut rep, &e);
-                rep.phases.push((Phase::Total, started.elapsed()));
-                return Ok(rep);
-            }
-        },
     };
     let res = Runner {
         ctx,
@@ -183,6 +173,33 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     .go(trigger)
     .await;
     rep.phases.push((Phase::Total, started.elapsed()));
+    finish(ctx, st, loaded.as_ref(), rep, res)
+}
+
+/// The state a cycle starts from, and what is on disk to compare it with at the end (None
+/// for a state carried from a cycle that could not save it: the save is then a full one).
+fn starting_state(ctx: &Ctx<'_>) -> Result<(TargetState, Option<TargetState>), StateError> {
+    match ctx.carry.clone() {
+        Some(st) => {
+            tracing::warn!(target_name = %ctx.target.name, "using the state the previous cycle could not save");
+            Ok((st, None))
+        }
+        None => {
+            let st = ctx.store.load()?;
+            Ok((st.clone(), Some(st)))
+        }
+    }
+}
+
+/// After the cycle's work: the outcome into state and report, the commit status, the save
+/// (a failed one is an outcome too), and the history.
+fn finish(
+    ctx: &Ctx<'_>,
+    mut st: TargetState,
+    loaded: Option<&TargetState>,
+    mut rep: Report,
+    res: Result<(), CycleError>,
+) -> Result<Report, CycleError> {
     rep.held = st.hold;
     rep.quarantined = st.upstream_quarantined();
     if rep.live_sha256.is_none() {
@@ -204,26 +221,14 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
         },
         ok => ok,
     };
-    if let Err(e) = &res {
-        st.last_error = Some(e.to_string());
-    } else {
-        st.last_outcome = Some(rep.outcome);
-        st.last_outcome_at = Some(Utc::now());
-        let ok = rep.outcome.is_good();
-        st.last_error = rep.reason.clone().filter(|_| !ok);
-        // What a good outcome still wants said, such as "verification skipped".
-        st.last_note = rep.reason.clone().filter(|_| ok);
-        if rep.success {
-            st.last_success = Some(Utc::now());
-        }
-    }
+    note_outcome(&mut st, &rep, &res);
     if res.is_ok() {
         if let Some(p) = crate::commit_status::finished(ctx.target, &rep, &mut st) {
             crate::commit_status::send(ctx.target, p);
         }
     }
     let tried = st.quarantine.as_ref().map(|q| q.sha256.clone());
-    let saved = if loaded.as_ref().is_some_and(|l| st.volatile_eq(l)) {
+    let saved = if loaded.is_some_and(|l| st.volatile_eq(l)) {
         ctx.store.save_volatile(&st)
     } else {
         ctx.store.save(&st)
@@ -258,6 +263,23 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> 
     }
     rep.state = st;
     res.map(|()| rep)
+}
+
+/// What `status` shows of the cycle's end: its outcome, or the error that ended it.
+fn note_outcome(st: &mut TargetState, rep: &Report, res: &Result<(), CycleError>) {
+    if let Err(e) = res {
+        st.last_error = Some(e.to_string());
+        return;
+    }
+    st.last_outcome = Some(rep.outcome);
+    st.last_outcome_at = Some(Utc::now());
+    let ok = rep.outcome.is_good();
+    st.last_error = rep.reason.clone().filter(|_| !ok);
+    // What a good outcome still wants said, such as "verification skipped".
+    st.last_note = rep.reason.clone().filter(|_| ok);
+    if rep.success {
+        st.last_success = Some(Utc::now());
+    }
 }
 
 /// The report of a cycle that could not take the target's lock (I/O on the state directory).
