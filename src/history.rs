@@ -1,21 +1,19 @@
 //! The versions a target went through, kept under its state directory
-//! (`state_dir/targets/<t>/history/`): a list of the last [`KEEP`] applies and rollbacks
+//! (`state_dir/targets/<t>/history/`): a list of the last applies and rollbacks
 //! (`history.json`: when, sha256, revision, outcome, restarts, duration) and the content of
 //! each version that was live and verified (`<sha256>.yaml`, content-addressed), so
-//! `rulekeeper rollback --to` can go back to any of them with the forge down. Bounded: at most
-//! [`KEEP`] entries, and only their contents.
+//! `rulekeeper rollback --to` can go back to any of them with the forge down. Bounded by the
+//! target's `history:` limits: `keep` entries, and `max_bytes` of contents, newest first.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::config::HistoryLimits;
 use crate::digest::sha256_hex;
 use crate::labels::Outcome;
 use crate::report::Report;
-
-/// How many entries are kept.
-pub const KEEP: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -92,6 +90,7 @@ impl History {
         rep: &Report,
         live: Option<&[u8]>,
         tried: Option<&str>,
+        limits: &HistoryLimits,
     ) -> Result<(), HistoryError> {
         let (sha, kept) = match rep.outcome {
             Outcome::Applied => match live {
@@ -135,8 +134,9 @@ impl History {
             duration_ms: rep.total().as_millis().try_into().unwrap_or(u64::MAX),
             kept,
         });
-        let drop = list.len().saturating_sub(KEEP);
+        let drop = list.len().saturating_sub(limits.keep);
         list.drain(..drop);
+        self.within_bytes(&mut list, limits.max_bytes);
         let json = serde_json::to_vec_pretty(&list).map_err(|e| HistoryError::Corrupt {
             path: self.list_path(),
             message: e.to_string(),
@@ -179,6 +179,28 @@ impl History {
             .collect();
         found.sort_by_key(|e| e.at);
         found
+    }
+
+    /// Keeps the contents of the newest versions that fit in `max` bytes together; older
+    /// entries stay in the list without their content (`kept: false`). A content several
+    /// entries share counts once.
+    fn within_bytes(&self, list: &mut [Entry], max: u64) {
+        let mut used = 0u64;
+        let mut counted: Vec<String> = Vec::new();
+        for e in list.iter_mut().rev().filter(|e| e.kept) {
+            if counted.contains(&e.sha256) {
+                continue;
+            }
+            let size = std::fs::metadata(self.content_path(&e.sha256)).map(|m| m.len());
+            match size {
+                Ok(n) if used + n <= max => {
+                    used += n;
+                    counted.push(e.sha256.clone());
+                }
+                // Over the budget, or the content is gone: listed, no longer kept.
+                _ => e.kept = false,
+            }
+        }
     }
 
     /// Removes kept contents no entry refers to any more.
@@ -266,16 +288,22 @@ mod tests {
     fn keeps_the_last_ten_and_their_contents_only() {
         let d = tempfile::tempdir().unwrap();
         let h = History::new(d.path());
+        let limits = HistoryLimits::default();
         for i in 0..12 {
             let body = format!("v{i}\n");
-            h.record(&applied(&format!("rev{i:02}")), Some(body.as_bytes()), None)
-                .unwrap();
+            h.record(
+                &applied(&format!("rev{i:02}")),
+                Some(body.as_bytes()),
+                None,
+                &limits,
+            )
+            .unwrap();
         }
         let list = h.load().unwrap();
-        assert_eq!(list.len(), KEEP);
+        assert_eq!(list.len(), 10);
         assert_eq!(list[0].revision.as_deref(), Some("rev02"));
         let files = std::fs::read_dir(d.path().join("history")).unwrap().count();
-        assert_eq!(files, KEEP + 1, "ten contents and the list");
+        assert_eq!(files, 11, "ten contents and the list");
         let (e, body) = h.find("rev05").unwrap();
         assert_eq!(body, b"v5\n");
         assert_eq!(e.sha256, sha256_hex(b"v5\n"));
@@ -283,5 +311,44 @@ mod tests {
         assert!(h.find("rev").unwrap_err().to_string().contains("names"));
         let prefix = &sha256_hex(b"v7\n")[..8];
         assert_eq!(h.find(prefix).unwrap().1, b"v7\n");
+    }
+
+    #[test]
+    fn contents_beyond_max_bytes_are_dropped_oldest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let h = History::new(d.path());
+        let limits = HistoryLimits {
+            keep: 10,
+            max_bytes: 250,
+        };
+        // Five versions of 100 bytes each: only the two newest fit in 250 bytes.
+        for i in 0..5 {
+            let body = format!("{i}{}\n", "x".repeat(98));
+            h.record(
+                &applied(&format!("rev{i}")),
+                Some(body.as_bytes()),
+                None,
+                &limits,
+            )
+            .unwrap();
+        }
+        let list = h.load().unwrap();
+        assert_eq!(list.len(), 5, "every entry is still listed");
+        let kept: Vec<bool> = list.iter().map(|e| e.kept).collect();
+        assert_eq!(kept, vec![false, false, false, true, true]);
+        let contents = std::fs::read_dir(d.path().join("history"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".yaml"))
+            .count();
+        assert_eq!(contents, 2);
+        assert!(h.find("rev2").is_err(), "its content is gone");
+        assert!(h.find("rev3").is_ok());
+        // The same content applied again counts once.
+        let body = format!("3{}\n", "x".repeat(98));
+        h.record(&applied("rev3b"), Some(body.as_bytes()), None, &limits)
+            .unwrap();
+        let kept: Vec<bool> = h.load().unwrap().iter().map(|e| e.kept).collect();
+        assert_eq!(kept, vec![false, false, false, true, true, true]);
     }
 }

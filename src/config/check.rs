@@ -77,7 +77,26 @@ fn target(t: &mut Target) -> Result<(), Complaint> {
         check_url(&p.url, true).map_err(|m| at("validate.powersync_api.url", m))?;
     }
     gate(t)?;
-    commit_status(t)
+    commit_status(t)?;
+    history(t)
+}
+
+fn history(t: &Target) -> Result<(), Complaint> {
+    let h = &t.history;
+    if !(1..=100).contains(&h.keep) {
+        return Err(at("history.keep", "must be 1 to 100"));
+    }
+    // The live version must always fit: it is the first one `rollback --to` needs.
+    if h.max_bytes < t.max_bytes {
+        return Err(at(
+            "history.max_bytes",
+            format!(
+                "must be at least the target's max_bytes ({}), so the live version is kept",
+                t.max_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn commit_status(t: &Target) -> Result<(), Complaint> {

@@ -126,6 +126,9 @@ pub struct Target {
     /// Post what each upstream commit did on this host as a commit status on the forge.
     #[serde(default)]
     pub commit_status: Option<CommitStatus>,
+    /// How many applies and rollbacks `history` keeps, and the bytes their contents may take.
+    #[serde(default)]
+    pub history: HistoryLimits,
     /// Filled in by [`load`].
     #[serde(skip)]
     pub name: String,
@@ -334,6 +337,34 @@ pub struct Webhook {
     pub secret_file: PathBuf,
 }
 
+/// The versions kept under `state_dir/targets/<t>/history/` for `history` and `rollback --to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryLimits {
+    /// Entries in the list (applies and rollbacks).
+    #[serde(default = "default_history_keep")]
+    pub keep: usize,
+    /// Bytes the kept contents may take together; older versions lose their content first.
+    #[serde(default = "default_history_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            keep: default_history_keep(),
+            max_bytes: default_history_max_bytes(),
+        }
+    }
+}
+
+fn default_history_keep() -> usize {
+    10
+}
+fn default_history_max_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
 /// Commit statuses on the source's forge (docs/operations.md, "What the app team sees").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -436,6 +467,29 @@ targets:
         assert_eq!(e.target.as_deref(), Some("ps"));
         assert!(e.to_string().contains("colour"), "{e}");
         assert!(e.to_string().contains("c.yaml"), "{e}");
+    }
+
+    #[test]
+    fn history_limits_default_and_are_checked() {
+        let c = parse(BASE, Path::new("c.yaml")).unwrap();
+        assert_eq!(c.targets["ps"].history, HistoryLimits::default());
+        let with = |h: &str| {
+            BASE.replace(
+                "verify: { none: true }",
+                &format!("verify: {{ none: true }}\n    history: {h}"),
+            )
+        };
+        let c = parse(
+            &with("{ keep: 3, max_bytes: 4194304 }"),
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.targets["ps"].history.keep, 3);
+        let e = parse(&with("{ keep: 0 }"), Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.ps.history.keep");
+        let e = parse(&with("{ max_bytes: 1000 }"), Path::new("c.yaml")).unwrap_err();
+        assert_eq!(e.key, "targets.ps.history.max_bytes");
+        assert!(e.to_string().contains("max_bytes (1048576)"), "{e}");
     }
 
     #[test]

@@ -257,6 +257,7 @@ fn finish(
             &rep,
             live.as_deref(),
             tried.as_deref(),
+            &ctx.target.history,
         ) {
             tracing::warn!(target_name = %ctx.target.name, error = %e, "cannot record the history");
         }

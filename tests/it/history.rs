@@ -127,3 +127,39 @@ fn an_unreadable_history_is_moved_aside_not_lost() {
     assert_eq!(o.code, 0, "{}", o.all());
     assert_eq!(env.live(), rules("v1", "good"));
 }
+
+/// `history: { keep, max_bytes }` from the config bounds the list and the kept contents.
+#[test]
+fn history_limits_come_from_the_config() {
+    let (env, up) = crate::util::Env::with_file_source();
+    let text = std::fs::read_to_string(&env.config).unwrap()
+        + "    history: { keep: 3, max_bytes: 1048576 }\n";
+    std::fs::write(&env.config, text).unwrap();
+    for v in ["v1", "v2", "v3", "v4"] {
+        std::fs::write(&up, rules(v, "good")).unwrap();
+        assert_eq!(env.once().code, 0);
+    }
+    let h = env.rk(&["history", "-t", "ps", "--json"]);
+    assert_eq!(h.code, 0, "{}", h.all());
+    let v: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
+    let shas: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["sha256"].as_str().unwrap_or("").to_string())
+        .collect();
+    let want: Vec<String> = ["v2", "v3", "v4"]
+        .iter()
+        .map(|t| sha256(&rules(t, "good")))
+        .collect();
+    assert_eq!(shas, want);
+    // Below the target's own max_bytes: refused, naming the key.
+    env.edit_config("max_bytes: 1048576 }", "max_bytes: 1000 }");
+    let o = env.rk(&["check"]);
+    assert_eq!(o.code, 2, "{}", o.all());
+    assert!(
+        o.all().contains("targets.ps.history.max_bytes"),
+        "{}",
+        o.all()
+    );
+}
