@@ -235,28 +235,15 @@ impl Metrics {
         self.powersync_deploying
             .with_label_values(&[target])
             .set(st.deploying.is_some() as i64);
-        self.set_quarantined_info(
-            target,
-            st.quarantine
-                .as_ref()
-                .map(|q| (q.sha256.clone(), crate::reason::label(&q.reason))),
-        );
+        self.set_quarantined_info(target, st.quarantine.as_ref().map(quarantine_labels));
         let sha = live_sha.unwrap_or("").to_string();
-        let revision = st
-            .applied
-            .as_ref()
-            .filter(|a| a.sha256 == sha)
-            .and_then(|a| a.revision.clone())
-            .unwrap_or_default();
+        let revision = st.revision_of(&sha).unwrap_or_default();
         self.set_info(target, sha, revision);
     }
 
     /// Publishes a quarantine decided mid-cycle, ahead of the cycle's record.
     pub fn quarantined(&self, target: &str, q: &crate::state::Quarantine) {
-        self.set_quarantined_info(
-            target,
-            Some((q.sha256.clone(), crate::reason::label(&q.reason))),
-        );
+        self.set_quarantined_info(target, Some(quarantine_labels(q)));
     }
 
     /// Keeps at most one quarantined_info series per target: the content it quarantined.
@@ -344,4 +331,9 @@ impl Metrics {
         crate::memory::release();
         buf
     }
+}
+
+/// The `(sha256, reason)` labels of a quarantine's `rulekeeper_quarantined_info` series.
+fn quarantine_labels(q: &crate::state::Quarantine) -> (String, String) {
+    (q.sha256.clone(), crate::reason::label(&q.reason))
 }

@@ -187,6 +187,14 @@ fn lenient_outcome<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Outc
 }
 
 impl TargetState {
+    /// The revision recorded for content `sha`, if it is the applied content.
+    pub fn revision_of(&self, sha: &str) -> Option<String> {
+        self.applied
+            .as_ref()
+            .filter(|a| a.sha256 == sha)
+            .and_then(|a| a.revision.clone())
+    }
+
     /// Upstream serves the content that is quarantined now.
     pub fn upstream_quarantined(&self) -> bool {
         match (&self.quarantine, &self.upstream_sha256) {

@@ -104,7 +104,7 @@ impl Runner<'_, '_> {
         if let Some(l) = &live_sha {
             self.quarantine(l, "rolled back by an operator");
         }
-        self.rep.rolled_back_from = self.revision_of(live_sha.as_deref());
+        self.rep.rolled_back_from = live_sha.as_deref().and_then(|l| self.st.revision_of(l));
         let revision = self.st.applied.as_ref().map(|_| "rollback".to_string());
         self.apply(prev, prev_sha, revision, live, Mode::ManualRollback)
             .await
@@ -129,7 +129,7 @@ impl Runner<'_, '_> {
                 &format!("rolled back by an operator to {}", short(&entry.sha256)),
             );
         }
-        self.rep.rolled_back_from = self.revision_of(live_sha.as_deref());
+        self.rep.rolled_back_from = live_sha.as_deref().and_then(|l| self.st.revision_of(l));
         self.apply(
             body,
             entry.sha256.clone(),

@@ -425,15 +425,6 @@ impl Runner<'_, '_> {
         self.st.applied.as_ref().and_then(|a| a.revision.clone())
     }
 
-    /// The revision recorded for content `sha` if it is the applied one.
-    fn revision_of(&self, sha: Option<&str>) -> Option<String> {
-        self.st
-            .applied
-            .as_ref()
-            .filter(|a| Some(a.sha256.as_str()) == sha)
-            .and_then(|a| a.revision.clone())
-    }
-
     /// Ends the cycle with `outcome`, leaving the live file as it is: the report describes
     /// the live file (usable? which content, which revision) and says why.
     async fn leave(
