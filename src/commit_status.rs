@@ -14,7 +14,7 @@ use prometheus::{IntCounterVec, Opts};
 use crate::config::{CommitStatus, SourceKind, Target};
 use crate::labels::Outcome;
 use crate::report::{Asked, Report};
-use crate::source::forge;
+use crate::source::{forge, integrity};
 use crate::state::{CommitState as State, PostedStatus as Posted, TargetState};
 
 /// GitHub's limit for a status description; the others take more, none needs more.
@@ -97,7 +97,7 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
         let sha = rep
             .rolled_back_from
             .clone()
-            .filter(|r| is_commit(r) && rep.outcome == Outcome::RolledBack)?;
+            .filter(|r| integrity::is_commit_id(r) && rep.outcome == Outcome::RolledBack)?;
         return remember(
             st,
             Post {
@@ -146,12 +146,6 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
             description,
         },
     )
-}
-
-/// A forge's commit id (SHA-1 or SHA-256 hex), not one of the revisions rulekeeper writes
-/// for operators' content (`push`, `rollback`).
-fn is_commit(rev: &str) -> bool {
-    (7..=64).contains(&rev.len()) && rev.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Keeps `post` if it is not what was posted last for its commit (a commit's failure is

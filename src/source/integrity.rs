@@ -40,6 +40,12 @@ pub fn object_id(s: &str) -> Option<String> {
     ok.then(|| s.to_ascii_lowercase())
 }
 
+/// A commit id as forges name one: 7 (abbreviated) to 64 (SHA-256) hex digits. Not one of
+/// the revisions rulekeeper writes for operators' content (`push`, `rollback`).
+pub fn is_commit_id(s: &str) -> bool {
+    (7..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The blob id in an ETag such as `"3b18e512dba79e4c8300dd08aeb37f8e728b8dad"` (a weak
 /// `W/` ETag does not promise the exact bytes, so it does not count).
 pub fn etag_blob_id(etag: &str) -> Option<String> {

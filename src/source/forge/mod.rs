@@ -382,11 +382,7 @@ impl ForgeSource {
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
         let sha = v.get(0)?.get("sha")?.as_str()?;
-        if sha.len() >= 7 && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Some(sha.to_string())
-        } else {
-            None
-        }
+        integrity::is_commit_id(sha).then(|| sha.to_string())
     }
 }
 
