@@ -150,17 +150,11 @@ impl History {
     /// a lost list can still tell (when, from the file's time, and the sha256; no revision).
     /// `recording` is left out: the entry being recorded stands for it.
     fn salvage(&self, recording: &str) -> Vec<Entry> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        let mut found: Vec<Entry> = rd
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let sha = name.strip_suffix(".yaml")?.to_string();
-                if sha == recording {
-                    return None;
-                }
+        let mut found: Vec<Entry> = self
+            .content_files()
+            .into_iter()
+            .filter(|(sha, _)| sha != recording)
+            .filter_map(|(sha, e)| {
                 let bytes = std::fs::read(e.path()).ok()?;
                 if sha256_hex(&bytes) != sha {
                     return None;
@@ -205,18 +199,24 @@ impl History {
 
     /// Removes kept contents no entry refers to any more.
     fn prune(&self, list: &[Entry]) {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Some(sha) = name.strip_suffix(".yaml") else {
-                continue;
-            };
+        for (sha, e) in self.content_files() {
             if !list.iter().any(|x| x.kept && x.sha256 == sha) {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+
+    /// The content files in the directory (`<sha256>.yaml`), by the sha256 their name gives.
+    fn content_files(&self) -> Vec<(String, std::fs::DirEntry)> {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((name.strip_suffix(".yaml")?.to_string(), e))
+            })
+            .collect()
     }
 
     /// The kept version `key` names: a unique prefix of its sha256 or its revision.
