@@ -1,7 +1,8 @@
 //! What a rules change costs PowerSync's clients, and how long a crashing revision keeps the
 //! service down, against the real PowerSync Service (`cargo bench --bench powersync`; results
-//! in docs/benchmarks.md). Uses the test harness (tests/it/realps.rs: the service built from
-//! `../shared/powersync` on a private Postgres), so it needs what those tests need.
+//! in docs/benchmarks.md). Uses the test harness (tests/it/pservice.rs) on the real service
+//! only: a build named by `RULEKEEPER_POWERSYNC_DIR`, on a private Postgres. Without one it
+//! says so and measures nothing (the stand-in's timings would say nothing about PowerSync).
 //!
 //! - `outage`: a client holds `POST /sync/stream` open with a JWT signed with the HS256 key of
 //!   the test's PowerSync config, reconnecting at once (10 ms apart) whenever the stream ends.
@@ -23,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-#[path = "../tests/it/realps.rs"]
-mod realps;
+#[path = "../tests/it/pservice.rs"]
+mod pservice;
 #[path = "../tests/it/util.rs"]
 mod util;
 
-use realps::{PowerSync, Rules};
+use pservice::{PowerSync, Rules};
 
 /// The HS256 key of the harness's PowerSync config (`k`, base64url).
 const JWK_K: &str = "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0";
@@ -395,6 +396,9 @@ fn crash() {
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if pservice::real().is_none() {
         return;
     }
     if common::selected("crash") {

@@ -33,13 +33,10 @@ pub struct Lab {
 }
 
 fn skip(why: &str) -> Option<Lab> {
-    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("systemd lab unavailable (RULEKEEPER_REQUIRE_TOOLS=1): {why}");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: systemd lab unavailable: {why}; this test did not run !!!!!!!!\n"
-    );
-    None
+    crate::util::skip(
+        crate::util::Need::Tool,
+        &format!("systemd lab unavailable: {why}"),
+    )
 }
 
 impl Lab {
@@ -64,6 +61,7 @@ impl Lab {
             .args(["--mount-proc", "--propagation", "private"])
             .arg(repo_root().join("tests/support/lab-init"))
             .arg(dir.path())
+            .args(visible_inside())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -185,6 +183,19 @@ impl Lab {
         }
         format!("/run/lab/{name}")
     }
+}
+
+/// Host directories a lab unit may run programs from, kept visible inside even when they live
+/// under a directory the lab puts a tmpfs over (a checkout in `/tmp`, as CI may have it): the
+/// checkout (`contrib/`, `tests/support/`), the directory of the binary under test, and a
+/// PowerSync build from `RULEKEEPER_POWERSYNC_DIR`.
+fn visible_inside() -> Vec<PathBuf> {
+    let mut dirs = vec![repo_root()];
+    dirs.extend(crate::util::bin().parent().map(Path::to_path_buf));
+    dirs.extend(std::env::var_os("RULEKEEPER_POWERSYNC_DIR").map(PathBuf::from));
+    dirs.into_iter()
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .collect()
 }
 
 /// The pid of the `systemd` process that unshare forked (the lab's PID 1).

@@ -17,7 +17,7 @@
 // Harness and peers.
 mod forge;
 mod lab;
-mod realps;
+mod pservice;
 mod util;
 mod vmstack;
 

@@ -1,9 +1,10 @@
 //! The Nix expressions (flake.nix, nix/): every file parses, and nix/tests/eval.nix (the NixOS
 //! module evaluated by nixpkgs' own `lib.evalModules`, with stub pkgs) passes.
 //!
-//! nixpkgs' `lib` comes from `$NIXPKGS_LIB`, else `<nixpkgs/lib>` if nix finds it, else the
-//! vendored copy in `../shared/nixpkgs-lib/lib` next to the checkout; without any, the eval
-//! tests skip loudly (and fail under RULEKEEPER_REQUIRE_TOOLS=1).
+//! nixpkgs' `lib` comes from outside the repository: `$NIXPKGS_LIB` (the `lib/` directory of a
+//! nixpkgs or `nix-community/nixpkgs.lib` checkout), else `<nixpkgs/lib>` if nix finds it.
+//! Without either, the eval tests skip loudly, and fail under `RULEKEEPER_REQUIRE_NIXPKGS=1`;
+//! `nix_every_file_parses` (`nix-instantiate --parse`, no lib needed) always runs.
 //!
 //! Every call uses `--store dummy://`: nothing here needs a Nix store, and that works as root
 //! or as an unprivileged user on a fresh machine with Debian's nix-bin (no daemon, no
@@ -79,15 +80,10 @@ fn nixpkgs_lib(tool: &Path) -> Option<PathBuf> {
     if ok && !out.trim().is_empty() {
         return Some(PathBuf::from(out.trim()));
     }
-    let shared = util::repo_root().join("../shared/nixpkgs-lib/lib");
-    if shared.join("default.nix").exists() {
-        return Some(shared);
-    }
-    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("no nixpkgs lib: set NIXPKGS_LIB (RULEKEEPER_REQUIRE_TOOLS=1)");
-    }
-    eprintln!("\n!!!!!!!! SKIPPED: no nixpkgs lib (NIXPKGS_LIB, <nixpkgs/lib>, ../shared/nixpkgs-lib); this test did not run !!!!!!!!\n");
-    None
+    util::skip(
+        util::Need::Nixpkgs,
+        "no nixpkgs lib (set NIXPKGS_LIB to a checkout's lib/, or put nixpkgs on NIX_PATH)",
+    )
 }
 
 fn run_eval_test(tool: &Path, lib: &Path, eval_nix: &Path) -> (bool, String, String) {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::realps::{fatal_errors, PowerSync, Rules};
+use crate::pservice::{fatal_errors, PowerSync, Rules};
 use crate::util::{http, sha256, wait_until, Env, Out};
 
 const V1: &str = "# v1\nbucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";
@@ -72,17 +72,6 @@ impl World {
             o.stdout.trim()
         );
         o
-    }
-
-    /// A 200,000-row table `big` in the source database: its initial replication takes
-    /// about 20 s on this kind of machine.
-    fn big_table(&self) {
-        let (ok, out) = self.ps.cluster.psql(
-            &self.ps.db.app,
-            "create table big(id text primary key, payload text); \
-             insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
-        );
-        assert!(ok, "{out}");
     }
 
     fn diagnostics(&self) -> serde_json::Value {
@@ -217,7 +206,7 @@ fn drift_is_converged_back_to_the_live_file() {
 #[test]
 fn slow_initial_replication_is_followed_until_active_not_rolled_back() {
     let Some(w) = World::new(V1) else { return };
-    w.big_table();
+    w.ps.big_table();
     w.config("{ none: true, timeout: 3s, interval: 500ms }", "");
     assert_eq!(w.once().code, 0);
     let big = BIG;
@@ -356,7 +345,7 @@ fn powersync_not_answering_yet_gets_the_live_file_once_it_does() {
 #[test]
 fn rollback_while_another_version_deploys_replaces_it() {
     let Some(w) = World::new(V1) else { return };
-    w.big_table();
+    w.ps.big_table();
     w.config("{ none: true, timeout: 2s, interval: 500ms }", "");
     assert_eq!(w.once().code, 0);
     let v1_slot = w.slot();

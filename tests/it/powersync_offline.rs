@@ -22,17 +22,10 @@ fn validator() -> Option<PathBuf> {
     if dir.join("node_modules").is_dir() {
         return Some(dir.join("validate"));
     }
-    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!(
-            "contrib/powersync/node_modules is missing (RULEKEEPER_REQUIRE_TOOLS=1): \
-             run `npm ci --prefix contrib/powersync` first"
-        );
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: contrib/powersync/node_modules is missing; the PowerSync offline \
-         validator tests did not run (run `npm ci --prefix contrib/powersync`) !!!!!!!!\n"
-    );
-    None
+    util::skip(
+        util::Need::Tool,
+        "contrib/powersync/node_modules is missing (run `npm ci --prefix contrib/powersync`)",
+    )
 }
 
 struct Outcome {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::realps::{fatal_errors, PowerSync, Rules};
+use crate::pservice::{fatal_errors, PowerSync, Rules};
 use crate::util::{bin, repo_root, sha256, Env, Out};
 
 pub const V1: &str =
@@ -159,7 +159,8 @@ fn validator() -> Option<PathBuf> {
     if dir.join("node_modules").is_dir() {
         return Some(dir.join("validate"));
     }
-    crate::realps::skip(
+    crate::util::skip(
+        crate::util::Need::Tool,
         "contrib/powersync/node_modules is missing (npm ci --prefix contrib/powersync)",
     )
 }
@@ -321,43 +322,14 @@ fn created_slots(log: &str) -> Vec<String> {
 fn rollback_of_deploying_valid_rules_costs_a_new_version() {
     let Some(w) = World::new(V1) else { return };
     let first = w.slot();
-    // Hold up the initial snapshot of `todos` (V2 reads it): its lock is taken first.
-    let cluster = w.ps.cluster;
-    let mut locker = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-        ])
-        .args(["-U", "postgres", "-d", &w.ps.db.app, "-c"])
-        .arg("begin; lock table todos in access exclusive mode; select pg_sleep(300);")
-        .env("PGPASSWORD", "pw")
-        .env("PGAPPNAME", "rk-locker")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("psql");
-    crate::util::wait_until(30, "the lock on todos", || {
-        cluster
-            .psql(
-                &w.ps.db.app,
-                "select 1 from pg_locks l join pg_class c on c.oid = l.relation \
-                 where c.relname = 'todos' and l.mode = 'AccessExclusiveLock' and l.granted",
-            )
-            .1
-            .trim()
-            == "1"
-    });
-
+    // Hold up the initial snapshot of `todos` (V2 reads it).
+    let mut hold = w.ps.hold_table("todos");
     std::fs::write(&w.up, V2).unwrap();
     let cfg = w.config("rk", BUILTIN, &w.verify());
     let o = w.rk(&cfg, &["once"]);
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(o.stdout.contains("applied"), "{}", o.all());
-    // (The admin API can hang on the lock too: read PowerSync's storage instead.)
+    // (The real admin API can hang on the lock too: read PowerSync's storage instead.)
     let v = w.ps.versions();
     eprintln!("versions while v2 deploys: {v:?}");
     assert_eq!(v.len(), 2, "{v:?}");
@@ -372,13 +344,7 @@ fn rollback_of_deploying_valid_rules_costs_a_new_version() {
     assert_eq!(o.code, 0, "{}", o.all());
     assert!(o.stdout.contains("rolled_back"), "{}", o.all());
     assert_eq!(w.env.live(), V1);
-    // Release the lock: end the locking backend (killing psql alone leaves it sleeping).
-    let (ok, out) = cluster.psql(
-        "postgres",
-        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'rk-locker'",
-    );
-    assert!(ok, "{out}");
-    let _ = locker.wait();
+    hold.release();
     let t = Instant::now();
     crate::util::wait_until(60, "a third version, active", || {
         let v = w.ps.versions();
@@ -411,7 +377,7 @@ fn rollback_of_deploying_valid_rules_costs_a_new_version() {
     let back = v[2].slot.clone();
 
     // Restarting on the same file is free: nothing deploying, the active content matches.
-    std::process::Command::new(crate::realps::psctl())
+    std::process::Command::new(crate::pservice::psctl())
         .arg("restart")
         .arg(&w.ps.dir)
         .status()
@@ -484,69 +450,48 @@ struct LabWorld {
 
 impl LabWorld {
     fn new() -> Option<LabWorld> {
-        let build = crate::realps::build()?;
-        let Some(bindir) = crate::realps::pg_bindir() else {
-            return crate::realps::skip("no Postgres (apt-get install postgresql)");
+        let backend = crate::pservice::backend()?;
+        let bindir = match backend.is_real() {
+            true => match crate::pservice::pg_bindir() {
+                Some(b) => Some(b),
+                None => {
+                    return crate::util::skip(
+                        crate::util::Need::Tool,
+                        "no Postgres (apt-get install postgresql)",
+                    )
+                }
+            },
+            false => None,
         };
         let lab = crate::lab::Lab::boot()?;
         let bin = lab.provide(&bin(), "bin/rulekeeper");
-        let bindir = bindir.display();
-
-        // Postgres inside the lab: data on the lab's tmpfs /var/lib, owned by nobody.
-        let o = lab.sh(&format!(
-            "mkdir -p /var/lib/pg && echo {pw} > /var/lib/pg/pw && chown -R nobody:nogroup /var/lib/pg && \
-             setpriv --reuid=nobody --regid=nogroup --clear-groups {bindir}/initdb -D /var/lib/pg/data \
-             -U postgres -A scram-sha-256 --pwfile=/var/lib/pg/pw --no-sync -E UTF8 >/dev/null",
-            pw = crate::realps::PASSWORD
-        ));
-        assert_eq!(o.code, 0, "initdb in the lab: {}", o.all());
-        lab.write(
-            "/etc/systemd/system/postgresql-lab.service",
-            &format!(
-                "[Unit]\nDescription=Postgres for PowerSync (lab)\n\n[Service]\nUser=nobody\nGroup=nogroup\n\
-                 ExecStart={bindir}/postgres -D /var/lib/pg/data -c wal_level=logical -c port=5432 \
-                 -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/lib/pg -c fsync=off\n"
-            ),
-        );
-        lab.daemon_reload();
-        let o = lab.systemctl(&["start", "postgresql-lab.service"]);
-        assert_eq!(o.code, 0, "{}", o.all());
-        let psql = |db: &str, args: &str| {
-            lab.sh(&format!(
-                "PGPASSWORD={} {bindir}/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 5432 -U postgres -d {db} {args}",
-                crate::realps::PASSWORD
-            ))
-        };
-        crate::util::wait_until(30, "Postgres in the lab", || {
-            psql("postgres", "-c 'select 1'").code == 0
-        });
-        std::fs::write(lab.dir.path().join("schema.sql"), crate::realps::SCHEMA).unwrap();
-        for sql in [
-            "-c 'create database app_0'",
-            "-c 'create database psstore_0'",
-        ] {
-            let o = psql("postgres", sql);
-            assert_eq!(o.code, 0, "{}", o.all());
+        if let Some(bindir) = bindir {
+            Self::postgres(&lab, &bindir);
         }
-        let o = psql("app_0", "-f /run/lab/schema.sql");
-        assert_eq!(o.code, 0, "{}", o.all());
-
         // PowerSync, in podman's place, with the shipped drop-in.
-        let db = crate::realps::Db {
+        let db = crate::pservice::Db {
             n: 0,
             app: "app_0".into(),
             store: "psstore_0".into(),
         };
-        let config = crate::realps::config_yaml(5432, &db, 8080, &Rules::File(LAB_LIVE.into()));
+        let config = crate::pservice::config_yaml(5432, &db, 8080, &Rules::File(LAB_LIVE.into()));
         std::fs::write(lab.dir.path().join("powersync.yaml"), config).unwrap();
+        if !backend.is_real() {
+            std::fs::write(
+                lab.dir.path().join("standin.json"),
+                crate::pservice::standin_knobs(None),
+            )
+            .unwrap();
+        }
         lab.write(
             &format!("/etc/systemd/system/{LAB_UNIT}"),
             &format!(
-                "[Unit]\nDescription=the real PowerSync Service in podman's place\n\
+                "[Unit]\nDescription={} in podman's place\n\
                  After=postgresql-lab.service\nWants=postgresql-lab.service\n\n[Service]\n\
                  ExecStart={} {} start -c /run/lab/powersync.yaml\nRestart=no\n",
-                build.node().display(),
-                build.entry().display()
+                backend.name(),
+                backend.node().display(),
+                backend.entry().display()
             ),
         );
         let dropin =
@@ -594,6 +539,49 @@ impl LabWorld {
         Some(LabWorld { lab })
     }
 
+    /// Postgres inside the lab for the real service (a unit, as `nobody`, data on the lab's
+    /// tmpfs `/var/lib`), with the databases `app_0` ([`SCHEMA`]) and `psstore_0`.
+    fn postgres(lab: &crate::lab::Lab, bindir: &Path) {
+        let bindir = bindir.display();
+        let o = lab.sh(&format!(
+            "mkdir -p /var/lib/pg && echo {pw} > /var/lib/pg/pw && chown -R nobody:nogroup /var/lib/pg && \
+             setpriv --reuid=nobody --regid=nogroup --clear-groups {bindir}/initdb -D /var/lib/pg/data \
+             -U postgres -A scram-sha-256 --pwfile=/var/lib/pg/pw --no-sync -E UTF8 >/dev/null",
+            pw = crate::pservice::PASSWORD
+        ));
+        assert_eq!(o.code, 0, "initdb in the lab: {}", o.all());
+        lab.write(
+            "/etc/systemd/system/postgresql-lab.service",
+            &format!(
+                "[Unit]\nDescription=Postgres for PowerSync (lab)\n\n[Service]\nUser=nobody\nGroup=nogroup\n\
+                 ExecStart={bindir}/postgres -D /var/lib/pg/data -c wal_level=logical -c port=5432 \
+                 -c listen_addresses=127.0.0.1 -c unix_socket_directories=/var/lib/pg -c fsync=off\n"
+            ),
+        );
+        lab.daemon_reload();
+        let o = lab.systemctl(&["start", "postgresql-lab.service"]);
+        assert_eq!(o.code, 0, "{}", o.all());
+        let psql = |db: &str, args: &str| {
+            lab.sh(&format!(
+                "PGPASSWORD={} {bindir}/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 5432 -U postgres -d {db} {args}",
+                crate::pservice::PASSWORD
+            ))
+        };
+        crate::util::wait_until(30, "Postgres in the lab", || {
+            psql("postgres", "-c 'select 1'").code == 0
+        });
+        std::fs::write(lab.dir.path().join("schema.sql"), crate::pservice::SCHEMA).unwrap();
+        for sql in [
+            "-c 'create database app_0'",
+            "-c 'create database psstore_0'",
+        ] {
+            let o = psql("postgres", sql);
+            assert_eq!(o.code, 0, "{}", o.all());
+        }
+        let o = psql("app_0", "-f /run/lab/schema.sql");
+        assert_eq!(o.code, 0, "{}", o.all());
+    }
+
     fn set_upstream(&self, text: &str) {
         let d = self.lab.dir.path().join("upstream");
         std::fs::write(d.join(".next"), text).unwrap();
@@ -607,7 +595,7 @@ impl LabWorld {
     /// PowerSync's admin API on the lab's loopback.
     fn diagnostics(&self) -> serde_json::Value {
         let answer = self.lab.in_net(|| {
-            crate::realps::request(
+            crate::pservice::request(
                 8080,
                 "POST",
                 "/api/admin/v1/diagnostics",

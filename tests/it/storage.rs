@@ -19,13 +19,9 @@ fn can_unshare() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false);
     if !root {
-        if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!(
-                "the storage fault tests need root for `unshare -m` (RULEKEEPER_REQUIRE_TOOLS=1)"
-            );
-        }
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: the storage fault tests need root (`unshare -m`) !!!!!!!!\n"
+        crate::util::skip::<()>(
+            crate::util::Need::Tool,
+            "the storage fault tests need root (`unshare -m`)",
         );
     }
     root

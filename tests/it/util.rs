@@ -56,6 +56,41 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What makes a missing piece a failure instead of a skip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A tool CI installs: required under `RULEKEEPER_REQUIRE_TOOLS=1`.
+    Tool,
+    /// A build of the real PowerSync Service: required under `RULEKEEPER_REQUIRE_POWERSYNC=1`.
+    PowerSync,
+    /// nixpkgs' lib: required under `RULEKEEPER_REQUIRE_NIXPKGS=1`.
+    Nixpkgs,
+}
+
+impl Need {
+    fn variable(self) -> &'static str {
+        match self {
+            Need::Tool => "RULEKEEPER_REQUIRE_TOOLS",
+            Need::PowerSync => "RULEKEEPER_REQUIRE_POWERSYNC",
+            Need::Nixpkgs => "RULEKEEPER_REQUIRE_NIXPKGS",
+        }
+    }
+
+    pub fn required(self) -> bool {
+        std::env::var(self.variable()).as_deref() == Ok("1")
+    }
+}
+
+/// The one way a test gives up on a missing piece: a loud skip (None), or a failure when
+/// `need`'s variable says the piece is required.
+pub fn skip<T>(need: Need, why: &str) -> Option<T> {
+    if need.required() {
+        panic!("{why} ({}=1)", need.variable());
+    }
+    eprintln!("\n!!!!!!!! SKIPPED: {why}; this test did not run !!!!!!!!\n");
+    None
+}
+
 /// Finds an external tool on PATH. When it is missing the test is skipped with a loud
 /// message, unless `RULEKEEPER_REQUIRE_TOOLS=1`, in which case the test fails.
 /// Usage: `let Some(promtool) = util::require_tool("promtool") else { return };`
@@ -63,13 +98,7 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if let Some(p) = which(name) {
         return Some(p);
     }
-    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("required tool `{name}` is not on PATH (RULEKEEPER_REQUIRE_TOOLS=1)");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: tool `{name}` is not installed; this test did not run !!!!!!!!\n"
-    );
-    None
+    skip(Need::Tool, &format!("tool `{name}` is not installed"))
 }
 
 /// Looks a program up on PATH.

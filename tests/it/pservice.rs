@@ -1,21 +1,31 @@
-//! The real PowerSync Service (1.25.0, built from `../shared/powersync`) for the tests in
-//! `powersync_real.rs` and the parity corpus: the service on a private Postgres cluster.
+//! A PowerSync Service for the tests in `powersync_real.rs`, `powersync_deploy.rs` and the
+//! parity corpus: one test body, two backends, chosen here and nowhere else.
 //!
-//! - `build()` runs `../shared/powersync/build <repo>/target/powersync` once per test process
-//!   (or takes `RULEKEEPER_POWERSYNC_DIR`, a directory that build produced).
-//! - `cluster()` is one Postgres cluster per test process (`initdb` as `nobody` in a temp dir,
-//!   `wal_level=logical`, its own port on 127.0.0.1, the unix socket in that dir). Each test
-//!   takes its own databases from it (`Cluster::db`: `app_N` with a known schema and publication,
-//!   `psstore_N` for bucket storage), so tests in one process share it. A reaper (its own
-//!   session, so Ctrl-C does not reach it) watches the test process: when that is gone it kills
-//!   every PowerSync started under the cluster's dir, then Postgres, and removes the dir.
-//! - `PowerSync` is one service: its `powersync.yaml`, started and stopped with
-//!   `tests/support/psctl` (also rulekeeper's `restart.command` in the tests), and helpers for
-//!   its probes and admin API.
+//! - **The real service** (`Backend::Real`) when `RULEKEEPER_POWERSYNC_DIR` names a build that
+//!   someone made from the public source (`powersync-ja/powersync-service`; nothing in this
+//!   repository builds it): a directory holding `bin/node` and `src/service/lib/entry.js`. It
+//!   runs on a private Postgres cluster (`cluster()`): one per test process, `initdb` as
+//!   `nobody`, `wal_level=logical`, its own port on 127.0.0.1, databases per test.
+//! - **The stand-in** (`Backend::StandIn`) otherwise: `tests/support/powersync-standin.mjs` on
+//!   the Node and the `@powersync/service-sync-rules` parser that `npm ci --prefix
+//!   contrib/powersync` installs. It is not the service: no Postgres, no replication; its
+//!   schema is [`STANDIN_SCHEMA`], the same tables as [`SCHEMA`]. The real service is its
+//!   judge: the same scenarios run against both, so a stand-in that drifts fails them.
 //!
-//! Where a piece is missing (Postgres binaries, `setpriv`, the build failing because the package
-//! registries cannot be reached) the tests skip loudly; with `RULEKEEPER_REQUIRE_TOOLS=1` they
-//! fail instead.
+//! Where the two must differ, the difference lives here, in one place: how a table is held up
+//! (`PowerSync::hold_table`: a Postgres lock, or a file the stand-in watches), how a big
+//! table is made (`PowerSync::big_table`), where versions are read from
+//! (`PowerSync::versions`), and [`Backend::is_real`] for the parity corpus, which only the real
+//! service can judge.
+//!
+//! Without a build the real-only tests skip loudly; `RULEKEEPER_REQUIRE_TOOLS=1` does not make
+//! them required, `RULEKEEPER_REQUIRE_POWERSYNC=1` does. Without `contrib/powersync/node_modules`
+//! the stand-in tests skip, and fail under `RULEKEEPER_REQUIRE_TOOLS=1`.
+//!
+//! `PowerSync` is one service: its directory (config, pid, log) under a per-process root that a
+//! reaper removes, with every service under it, when the test process is gone (even after
+//! `kill -9`); started and stopped with `tests/support/psctl` (also rulekeeper's
+//! `restart.command` in the tests).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -25,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::util::{free_port, repo_root, require_tool, wait_until};
+use crate::util::{free_port, repo_root, require_tool, wait_until, Need};
 
 /// PowerSync's admin API token (`api.tokens`).
 pub const TOKEN: &str = "admintoken";
@@ -46,16 +56,17 @@ insert into users values ('u1', 'ann', 'o1', true), ('u2', 'bob', 'o1', false);
 create publication powersync for all tables;
 ";
 
-/// Skips loudly (None), or panics under `RULEKEEPER_REQUIRE_TOOLS=1`.
-pub fn skip<T>(why: &str) -> Option<T> {
-    if std::env::var("RULEKEEPER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("the real PowerSync Service is unavailable (RULEKEEPER_REQUIRE_TOOLS=1): {why}");
-    }
-    eprintln!(
-        "\n!!!!!!!! SKIPPED: the real PowerSync Service is unavailable: {why}; this test did not run !!!!!!!!\n"
-    );
-    None
-}
+/// [`SCHEMA`] as the stand-in reads it (`standin.json`): table -> columns and primary key.
+pub const STANDIN_SCHEMA: &str = r#"{
+  "lists": {"columns": {"id": "text", "name": "text", "owner_id": "text", "created_at": "timestamptz"}, "primary_key": ["id"]},
+  "todos": {"columns": {"id": "text", "list_id": "text", "description": "text", "completed": "boolean", "created_by": "text", "photo_id": "text"}, "primary_key": ["id"]},
+  "users": {"columns": {"id": "text", "name": "text", "org_id": "text", "is_admin": "boolean"}, "primary_key": ["id"]},
+  "no_pk": {"columns": {"id": "text", "value": "text"}, "primary_key": []}
+}"#;
+
+/// The stand-in's `big` table (see [`PowerSync::big_table`]): its initial replication takes
+/// this long, as 200,000 rows take the real service on this kind of machine.
+const STANDIN_BIG_MS: u64 = 20_000;
 
 /// A built PowerSync: `DIR/bin/node` and `DIR/src/service/lib/entry.js`.
 #[derive(Clone, Debug)]
@@ -64,66 +75,174 @@ pub struct Build {
 }
 
 impl Build {
-    pub fn node(&self) -> PathBuf {
-        self.dir.join("bin/node")
-    }
-    pub fn entry(&self) -> PathBuf {
-        self.dir.join("src/service/lib/entry.js")
-    }
     fn check(dir: PathBuf) -> Result<Build, String> {
         let b = Build { dir };
-        if b.node().is_file() && b.entry().is_file() {
+        if b.dir.join("bin/node").is_file() && b.dir.join("src/service/lib/entry.js").is_file() {
             Ok(b)
         } else {
             Err(format!(
-                "{} has no bin/node or src/service/lib/entry.js",
+                "RULEKEEPER_POWERSYNC_DIR={} has no bin/node or src/service/lib/entry.js",
                 b.dir.display()
             ))
         }
     }
 }
 
-/// Builds PowerSync once per test process (the build script is a no-op when it is built).
-pub fn build() -> Option<Build> {
-    static BUILT: OnceLock<Result<Build, String>> = OnceLock::new();
-    let r = BUILT.get_or_init(|| {
+/// Which PowerSync the tests talk to.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The real service, from `RULEKEEPER_POWERSYNC_DIR`.
+    Real(Build),
+    /// `tests/support/powersync-standin.mjs` on contrib/powersync's pinned Node.
+    StandIn { node: PathBuf },
+}
+
+impl Backend {
+    pub fn is_real(&self) -> bool {
+        matches!(self, Backend::Real(_))
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Real(_) => "the real PowerSync Service",
+            Backend::StandIn { .. } => "the PowerSync stand-in",
+        }
+    }
+
+    pub fn node(&self) -> PathBuf {
+        match self {
+            Backend::Real(b) => b.dir.join("bin/node"),
+            Backend::StandIn { node } => node.clone(),
+        }
+    }
+
+    pub fn entry(&self) -> PathBuf {
+        match self {
+            Backend::Real(b) => b.dir.join("src/service/lib/entry.js"),
+            Backend::StandIn { .. } => repo_root().join("tests/support/powersync-standin.mjs"),
+        }
+    }
+}
+
+/// The Node that `npm ci --prefix contrib/powersync` installs (package `node`).
+pub fn pinned_node() -> Option<PathBuf> {
+    let dir = repo_root().join("contrib/powersync/node_modules");
+    let mut candidates = vec![dir.join(".bin/node"), dir.join("node/bin/node")];
+    for base in [dir.join("node/node_modules"), dir.clone()] {
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("node-") {
+                candidates.push(e.path().join("bin/node"));
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// The backend, chosen once per test process: the real service when `RULEKEEPER_POWERSYNC_DIR`
+/// is set (a wrong directory fails the tests: it was asked for), else the stand-in.
+pub fn backend() -> Option<&'static Backend> {
+    static BACKEND: OnceLock<Result<Backend, (Need, String)>> = OnceLock::new();
+    let chosen = BACKEND.get_or_init(|| {
         if let Some(d) = std::env::var_os("RULEKEEPER_POWERSYNC_DIR") {
-            return Build::check(PathBuf::from(d));
+            return match Build::check(PathBuf::from(d)) {
+                Ok(b) => Ok(Backend::Real(b)),
+                Err(why) => panic!("{why}"),
+            };
         }
-        let script = repo_root().join("../shared/powersync/build");
-        if !script.is_file() {
-            return Err(format!("{} is missing", script.display()));
+        if Need::PowerSync.required() {
+            panic!(
+                "RULEKEEPER_REQUIRE_POWERSYNC=1 but RULEKEEPER_POWERSYNC_DIR is not set: build                  the service from powersync-ja/powersync-service and name the build there"
+            );
         }
-        let dir = repo_root().join("target/powersync");
-        let log = dir.with_extension("build.log");
-        let out = Command::new(&script)
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("run {}: {e}", script.display()))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let _ = std::fs::write(&log, &text);
-        if !out.status.success() {
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            return Err(format!(
-                "`{} {}` failed ({}); offline, or the registries cannot be reached? Last lines:\n{}",
-                script.display(),
-                dir.display(),
-                out.status,
-                tail.join("\n")
-            ));
+        match pinned_node() {
+            Some(node) => Ok(Backend::StandIn { node }),
+            None => Err((
+                Need::Tool,
+                "the PowerSync stand-in needs contrib/powersync's Node and parser (npm ci \
+                 --prefix contrib/powersync)"
+                    .to_string(),
+            )),
         }
-        Build::check(dir)
+    });
+    match chosen {
+        Ok(b) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| eprintln!("PowerSync tests run against {}", b.name()));
+            Some(b)
+        }
+        Err((need, why)) => crate::util::skip(*need, why),
+    }
+}
+
+/// The real service only (the parity corpus, the benchmark): a loud skip without a build, a
+/// failure under `RULEKEEPER_REQUIRE_POWERSYNC=1`.
+pub fn real() -> Option<&'static Backend> {
+    let b = backend()?;
+    if b.is_real() {
+        return Some(b);
+    }
+    crate::util::skip(
+        Need::PowerSync,
+        "this test needs the real PowerSync Service: set RULEKEEPER_POWERSYNC_DIR to a build of \
+         powersync-ja/powersync-service (bin/node, src/service/lib/entry.js)",
+    )
+}
+
+/// A reaper in its own session (so Ctrl-C does not reach it) that waits for the test process
+/// to go, then kills every PowerSync under `root` (`ps-*/pid`), then runs `then` (shell), then
+/// removes `root`. `argv`, when given, runs as the reaper's child and its end ends the wait too.
+fn spawn_reaper(root: &Path, then: &str, argv: &[String], log: &Path) -> Result<(), String> {
+    let script = format!(
+        r#"
+parent=$1; root=$2; shift 2
+child=
+if [ $# -gt 0 ]; then "$@" & child=$!; fi
+while kill -0 "$parent" 2>/dev/null && {{ [ -z "$child" ] || kill -0 "$child" 2>/dev/null; }}; do sleep 0.5; done
+for f in "$root"/ps-*/pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
+{then}
+rm -rf "$root"
+"#
+    );
+    let log = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    Command::new("setsid")
+        .args(["sh", "-c", &script, "reaper"])
+        .arg(std::process::id().to_string())
+        .arg(root)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn the reaper: {e}"))?;
+    Ok(())
+}
+
+/// The stand-ins' root for this test process, reaped with it.
+fn standin_root() -> Option<&'static StandInRoot> {
+    static ROOT: OnceLock<Result<StandInRoot, String>> = OnceLock::new();
+    let r = ROOT.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("rk-standin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).map_err(|e| format!("mkdir {}: {e}", root.display()))?;
+        let log = root.join("reaper.log");
+        spawn_reaper(&root, "", &[], &log)?;
+        Ok(StandInRoot {
+            root,
+            next: AtomicUsize::new(0),
+        })
     });
     match r {
-        Ok(b) => Some(b.clone()),
-        Err(why) => skip(why),
+        Ok(r) => Some(r),
+        Err(why) => crate::util::skip(Need::Tool, why),
     }
+}
+
+struct StandInRoot {
+    root: PathBuf,
+    next: AtomicUsize,
 }
 
 /// The directory with Postgres' server binaries (Debian: /usr/lib/postgresql/N/bin).
@@ -149,7 +268,7 @@ pub fn pg_bindir() -> Option<PathBuf> {
 pub struct Cluster {
     pub root: PathBuf,
     pub port: u16,
-    bindir: PathBuf,
+    pub bindir: PathBuf,
     next: AtomicUsize,
 }
 
@@ -166,7 +285,7 @@ pub fn cluster() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
     match CLUSTER.get_or_init(Cluster::start) {
         Ok(c) => Some(c),
-        Err(why) => skip(why),
+        Err(why) => crate::util::skip(Need::Tool, &format!("Postgres for PowerSync: {why}")),
     }
 }
 
@@ -256,29 +375,13 @@ impl Cluster {
         let pg = unprivileged(&argv.iter().map(String::as_str).collect::<Vec<_>>());
         let mut pg_argv: Vec<String> = vec![pg.get_program().to_string_lossy().into_owned()];
         pg_argv.extend(pg.get_args().map(|a| a.to_string_lossy().into_owned()));
-        // The reaper: its own session; postgres runs as its child. When the test process is
-        // gone: every PowerSync under root, then postgres (immediate shutdown), then root.
-        let reaper = r#"
-parent=$1; root=$2; shift 2
-"$@" &
-pg=$!
-while kill -0 "$parent" 2>/dev/null && kill -0 "$pg" 2>/dev/null; do sleep 0.5; done
-for f in "$root"/ps-*/pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
-kill -QUIT "$pg" 2>/dev/null
-wait "$pg"
-rm -rf "$root"
-"#;
-        let log = std::fs::File::create(root.join("postgres.log")).map_err(|e| e.to_string())?;
-        Command::new("setsid")
-            .args(["sh", "-c", reaper, "reaper"])
-            .arg(std::process::id().to_string())
-            .arg(&root)
-            .args(&pg_argv)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn postgres: {e}"))?;
+        // Postgres runs as the reaper's child: an immediate shutdown once the tests are gone.
+        spawn_reaper(
+            &root,
+            r#"kill -QUIT "$child" 2>/dev/null; wait "$child""#,
+            &pg_argv,
+            &root.join("postgres.log"),
+        )?;
         let c = Cluster {
             root,
             port,
@@ -381,8 +484,9 @@ pub enum Rules {
 pub struct PowerSync {
     pub dir: PathBuf,
     pub port: u16,
-    pub db: Db,
-    pub cluster: &'static Cluster,
+    pub backend: &'static Backend,
+    /// The real service's databases and cluster; None for the stand-in.
+    pub pg: Option<(Db, &'static Cluster)>,
 }
 
 /// `tests/support/psctl`.
@@ -390,23 +494,88 @@ pub fn psctl() -> PathBuf {
     repo_root().join("tests/support/psctl")
 }
 
+/// A table held up (see [`PowerSync::hold_table`]); dropping it releases the table.
+pub struct Hold {
+    release: Box<dyn FnMut()>,
+}
+
+impl Hold {
+    pub fn release(&mut self) {
+        (self.release)();
+        self.release = Box::new(|| {});
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        (self.release)();
+    }
+}
+
+/// The stand-in's knobs (`standin.json` beside its config): the schema of [`SCHEMA`], and how
+/// long a new version replicates.
+pub fn standin_knobs(big_ms: Option<u64>) -> String {
+    let big = big_ms.map_or(String::new(), |ms| {
+        format!(r#", "table_replication_ms": {{"big": {ms}}}"#)
+    });
+    let schema = STANDIN_SCHEMA.trim_end().trim_end_matches('}');
+    let schema = if big_ms.is_some() {
+        format!(
+            r#"{schema},  "big": {{"columns": {{"id": "text", "payload": "text"}}, "primary_key": ["id"]}}
+}}"#
+        )
+    } else {
+        format!("{schema}}}")
+    };
+    format!(r#"{{"schema": {schema}, "replication_ms": 300{big}}}"#)
+}
+
 impl PowerSync {
-    /// Prepares a service (build, cluster, databases, `powersync.yaml`), or None (skipped).
+    /// Prepares a service (backend, databases for the real one, `powersync.yaml`), or None
+    /// (skipped).
     pub fn new(rules: Rules) -> Option<PowerSync> {
-        let build = build()?;
-        let cluster = cluster()?;
-        let db = cluster.db();
-        let dir = cluster.root.join(format!("ps-{}", db.n));
-        std::fs::create_dir_all(&dir).expect("mkdir powersync dir");
+        let backend = backend()?;
         let port = free_port();
-        let config = config_yaml(cluster.port, &db, port, &rules);
-        std::fs::write(dir.join("powersync.yaml"), config).expect("write powersync.yaml");
+        let (dir, pg) = match backend {
+            Backend::Real(_) => {
+                let cluster = cluster()?;
+                let db = cluster.db();
+                let dir = cluster.root.join(format!("ps-{}", db.n));
+                (dir, Some((db, cluster)))
+            }
+            Backend::StandIn { .. } => {
+                let root = standin_root()?;
+                let n = root.next.fetch_add(1, Ordering::SeqCst);
+                (root.root.join(format!("ps-{n}")), None)
+            }
+        };
+        std::fs::create_dir_all(&dir).expect("mkdir powersync dir");
+        let (pg_port, db) = match &pg {
+            Some((db, cluster)) => (cluster.port, db.clone()),
+            // The stand-in reads no database; the config names one all the same.
+            None => (
+                5432,
+                Db {
+                    n: 0,
+                    app: "app".into(),
+                    store: "psstore".into(),
+                },
+            ),
+        };
+        std::fs::write(
+            dir.join("powersync.yaml"),
+            config_yaml(pg_port, &db, port, &rules),
+        )
+        .expect("write powersync.yaml");
+        if !backend.is_real() {
+            std::fs::write(dir.join("standin.json"), standin_knobs(None)).expect("standin.json");
+        }
         std::fs::write(
             dir.join("env"),
             format!(
                 "NODE='{}'\nENTRY='{}'\n",
-                build.node().display(),
-                build.entry().display()
+                backend.node().display(),
+                backend.entry().display()
             ),
         )
         .expect("write env");
@@ -414,9 +583,97 @@ impl PowerSync {
         Some(PowerSync {
             dir,
             port,
-            db,
-            cluster,
+            backend,
+            pg,
         })
+    }
+
+    /// Holds up the initial replication of `table`: the real service's snapshot waits on a
+    /// lock taken in Postgres; the stand-in waits while `hold/<table>` exists.
+    pub fn hold_table(&self, table: &str) -> Hold {
+        match &self.pg {
+            Some((db, cluster)) => {
+                let app = format!("rk-hold-{table}");
+                let mut locker = Command::new(cluster.bindir.join("psql"))
+                    .args([
+                        "-X",
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &cluster.port.to_string(),
+                    ])
+                    .args(["-U", "postgres", "-d", &db.app, "-c"])
+                    .arg(format!(
+                        "begin; lock table {table} in access exclusive mode; select pg_sleep(300);"
+                    ))
+                    .env("PGPASSWORD", PASSWORD)
+                    .env("PGAPPNAME", &app)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("psql");
+                wait_until(30, &format!("the lock on {table}"), || {
+                    cluster
+                        .psql(
+                            &db.app,
+                            &format!(
+                                "select 1 from pg_locks l join pg_class c on c.oid = l.relation \
+                                 where c.relname = '{table}' and l.mode = 'AccessExclusiveLock' and l.granted"
+                            ),
+                        )
+                        .1
+                        .trim()
+                        == "1"
+                });
+                let cluster: &'static Cluster = cluster;
+                Hold {
+                    // End the locking backend: killing psql alone leaves it sleeping.
+                    release: Box::new(move || {
+                        let (ok, out) = cluster.psql(
+                            "postgres",
+                            &format!(
+                                "select pg_terminate_backend(pid) from pg_stat_activity \
+                                 where application_name = '{app}'"
+                            ),
+                        );
+                        assert!(ok || std::thread::panicking(), "{out}");
+                        let _ = locker.kill();
+                        let _ = locker.wait();
+                    }),
+                }
+            }
+            None => {
+                let file = self.dir.join("hold").join(table);
+                std::fs::create_dir_all(file.parent().expect("hold dir")).expect("mkdir hold");
+                std::fs::write(&file, "").expect("hold file");
+                Hold {
+                    release: Box::new(move || {
+                        let _ = std::fs::remove_file(&file);
+                    }),
+                }
+            }
+        }
+    }
+
+    /// A table `big` whose initial replication takes tens of seconds: 200,000 rows in the real
+    /// service's source database, [`STANDIN_BIG_MS`] for the stand-in.
+    pub fn big_table(&self) {
+        match &self.pg {
+            Some((db, cluster)) => {
+                let (ok, out) = cluster.psql(
+                    &db.app,
+                    "create table big(id text primary key, payload text); \
+                     insert into big select g::text, repeat('x', 200) from generate_series(1, 200000) g;",
+                );
+                assert!(ok, "{out}");
+            }
+            None => std::fs::write(
+                self.dir.join("standin.json"),
+                standin_knobs(Some(STANDIN_BIG_MS)),
+            )
+            .expect("standin.json"),
+        }
     }
 
     fn psctl(&self, cmd: &str) {
@@ -571,12 +828,30 @@ impl PowerSync {
         });
     }
 
-    /// The versions of the sync rules in PowerSync's bucket storage (`psstore_N.sync_rules`),
-    /// oldest first: id, state (ACTIVE, PROCESSING, STOP, TERMINATED), slot and whether the
-    /// initial snapshot is done. Read from Postgres: no PowerSync request can hang on it.
+    /// The versions of the sync rules in PowerSync's bucket storage, oldest first: id, state
+    /// (ACTIVE, PROCESSING, STOP, TERMINATED), slot and whether the initial snapshot is done.
+    /// Read from storage (`psstore_N.sync_rules`, or the stand-in's `standin-storage.json`),
+    /// never through the service: no request can hang on it.
     pub fn versions(&self) -> Vec<Version> {
-        let (ok, out) = self.cluster.psql(
-            &self.db.store,
+        let Some((db, cluster)) = &self.pg else {
+            let text =
+                std::fs::read_to_string(self.dir.join("standin-storage.json")).unwrap_or_default();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+            return v["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|e| Version {
+                    id: e["id"].as_u64().unwrap_or(0) as u32,
+                    state: e["state"].as_str().unwrap_or("").to_string(),
+                    slot: e["slot"].as_str().unwrap_or("").to_string(),
+                    snapshot_done: e["snapshot_done"].as_bool().unwrap_or(false),
+                })
+                .collect();
+        };
+        let (ok, out) = cluster.psql(
+            &db.store,
             "select id, state, coalesce(slot_name, ''), snapshot_done from powersync.sync_rules order by id",
         );
         assert!(ok, "{out}");
@@ -684,11 +959,12 @@ impl Drop for PowerSync {
             let keep = std::env::temp_dir().join(format!(
                 "rk-powersync-{}-{}.log",
                 std::process::id(),
-                self.db.n
+                self.port
             ));
             let _ = std::fs::copy(self.dir.join("powersync.log"), &keep);
             eprintln!(
-                "---- PowerSync {} log (last 40 lines; all of it in {}) ----\n{}\n---- versions: {:?}",
+                "---- {} {} log (last 40 lines; all of it in {}) ----\n{}\n---- versions: {:?}",
+                self.backend.name(),
                 self.dir.display(),
                 keep.display(),
                 self.log_tail(),
