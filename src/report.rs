@@ -20,6 +20,17 @@ pub enum Asked {
     Rollback,
 }
 
+impl Asked {
+    /// What the operator asked for, as a sentence names it.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Asked::Poll => "poll",
+            Asked::Push => "push",
+            Asked::Rollback => "rollback",
+        }
+    }
+}
+
 /// Everything the caller needs to record a cycle.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -80,6 +91,15 @@ impl Report {
             phases: Vec::new(),
             state: TargetState::default(),
         }
+    }
+
+    /// A fresh report for a second piece of work in the same cycle (an operator's command
+    /// after a recovery): the restarts and phase timings so far carry over, nothing else.
+    pub fn restarted(&self) -> Report {
+        let mut r = Report::new(&self.target, self.asked);
+        r.restarts = self.restarts;
+        r.phases = self.phases.clone();
+        r
     }
 
     /// How long the whole cycle took (zero before it is over).

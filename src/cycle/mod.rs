@@ -403,16 +403,51 @@ impl Runner<'_, '_> {
     }
 
     async fn go(&mut self, trigger: Trigger) -> Result<(), CycleError> {
+        let mut recovered = None;
         if let Some(p) = self.st.pending.clone() {
             if self.recover(p).await? {
-                return Ok(());
+                if matches!(trigger, Trigger::Poll) {
+                    return Ok(());
+                }
+                // An operator's command waited behind an apply another process died in. That
+                // apply is finished now, but it is not what the operator asked for: go on and
+                // do the command, unless the recovery left no service to do it on.
+                let what = self.rep.summary();
+                if self.rep.outcome == Outcome::RollbackFailed {
+                    self.rep.reason = Some(format!(
+                        "{}; the {} was not done",
+                        self.rep
+                            .reason
+                            .as_deref()
+                            .unwrap_or("an interrupted apply's rollback failed"),
+                        trigger.asked().noun()
+                    ));
+                    return Ok(());
+                }
+                *self.rep = self.rep.restarted();
+                recovered = Some(what);
             }
         }
-        match trigger {
+        let res = match trigger {
             Trigger::Poll => self.poll().await,
             Trigger::Push(body) => self.push(body).await,
             Trigger::Rollback => self.manual_rollback().await,
             Trigger::RollbackTo(key) => self.rollback_to(&key).await,
+        };
+        let Some(first) = recovered else {
+            return res;
+        };
+        let first = format!("an interrupted apply was finished first ({first})");
+        match res {
+            Err(CycleError::Refused(why)) => Err(CycleError::Refused(format!("{why}; {first}"))),
+            Ok(()) => {
+                self.rep.reason = Some(match self.rep.reason.take() {
+                    Some(r) => format!("{r}; {first}"),
+                    None => first,
+                });
+                Ok(())
+            }
+            other => other,
         }
     }
 

@@ -180,3 +180,51 @@ fn rollback_refused_after_an_automatic_rollback_exits_1() {
     assert_eq!(o.code, 1, "{}", o.all());
     assert!(o.stderr.contains("nothing to roll back to"), "{}", o.all());
 }
+
+/// A `push` waiting behind a `once` that dies mid-restart finds the interrupted apply, finishes
+/// it, and then installs what it was given (not the other apply, reported as its own).
+#[test]
+fn push_waiting_behind_an_interrupted_apply_installs_what_it_was_given() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    std::fs::write(&up, rules("v2", "good")).unwrap();
+    let mut once = env
+        .command(&["once"], &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::util::wait_until(30, "the restart for v2", || env.restarts() >= 2);
+    let v3 = env.dir.path().join("v3.yaml");
+    std::fs::write(&v3, rules("v3", "good")).unwrap();
+    let push = env
+        .command(&["push", "-t", "ps", v3.to_str().unwrap()], &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    once.kill().unwrap();
+    once.wait().unwrap();
+    assert_eq!(
+        env.live(),
+        rules("v2", "good"),
+        "the killed apply swapped v2 in"
+    );
+    let o = push.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        env.live(),
+        rules("v3", "good"),
+        "the push installed v3: {out}"
+    );
+    assert!(out.contains("applied"), "{out}");
+    assert!(
+        out.contains("interrupted apply was finished first"),
+        "{out}"
+    );
+    assert!(env.state_json()["pending"].is_null());
+    assert!(env.probe_ok());
+}
