@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, Target};
-use crate::cycle::{self, Ctx, Stop, Trigger};
+use crate::cycle::{self, Ctx, Trigger};
 use crate::exit::Exit;
 use crate::logging::LogFormat;
+use crate::poster::Poster;
 use crate::source::Source;
 use crate::state::Store;
 
@@ -355,17 +356,8 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
             return Exit::Usage;
         }
     };
-    let ctx = Ctx {
-        target: t,
-        source: &source,
-        store,
-        state_dir: cfg.state_dir.clone(),
-        stop: Stop::default(),
-        boot: false,
-        tidy: true,
-        carry: None,
-        on_quarantine: None,
-    };
+    let poster = Poster::new(crate::metrics::commit_status_counter());
+    let ctx = Ctx::new(t, &source, &cfg.state_dir, &poster);
     let exit = match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
             rep.log();
@@ -383,7 +375,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
     };
     // Commit statuses post beside the cycle; a one-shot command lets them finish (bounded)
     // before it exits, once its result is out.
-    crate::commit_status::flush(std::time::Duration::from_secs(20)).await;
+    poster.flush(std::time::Duration::from_secs(20)).await;
     exit
 }
 

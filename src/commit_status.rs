@@ -3,23 +3,18 @@
 //! app team sees"). One context per host and target, so a fleet's hosts never overwrite each
 //! other. `pending` when new content enters the pipeline (or waits on the gate), `success`
 //! only after verification, `failure` with the reason. Each state is posted once per commit
-//! (remembered in state); posting is best effort: it runs beside the cycle, is retried a few
-//! times, logged once when it gives up, and counted. The token never appears in a message.
+//! (remembered in state). This module decides what to post; the cycle hands the posts to its
+//! caller, whose `poster::Poster` delivers them, and `source::forge::status` speaks each
+//! forge's API.
 
-use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
-
-use prometheus::{IntCounterVec, Opts};
-
-use crate::config::{CommitStatus, SourceKind, Target};
+use crate::config::{CommitStatus, Target};
 use crate::labels::Outcome;
 use crate::report::{Asked, Report};
-use crate::source::{forge, integrity};
+use crate::source::integrity;
 use crate::state::{CommitState as State, PostedStatus as Posted, TargetState};
 
 /// GitHub's limit for a status description; the others take more, none needs more.
 const DESCRIPTION_CHARS: usize = 140;
-const ATTEMPTS: u32 = 3;
 
 /// One status to post.
 #[derive(Debug, Clone)]
@@ -28,32 +23,6 @@ pub struct Post {
     pub state: State,
     pub description: String,
 }
-
-/// The forge's word for a state.
-fn word(state: State, kind: SourceKind) -> &'static str {
-    match (state, kind) {
-        (State::Pending, _) => "pending",
-        (State::Success, _) => "success",
-        // GitLab's word for it.
-        (State::Failure, SourceKind::Gitlab) => "failed",
-        (State::Failure, _) => "failure",
-    }
-}
-
-/// `rulekeeper_commit_status_total{target, result}`: `posted` or `failed` (after retries).
-pub static POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    IntCounterVec::new(
-        Opts::new(
-            "rulekeeper_commit_status_total",
-            "Commit statuses posted to the forge (result = posted | failed, after retries)",
-        ),
-        &["target", "result"],
-    )
-    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
-});
-
-/// Posts still running, so a one-shot command can let them finish before it exits.
-static RUNNING: Mutex<Vec<tokio::task::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// The context of this host's statuses for `t`.
 pub fn context(t: &Target, c: &CommitStatus) -> String {
@@ -82,7 +51,7 @@ pub fn entering(t: &Target, st: &mut TargetState, sha: Option<&str>) -> Option<P
         Post {
             sha: sha.to_string(),
             state: State::Pending,
-            description: format!("applying on {}", hostname()),
+            description: bounded(&format!("applying on {}", hostname())),
         },
     )
 }
@@ -103,7 +72,7 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
             Post {
                 sha,
                 state: State::Failure,
-                description: format!("rolled back by an operator on {host}"),
+                description: bounded(&format!("rolled back by an operator on {host}")),
             },
         );
     }
@@ -143,7 +112,7 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
         Post {
             sha,
             state,
-            description,
+            description: bounded(&description),
         },
     )
 }
@@ -192,107 +161,6 @@ fn bounded(s: &str) -> String {
     format!("{cut}...")
 }
 
-/// Starts posting `post` beside the cycle; never waits for it.
-pub fn send(t: &Target, post: Post) {
-    let Some(c) = t.commit_status.clone() else {
-        return;
-    };
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let t = t.clone();
-    let h = rt.spawn(async move {
-        let result = post_with_retries(&t, &c, &post).await;
-        let label = if result.is_ok() { "posted" } else { "failed" };
-        POSTS.with_label_values(&[&t.name, label]).inc();
-        match result {
-            Ok(()) => {
-                tracing::info!(target_name = %t.name, commit = %post.sha, state = ?post.state, "commit status posted")
-            }
-            Err(e) => {
-                tracing::warn!(target_name = %t.name, commit = %post.sha, error = %e, "cannot post the commit status; given up")
-            }
-        }
-    });
-    let mut running = crate::mutex::lock(&RUNNING);
-    running.retain(|h| !h.is_finished());
-    running.push(h);
-}
-
-/// Waits (at most `limit`) for the posts still running: `once` and the other one-shot
-/// commands call it before they exit.
-pub async fn flush(limit: Duration) {
-    let handles: Vec<_> = std::mem::take(&mut *crate::mutex::lock(&RUNNING));
-    let _ = tokio::time::timeout(limit, async {
-        for h in handles {
-            let _ = h.await;
-        }
-    })
-    .await;
-}
-
-async fn post_with_retries(t: &Target, c: &CommitStatus, post: &Post) -> Result<(), String> {
-    let mut last = String::new();
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-        }
-        match post_once(t, c, post).await {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-    }
-    Err(format!("{ATTEMPTS} attempts: {last}"))
-}
-
-/// One post, with the source's own HTTP client (its private CA, user agent and timeouts are
-/// the forge's, not ours to guess), base URL and each forge's token header.
-async fn post_once(t: &Target, c: &CommitStatus, post: &Post) -> Result<(), String> {
-    let s = &t.source;
-    let repo = s.repo.clone().unwrap_or_default();
-    let (owner, name) = repo.split_once('/').unwrap_or((&repo, ""));
-    let segs: Vec<&str> = match s.kind {
-        SourceKind::Forgejo | SourceKind::Gitea => {
-            vec!["api", "v1", "repos", owner, name, "statuses", &post.sha]
-        }
-        SourceKind::Github => vec!["repos", owner, name, "statuses", &post.sha],
-        // The project as one encoded segment, as for the files API.
-        SourceKind::Gitlab => vec!["api", "v4", "projects", &repo, "statuses", &post.sha],
-        _ => return Err("not a forge source".into()),
-    };
-    let mut u = forge::api_base(s.kind, s.base_url.as_deref()).map_err(|e| e.message)?;
-    forge::push_segments(&mut u, &segs).map_err(|e| e.message)?;
-    let context = context(t, c);
-    let description = bounded(&post.description);
-    let state = word(post.state, s.kind);
-    let body = if s.kind == SourceKind::Gitlab {
-        serde_json::json!({"state": state, "name": context, "description": description})
-    } else {
-        serde_json::json!({"state": state, "context": context, "description": description})
-    };
-    let client = forge::client(c.timeout, s.ca_file.as_deref()).map_err(|e| e.message)?;
-    let mut req = client
-        .post(u.clone())
-        .headers(forge::auth_headers(s.kind, &c.token_file).map_err(|e| e.message)?)
-        .json(&body);
-    if s.kind == SourceKind::Github {
-        req = req
-            .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28");
-    }
-    let shown = crate::redact::url(u.as_str());
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("POST {shown}: {}", e.without_url()))?;
-    let status = resp.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("POST {shown} answered {status}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,7 +189,5 @@ mod tests {
         assert!(remember(&mut st, p(State::Pending)).is_some());
         assert!(remember(&mut st, p(State::Failure)).is_some());
         assert!(remember(&mut st, p(State::Failure)).is_none());
-        assert_eq!(word(State::Failure, SourceKind::Gitlab), "failed");
-        assert_eq!(word(State::Failure, SourceKind::Github), "failure");
     }
 }

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mutex;
 pub mod notify;
+pub mod poster;
 pub mod powersync;
 pub mod preflight;
 pub mod reason;

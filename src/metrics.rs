@@ -18,6 +18,7 @@ use crate::state::TargetState;
 
 pub struct Metrics {
     pub registry: Registry,
+    commit_statuses: IntCounterVec,
     rules_info: GaugeVec,
     last_success: GaugeVec,
     last_apply: GaugeVec,
@@ -42,6 +43,25 @@ pub struct Metrics {
 #[derive(Debug, thiserror::Error)]
 #[error("metrics: {0}")]
 pub struct MetricsError(#[from] prometheus::Error);
+
+/// `rulekeeper_commit_status_total{target, result}`: what a `poster::Poster` counts into.
+pub fn commit_status_counter() -> IntCounterVec {
+    IntCounterVec::new(
+        Opts::new(
+            "rulekeeper_commit_status_total",
+            "Commit statuses posted to the forge (result = posted | failed, after retries)",
+        ),
+        &["target", "result"],
+    )
+    .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+}
+
+impl Metrics {
+    /// The counter the daemon's poster counts into (registered here).
+    pub fn commit_statuses(&self) -> IntCounterVec {
+        self.commit_statuses.clone()
+    }
+}
 
 impl Metrics {
     /// Long on purpose: each metric's name, help text and labels stand together, in the
@@ -150,12 +170,13 @@ impl Metrics {
                 ),
                 &["target", "sha256", "reason"],
             )?,
+            commit_statuses: commit_status_counter(),
             quarantined_labels: Mutex::new(HashMap::new()),
             info_labels: Mutex::new(HashMap::new()),
             registry,
         };
         for c in [
-            Box::new(crate::commit_status::POSTS.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.commit_statuses.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.rules_info.clone()),
             Box::new(m.last_success.clone()),
             Box::new(m.last_apply.clone()),
@@ -202,7 +223,7 @@ impl Metrics {
         self.rollbacks.with_label_values(&[target]);
         self.drift.with_label_values(&[target]);
         for r in ["posted", "failed"] {
-            crate::commit_status::POSTS.with_label_values(&[target, r]);
+            self.commit_statuses.with_label_values(&[target, r]);
         }
         self.set_gauges(target, st, live_sha);
     }

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::config::{Config, Target};
 use crate::metrics::Metrics;
 use crate::mutex;
+use crate::poster::Poster;
 use crate::state::Store;
 
 /// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
@@ -53,6 +54,8 @@ pub struct LoopHandle {
 pub struct Shared {
     pub cfg: Config,
     pub metrics: Metrics,
+    /// Delivers the cycles' commit statuses; flushed before the daemon exits.
+    pub poster: Poster,
     loops: BTreeMap<String, LoopHandle>,
     ready: AtomicBool,
     epoch: Instant,
@@ -91,6 +94,7 @@ impl Shared {
             .collect();
         Shared {
             cfg,
+            poster: Poster::new(metrics.commit_statuses()),
             metrics,
             loops,
             ready: AtomicBool::new(false),

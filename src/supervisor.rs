@@ -161,8 +161,12 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     notify::status("starting: first fetch of every target");
     match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
         Boot::Ready => {}
-        Boot::ShutDown => return Ok(Exit::Ok),
+        Boot::ShutDown => {
+            flush_posts(&shared).await;
+            return Ok(Exit::Ok);
+        }
         Boot::Failed(names) => {
+            flush_posts(&shared).await;
             let msg = format!(
                 "no usable rules file for target(s) {} within startup_timeout",
                 names.join(", ")
@@ -197,6 +201,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     for t in tasks {
         let _ = t.await;
     }
+    flush_posts(&shared).await;
     tracing::info!("stopped");
     Ok(Exit::Ok)
 }
@@ -279,6 +284,30 @@ async fn boot(
     }
 }
 
+/// The daemon's cycles: a quarantine goes on `/metrics` at once, posts to the poster.
+impl cycle::Observer for Shared {
+    fn quarantined(&self, target: &Target, q: &crate::state::Quarantine) {
+        self.metrics.quarantined(&target.name, q);
+    }
+
+    fn post(&self, target: &Target, post: crate::commit_status::Post) {
+        self.poster.send(target, post);
+    }
+}
+
+/// How long a stopping daemon waits for commit statuses still in flight: within systemd's
+/// default stop timeout (90 s), and above one post's retries at a typical timeout.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(20);
+
+/// A status in flight is a commit's line saying what happened here: delivered before the
+/// process exits, within [`FLUSH_ON_STOP`].
+async fn flush_posts(shared: &Shared) {
+    let left = shared.poster.flush(FLUSH_ON_STOP).await;
+    if left > 0 {
+        tracing::warn!(left, "commit statuses still unsent at shutdown; given up");
+    }
+}
+
 /// Runs one poll cycle and records it.
 async fn run_one(
     shared: &Shared,
@@ -290,17 +319,11 @@ async fn run_one(
     let source = sources
         .get(&t.name)
         .ok_or_else(|| cycle::CycleError::Internal("no source".into()))?;
-    let ctx = Ctx {
-        target: t,
-        source,
-        store: Store::new(&shared.cfg.state_dir, &t.name),
-        state_dir: shared.cfg.state_dir.clone(),
-        stop: stop.clone(),
-        boot,
-        tidy: boot,
-        carry: shared.take_carry(&t.name),
-        on_quarantine: Some(&|q| shared.metrics.quarantined(&t.name, q)),
-    };
+    let mut ctx = Ctx::new(t, source, &shared.cfg.state_dir, shared);
+    ctx.stop = stop.clone();
+    ctx.boot = boot;
+    ctx.tidy = boot;
+    ctx.carry = shared.take_carry(&t.name);
     shared.loop_cycling(&t.name);
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.
     let r = Box::pin(cycle::run(&ctx, Trigger::Poll)).await;

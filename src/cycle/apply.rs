@@ -161,9 +161,7 @@ impl Runner<'_, '_> {
             reason: reason.to_string(),
             at: Utc::now(),
         };
-        if let Some(tell) = self.ctx.on_quarantine {
-            tell(&q);
-        }
+        self.ctx.observer.quarantined(self.t(), &q);
         self.st.quarantine = Some(q);
     }
 
@@ -189,7 +187,7 @@ impl Runner<'_, '_> {
         if mode.gated() {
             let t = self.ctx.target;
             if let Some(p) = crate::commit_status::entering(t, self.st, a.revision.as_deref()) {
-                crate::commit_status::send(t, p);
+                self.ctx.observer.post(t, p);
             }
         }
         if self.ctx.stop.requested() {

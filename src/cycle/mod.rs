@@ -108,6 +108,20 @@ impl Stop {
     }
 }
 
+/// Who runs the cycle hears of what it decides while it runs. The cycle knows no tasks, no
+/// metrics and no HTTP: its caller does what these mean.
+pub trait Observer: Sync {
+    /// A quarantine, as soon as it is decided, before the rollback's restart and
+    /// verification. The daemon publishes it on `/metrics` then: the rollback counter moves
+    /// only at the end of the cycle, so an alert it fires finds the quarantined content's
+    /// series already stored (a series first seen in the same scrape as the counter's
+    /// increase may not be searchable yet when the alert's annotation is rendered).
+    fn quarantined(&self, _target: &Target, _q: &state::Quarantine) {}
+    /// A commit status the cycle wants posted (`pending` as content enters the pipeline, the
+    /// verdict at the end): the caller's poster delivers it.
+    fn post(&self, _target: &Target, _post: crate::commit_status::Post) {}
+}
+
 /// What one target's cycle needs.
 pub struct Ctx<'a> {
     pub target: &'a Target,
@@ -126,12 +140,30 @@ pub struct Ctx<'a> {
     /// happened (a verified apply), and the file on disk is older. Used instead of loading,
     /// so a failed final save does not cost a second restart.
     pub carry: Option<TargetState>,
-    /// Told of a quarantine as soon as it is decided, before the rollback's restart and
-    /// verification. The daemon publishes it on `/metrics` then: the rollback counter moves
-    /// only at the end of the cycle, so an alert it fires finds the quarantined content's
-    /// series already stored (a series first seen in the same scrape as the counter's
-    /// increase may not be searchable yet when the alert's annotation is rendered).
-    pub on_quarantine: Option<&'a (dyn Fn(&state::Quarantine) + Sync)>,
+    pub observer: &'a dyn Observer,
+}
+
+impl<'a> Ctx<'a> {
+    /// A cycle of `target` as a one-shot command runs it: not at boot, tidying, nothing
+    /// carried over.
+    pub fn new(
+        target: &'a Target,
+        source: &'a Source,
+        state_dir: &std::path::Path,
+        observer: &'a dyn Observer,
+    ) -> Ctx<'a> {
+        Ctx {
+            target,
+            source,
+            store: Store::new(state_dir, &target.name),
+            state_dir: state_dir.to_path_buf(),
+            stop: Stop::default(),
+            boot: false,
+            tidy: true,
+            carry: None,
+            observer,
+        }
+    }
 }
 
 /// Runs one cycle under the target's lock.
@@ -224,7 +256,7 @@ fn finish(
     note_outcome(&mut st, &rep, &res);
     if res.is_ok() {
         if let Some(p) = crate::commit_status::finished(ctx.target, &rep, &mut st) {
-            crate::commit_status::send(ctx.target, p);
+            ctx.observer.post(ctx.target, p);
         }
     }
     let tried = st.quarantine.as_ref().map(|q| q.sha256.clone());

@@ -66,17 +66,9 @@ impl World {
     async fn cycle(&self, trigger: Trigger) -> Report {
         let t = &self.cfg.targets["t"];
         let source = Source::new(t, self.store().git_cache()).unwrap();
-        let ctx = Ctx {
-            target: t,
-            source: &source,
-            store: self.store(),
-            state_dir: self.cfg.state_dir.clone(),
-            stop: Stop::default(),
-            boot: false,
-            tidy: true,
-            carry: None,
-            on_quarantine: None,
-        };
+        struct Nobody;
+        impl super::Observer for Nobody {}
+        let ctx = Ctx::new(t, &source, &self.cfg.state_dir, &Nobody);
         run(&ctx, trigger).await.unwrap()
     }
 

@@ -268,3 +268,31 @@ fn an_operators_rollback_marks_the_commit_it_took_off() {
     assert_eq!(got[2].2, format!("rolled back by an operator on {host}"));
     assert_eq!(posted(&forge, &c1).len(), 2);
 }
+
+/// The daemon stops right after an apply whose `success` is still on its way to a slow forge:
+/// SIGTERM waits for it (bounded), so the commit does not stay `pending` for ever.
+#[test]
+fn a_status_in_flight_is_delivered_when_the_daemon_gets_sigterm() {
+    let (env, forge) = host("forgejo", None);
+    forge.set(&rules("v1", "good"));
+    env.start_service();
+    forge.delay_statuses(Some(std::time::Duration::from_secs(2)));
+    let d = env.daemon(None);
+    // READY=1 comes after the first cycle: v1 applied and verified, its statuses sent.
+    d.wait_ready();
+    assert_eq!(env.live(), rules("v1", "good"));
+    let commit = forge.commit();
+    assert!(
+        !posted(&forge, &commit)
+            .iter()
+            .any(|(s, _, _)| s == "success"),
+        "the success is still in flight"
+    );
+    assert_eq!(d.terminate(), 0);
+    let got = posted(&forge, &commit);
+    assert!(
+        got.iter().any(|(s, _, _)| s == "success"),
+        "the success reached the commit before the daemon exited: {got:?}\n{}",
+        env.daemon_log()
+    );
+}

@@ -57,6 +57,8 @@ pub struct State {
     pub status_token: String,
     /// When set, status posts get this status (a forge that fails them).
     pub status_fail_with: Option<u16>,
+    /// When set, status posts are answered only after this long (a slow forge).
+    pub status_delay: Option<std::time::Duration>,
     /// Every commit published, with its content: `ref=<commit>` serves that content.
     pub commits: std::collections::HashMap<String, Vec<u8>>,
     /// Published as a new commit right after the next answer with the file at a branch:
@@ -152,6 +154,7 @@ impl FakeForge {
             tamper: None,
             status_token: STATUS_TOKEN.to_string(),
             status_fail_with: None,
+            status_delay: None,
             commits: std::collections::HashMap::new(),
             move_after_next: None,
         }));
@@ -232,6 +235,10 @@ impl FakeForge {
         self.state.lock().unwrap().status_fail_with = status;
     }
 
+    pub fn delay_statuses(&self, delay: Option<std::time::Duration>) {
+        self.state.lock().unwrap().status_delay = delay;
+    }
+
     pub fn clear_log(&self) {
         self.state.lock().unwrap().log.clear();
     }
@@ -280,6 +287,11 @@ async fn handle(
         .await
         .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
         .unwrap_or_default();
+    let delay = st.lock().unwrap().status_delay;
+    if let Some(d) = delay.filter(|_| method == "POST" && path.contains("/statuses/")) {
+        // The post is logged only once answered: one whose client went away is not there.
+        tokio::time::sleep(d).await;
+    }
     let mut s = st.lock().unwrap();
     let r = Req {
         method,

@@ -5,9 +5,11 @@
 //!
 //! Here: each kind's URLs and the fetch (conditional request, then the file at its commit).
 //! `client`: the HTTP client, API base and token headers, shared with commit statuses.
+//! `status`: the commit-statuses API of each forge.
 //! `wire`: reading an answer (capped, cut-short detection, error classification).
 
 mod client;
+pub mod status;
 mod wire;
 
 use std::path::PathBuf;
