@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{run, Ctx, Stop, Trigger};
+use super::{run, Ctx, Trigger};
 use crate::config::{self, Config};
 use crate::digest::sha256_hex;
 use crate::install::prev_path;
