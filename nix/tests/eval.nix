@@ -3,8 +3,8 @@
 #   nix-instantiate --store dummy:// --eval --strict --json nix/tests/eval.nix \
 #     --arg nixpkgsLib /path/to/nixpkgs/lib
 #
-# `nixpkgsLib` is nixpkgs' `lib` directory (tests/it/nix.rs passes $NIXPKGS_LIB, <nixpkgs/lib>,
-# or ../shared/nixpkgs-lib/lib). The module is evaluated by the real `lib.evalModules`, so
+# `nixpkgsLib` is nixpkgs' `lib` directory (tests/it/nix.rs passes $NIXPKGS_LIB or
+# <nixpkgs/lib>). The module is evaluated by the real `lib.evalModules`, so
 # option types, defaults, priorities (mkDefault), mkIf/mkMerge, readOnly and undeclared
 # options behave exactly as on NixOS. No NixOS modules are loaded: `nixosStubs` declares only
 # the NixOS options module.nix sets, and `pkgs` is a stub of fake derivations (nothing is built

@@ -8,8 +8,9 @@
 //!   `util::require_tool` skips loudly when a tool is missing and fails under
 //!   `RULEKEEPER_REQUIRE_TOOLS=1`.
 //! - peers: `forge.rs` (a fake forge and a fake PowerSync admin API), `lab.rs` (a real
-//!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager), `realps.rs` (the real
-//!   PowerSync Service on a private Postgres; `tests/support/psctl` restarts it),
+//!   systemd), `vmstack.rs` (VictoriaMetrics, vmalert, Alertmanager), `pservice.rs` (PowerSync:
+//!   the real service from `RULEKEEPER_POWERSYNC_DIR` on a private Postgres, else the stand-in
+//!   `tests/support/powersync-standin.mjs`; `tests/support/psctl` restarts either),
 //!   `tests/support/faultshim.c` (an `LD_PRELOAD` shim failing chosen writes and fsyncs, for
 //!   `storage.rs`).
 //! - one file per feature; `cargo test --test it <file>::` runs one of them.
@@ -36,8 +37,8 @@ mod storage;
 mod systemd;
 mod webhook;
 
-// PowerSync: the real service first (realps.rs); the fake admin API only for what the real
-// service cannot be made to answer.
+// PowerSync: the real service or its stand-in (pservice.rs); the fake admin API only for the
+// answers neither gives (500, malformed JSON).
 mod powersync_api;
 mod powersync_deploy;
 mod powersync_offline;

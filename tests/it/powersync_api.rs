@@ -1,7 +1,8 @@
 //! `validate.powersync_api` and `verify.powersync_api` against a fake PowerSync admin API
 //! (the documented request and response shapes, Bearer token auth).
 //!
-//! The real service is tested in `powersync_real.rs` (tests/it/realps.rs); the fake stays only
+//! The service itself is tested in `powersync_real.rs` (tests/it/pservice.rs: the real service
+//! or the stand-in held to it); the fake stays only
 //! for what the real service cannot be made to do on demand: an HTTP error (a 500), a malformed
 //! answer, a fatal error in the diagnostics of rules that came up healthy, an unreachable API at
 //! a chosen moment. Do not add here what the real service can show.

@@ -1,4 +1,5 @@
-//! `restart: {powersync_deploy: ...}` against the real PowerSync Service (tests/it/realps.rs):
+//! `restart: {powersync_deploy: ...}` against PowerSync (tests/it/pservice.rs: the real service
+//! when `RULEKEEPER_POWERSYNC_DIR` names a build, else the stand-in held to it):
 //! PowerSync with no `sync_config:` block keeps its rules in bucket storage and takes new ones
 //! through `POST /api/sync-rules/v1/deploy`, without a restart. Each test is one scenario of
 //! docs/powersync.md, "Restart or deploy": a fresh instance gets the live file, a good change

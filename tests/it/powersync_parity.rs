@@ -1,7 +1,7 @@
 //! The parity corpus (`tests/corpus/sync-rules/*.yaml`): every file goes through the offline
 //! validator (`contrib/powersync/validate`, the pinned `@powersync/service-sync-rules`) and the
 //! real service's `POST /api/admin/v1/validate` against a source database with a known schema
-//! (`realps::SCHEMA`). The verdicts (`ok`, `warn`, `fatal`) must agree with each other and with
+//! (`pservice::SCHEMA`). The verdicts (`ok`, `warn`, `fatal`) must agree with each other and with
 //! the file's first line, `# expect: ok|warn|fatal`; a known disagreement is written
 //! `# expect: disagree offline=V service=V` with the reason on the next comment line, and is
 //! asserted as it is. The agreement table is in docs/powersync.md "The offline validator".

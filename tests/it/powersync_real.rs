@@ -1,12 +1,12 @@
-//! rulekeeper against the real PowerSync Service (tests/it/realps.rs: 1.25.0 on a private
-//! Postgres): a good change applied with one restart and active, fatal rules rejected by the
+//! rulekeeper against PowerSync (tests/it/pservice.rs: the real 1.25.0 on a private Postgres,
+//! or the stand-in held to it): a good change applied with one restart and active, fatal rules rejected by the
 //! offline validator and by the service's validate API, a crashing revision rolled back, an
 //! unknown table under `warnings: allow` and `reject`, and what a rollback costs PowerSync
 //! (docs/powersync.md "When a rollback is expensive").
 //!
 //! rulekeeper restarts the service with `tests/support/psctl restart DIR` and verifies it on
-//! `/probes/liveness`. Skipped loudly without Postgres or the PowerSync build (see realps.rs),
-//! or, for the offline validator, without `contrib/powersync/node_modules`.
+//! `/probes/liveness`. Skipped loudly without `contrib/powersync/node_modules` (the stand-in's
+//! Node and parser, and the offline validator).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

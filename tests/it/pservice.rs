@@ -875,7 +875,7 @@ impl PowerSync {
     }
 }
 
-/// A `powersync.yaml` (as in ../shared/powersync/README.md) for a Postgres on
+/// A `powersync.yaml` (the run configuration recorded for 1.25.0, docs/powersync.md) for a Postgres on
 /// 127.0.0.1:`pg_port` with databases `db`, serving on `port`.
 pub fn config_yaml(pg_port: u16, db: &Db, port: u16, rules: &Rules) -> String {
     let sync = match rules {

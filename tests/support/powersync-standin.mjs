@@ -21,7 +21,7 @@
 //
 //   node tests/support/powersync-standin.mjs start -c CONFIG
 //
-// CONFIG is a powersync.yaml as tests/it/realps.rs `config_yaml` writes it. Read: `port`,
+// CONFIG is a powersync.yaml as tests/it/pservice.rs `config_yaml` writes it. Read: `port`,
 // `api.tokens`, and `sync_config:`/`sync_rules:` (`path`, relative to CONFIG's directory, or
 // `content`). Everything else (replication, storage, client_auth, ...) is accepted and ignored.
 //
