@@ -128,6 +128,31 @@ pub enum Command {
     Man,
 }
 
+/// Why a command could not do its work. Each kind has one exit status ([`CliError::exit`]), so
+/// the same failure gives the same code from every command.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line or the config is wrong (already explained where it is found).
+    #[error("{0}")]
+    Usage(String),
+    /// A target's state (its directory, lock or file) failed.
+    #[error("target `{0}`: {1}")]
+    State(String, crate::state::StateError),
+    /// rulekeeper's own I/O (the runtime, standard output).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl CliError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CliError::Usage(_) => Exit::Usage,
+            CliError::State(_, e) => Exit::of_state(e),
+            CliError::Io(_) => Exit::Io,
+        }
+    }
+}
+
 /// Entry point used by `main`: the exit status of the command.
 pub fn main() -> Exit {
     let cli = match Cli::try_parse() {
@@ -146,8 +171,8 @@ pub fn main() -> Exit {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rulekeeper: {e:#}");
-            Exit::Usage
+            eprintln!("rulekeeper: {e}");
+            e.exit()
         }
     }
 }
@@ -173,8 +198,8 @@ fn target<'a>(cfg: &'a Config, name: &str) -> Result<&'a Target, Exit> {
 /// Runs `f` on the loaded config; a config error (already printed) is `Exit::Usage`.
 fn with_config(
     c: &ConfigArg,
-    f: impl FnOnce(&Config) -> anyhow::Result<Exit>,
-) -> anyhow::Result<Exit> {
+    f: impl FnOnce(&Config) -> Result<Exit, CliError>,
+) -> Result<Exit, CliError> {
     match load(c) {
         Ok(cfg) => f(&cfg),
         Err(code) => Ok(code),
@@ -185,23 +210,28 @@ fn with_config(
 fn with_target(
     c: &ConfigArg,
     name: &str,
-    f: impl FnOnce(&Config, &Target) -> anyhow::Result<Exit>,
-) -> anyhow::Result<Exit> {
+    f: impl FnOnce(&Config, &Target) -> Result<Exit, CliError>,
+) -> Result<Exit, CliError> {
     with_config(c, |cfg| match target(cfg, name) {
         Ok(t) => f(cfg, t),
         Err(code) => Ok(code),
     })
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?)
+        .build()
+        .map_err(|e| CliError::Io(format!("cannot start the async runtime: {e}")))
 }
 
-fn run(command: Command) -> anyhow::Result<Exit> {
+fn run(command: Command) -> Result<Exit, CliError> {
     match command {
-        Command::Run { c } => with_config(&c, |cfg| crate::supervisor::run(cfg.clone())),
+        // The daemon fails to start on what its config names (a port taken, a state directory
+        // it cannot create): a configuration error.
+        Command::Run { c } => with_config(&c, |cfg| {
+            crate::supervisor::run(cfg.clone()).map_err(|e| CliError::Usage(format!("{e:#}")))
+        }),
         Command::Check { c } => with_config(&c, check),
         Command::Once { c, target } => with_config(&c, |cfg| once(cfg, target.as_deref())),
         Command::Validate { c, target, path } => {
@@ -224,13 +254,7 @@ fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Release { c, target } => {
             with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))
         }
-        Command::Status { c, json } => with_config(&c, |cfg| {
-            Ok(if crate::status::print(cfg, json)? {
-                Exit::Ok
-            } else {
-                Exit::Failed
-            })
-        }),
+        Command::Status { c, json } => with_config(&c, |cfg| Ok(crate::status::print(cfg, json)?)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -241,13 +265,15 @@ fn run(command: Command) -> anyhow::Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::Io(format!("cannot write the man page: {e}")))?;
             Ok(Exit::Ok)
         }
     }
 }
 
-fn check(cfg: &Config) -> anyhow::Result<Exit> {
+fn check(cfg: &Config) -> Result<Exit, CliError> {
     for w in crate::preflight::warnings(cfg) {
         eprintln!("rulekeeper: warning: {w}");
     }
@@ -262,7 +288,7 @@ fn check(cfg: &Config) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn once(cfg: &Config, only: Option<&str>) -> anyhow::Result<Exit> {
+fn once(cfg: &Config, only: Option<&str>) -> Result<Exit, CliError> {
     let targets: Vec<&Target> = match only {
         Some(name) => match target(cfg, name) {
             Ok(t) => vec![t],
@@ -278,7 +304,7 @@ fn once(cfg: &Config, only: Option<&str>) -> anyhow::Result<Exit> {
     Ok(worst)
 }
 
-fn validate(t: &Target, path: &Path) -> anyhow::Result<Exit> {
+fn validate(t: &Target, path: &Path) -> Result<Exit, CliError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -299,7 +325,7 @@ fn validate(t: &Target, path: &Path) -> anyhow::Result<Exit> {
     }
 }
 
-fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> anyhow::Result<Exit> {
+fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> Result<Exit, CliError> {
     let body = match read_input(path, t.max_bytes) {
         Ok(b) => b,
         Err(e) => {
@@ -366,11 +392,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         }
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            let refused = matches!(
-                e,
-                cycle::CycleError::Refused(_) | cycle::CycleError::Internal(_)
-            );
-            Exit::of_error(refused, crate::validate::live_usable(t))
+            Exit::of_cycle_error(&e, crate::validate::live_usable(t))
         }
     };
     // Commit statuses post beside the cycle; a one-shot command lets them finish (bounded)
@@ -379,17 +401,19 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
     exit
 }
 
-fn history(cfg: &Config, t: &Target, json: bool) -> anyhow::Result<Exit> {
+fn history(cfg: &Config, t: &Target, json: bool) -> Result<Exit, CliError> {
     let store = Store::new(&cfg.state_dir, &t.name);
     let list = match crate::history::History::new(store.dir()).load() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            return Ok(Exit::Failed);
+            return Ok(Exit::of_history(&e));
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let text = serde_json::to_string_pretty(&list)
+            .map_err(|e| CliError::Io(format!("cannot print the history: {e}")))?;
+        println!("{text}");
         return Ok(Exit::Ok);
     }
     println!(
@@ -414,12 +438,13 @@ fn history(cfg: &Config, t: &Target, json: bool) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn set_hold(cfg: &Config, t: &Target, hold: bool) -> anyhow::Result<Exit> {
+fn set_hold(cfg: &Config, t: &Target, hold: bool) -> Result<Exit, CliError> {
     let store = Store::new(&cfg.state_dir, &t.name);
-    let _lock = store.lock()?;
-    let mut st = store.load()?;
+    let in_target = |e| CliError::State(t.name.clone(), e);
+    let _lock = store.lock().map_err(in_target)?;
+    let mut st = store.load().map_err(in_target)?;
     st.hold = hold;
-    store.save(&st)?;
+    store.save(&st).map_err(in_target)?;
     println!(
         "{}: {}",
         t.name,

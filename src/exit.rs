@@ -1,9 +1,13 @@
 //! The process's exit status (docs/contract.md "CLI"): one enum with the documented codes,
 //! the one mapping from a cycle's report (or its error) to it, and the rule that combines
-//! several targets' codes. `main` is the one place an `Exit` becomes the process status.
+//! several targets' codes. Every command reaches its code through these functions, so one
+//! failure gives one code; `main` is the one place an `Exit` becomes the process status.
 
+use crate::cycle::CycleError;
+use crate::history::HistoryError;
 use crate::labels::Outcome;
 use crate::report::{Asked, Report};
+use crate::state::StateError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -24,8 +28,14 @@ pub enum Exit {
     Io,
 }
 
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}
+
 impl Exit {
-    pub fn code(self) -> i32 {
+    pub fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
             Exit::Failed => 1,
@@ -74,13 +84,34 @@ impl Exit {
         }
     }
 
-    /// What a cycle that could not run means: an operator's request that cannot be carried
-    /// out is `Failed`; anything else depends on whether a usable live file is left.
-    pub fn of_error(refused: bool, live_usable: bool) -> Exit {
-        if refused || live_usable {
-            Exit::Failed
-        } else {
-            Exit::NoUsableFile
+    /// What a cycle that could not run means. An operator's request that cannot be carried
+    /// out is `Failed`; without a usable live file, `NoUsableFile` (as for a report); else the
+    /// failure's own code, the one every command gives for it.
+    pub fn of_cycle_error(e: &CycleError, live_usable: bool) -> Exit {
+        match e {
+            CycleError::Refused(_) | CycleError::Internal(_) => Exit::Failed,
+            _ if !live_usable => Exit::NoUsableFile,
+            CycleError::State(s) => Exit::of_state(s),
+            CycleError::Install(_) => Exit::Io,
+            CycleError::Aborted | CycleError::Deferred => Exit::Failed,
+        }
+    }
+
+    /// A target's state that cannot be used: a corrupt file is the target's own trouble
+    /// (`Failed`, as the cycle's `state_error`); a directory or lock rulekeeper cannot read
+    /// or write is the host's (`Io`).
+    pub fn of_state(e: &StateError) -> Exit {
+        match e {
+            StateError::Corrupt { .. } => Exit::Failed,
+            StateError::Io { .. } | StateError::LockLost { .. } => Exit::Io,
+        }
+    }
+
+    /// A target's history that cannot be used, by the same rule as [`Exit::of_state`].
+    pub fn of_history(e: &HistoryError) -> Exit {
+        match e {
+            HistoryError::Io { .. } => Exit::Io,
+            HistoryError::Corrupt { .. } | HistoryError::NotFound(_) => Exit::Failed,
         }
     }
 }

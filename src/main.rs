@@ -1,3 +1,3 @@
-fn main() {
-    std::process::exit(rulekeeper::cli::main().code());
+fn main() -> std::process::ExitCode {
+    rulekeeper::cli::main().into()
 }

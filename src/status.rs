@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::config::{Config, Target};
 use crate::digest::{sha256_hex, short};
+use crate::exit::Exit;
 use crate::labels::Outcome;
 use crate::state::{StateError, Store, TargetState};
 
@@ -42,17 +43,19 @@ pub struct TargetStatus {
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
-    cfg.targets
-        .values()
-        .map(|t| {
-            let store = Store::new(&cfg.state_dir, &t.name);
-            let live = crate::install::read(&t.path)
-                .ok()
-                .flatten()
-                .map(|b| sha256_hex(&b));
-            of(t, store.load(), live, store.is_locked())
-        })
-        .collect()
+    cfg.targets.values().map(|t| read(cfg, t).0).collect()
+}
+
+/// One target's status as read from disk now, and the exit status its state read means.
+fn read(cfg: &Config, t: &Target) -> (TargetStatus, Exit) {
+    let store = Store::new(&cfg.state_dir, &t.name);
+    let state = store.load();
+    let exit = state.as_ref().err().map_or(Exit::Ok, Exit::of_state);
+    let live = crate::install::read(&t.path)
+        .ok()
+        .flatten()
+        .map(|b| sha256_hex(&b));
+    (of(t, state, live, store.is_locked()), exit)
 }
 
 /// One target's status from what was read: its state (or why it could not be), the live
@@ -117,15 +120,27 @@ fn cell(s: &Option<String>) -> String {
 }
 
 /// Prints the status; returns whether every target's state could be read.
-pub fn print(cfg: &Config, json: bool) -> anyhow::Result<bool> {
-    let all = collect(cfg);
-    let readable = all.iter().all(|s| s.state_error.is_none());
+/// Prints every target's status; the exit status is the worst a target's state read gave (a
+/// state the command cannot read is the same failure it is for any other command).
+pub fn print(cfg: &Config, json: bool) -> Result<Exit, crate::cli::CliError> {
+    let mut worst = Exit::Ok;
+    let all: Vec<TargetStatus> = cfg
+        .targets
+        .values()
+        .map(|t| {
+            let (status, exit) = read(cfg, t);
+            worst = worst.worse(exit);
+            status
+        })
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        let text = serde_json::to_string_pretty(&all)
+            .map_err(|e| crate::cli::CliError::Io(format!("cannot print the status: {e}")))?;
+        println!("{text}");
     } else {
         print!("{}", table(&all));
     }
-    Ok(readable)
+    Ok(worst)
 }
 
 /// The live file is not what rulekeeper applied, and no apply is under way (an apply in

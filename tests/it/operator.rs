@@ -228,3 +228,39 @@ fn push_waiting_behind_an_interrupted_apply_installs_what_it_was_given() {
     assert!(env.state_json()["pending"].is_null());
     assert!(env.probe_ok());
 }
+
+/// One failure, one exit code: a state directory rulekeeper cannot use (here, a path through a
+/// regular file) is the host's I/O trouble, 5, from every command that reads or writes it.
+#[test]
+fn an_unusable_state_directory_gives_the_same_code_from_every_command() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let blocker = env.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "").unwrap();
+    env.edit_config(
+        &format!("state_dir: {}", env.state.display()),
+        &format!("state_dir: {}", blocker.join("state").display()),
+    );
+    let v2 = env.dir.path().join("v2.yaml");
+    std::fs::write(&v2, rules("v2", "good")).unwrap();
+    for args in [
+        vec!["once"],
+        vec!["push", "-t", "ps", v2.to_str().unwrap()],
+        vec!["rollback", "-t", "ps"],
+        vec!["hold", "-t", "ps"],
+        vec!["release", "-t", "ps"],
+        vec!["history", "-t", "ps"],
+        vec!["status"],
+    ] {
+        let o = env.rk(&args);
+        assert_eq!(o.code, 5, "{args:?}: {}", o.all());
+        assert!(
+            o.all().contains("not-a-dir"),
+            "{args:?} names the path: {}",
+            o.all()
+        );
+    }
+    assert_eq!(env.live(), rules("v1", "good"), "nothing was applied");
+}
