@@ -254,7 +254,7 @@ fn run(command: Command) -> Result<Exit, CliError> {
         Command::Release { c, target } => {
             with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))
         }
-        Command::Status { c, json } => with_config(&c, |cfg| Ok(crate::status::print(cfg, json)?)),
+        Command::Status { c, json } => with_config(&c, |cfg| crate::status::print(cfg, json)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
