@@ -9,6 +9,7 @@
 
 use crate::config::{CommitStatus, Target};
 use crate::labels::Outcome;
+use crate::reason::Reason;
 use crate::report::{Asked, Report};
 use crate::source::integrity;
 use crate::state::{CommitState as State, PostedStatus as Posted, TargetState};
@@ -80,7 +81,8 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
         // An operator's push is not an upstream commit.
         return None;
     }
-    let reason = rep.reason.as_deref().unwrap_or("");
+    let none = Reason::Note(String::new());
+    let reason = rep.reason.as_ref().unwrap_or(&none);
     let (state, description) = match rep.outcome {
         Outcome::Applied => (
             State::Success,
@@ -134,22 +136,30 @@ fn remember(st: &mut TargetState, post: Post) -> Option<Post> {
     Some(post)
 }
 
-/// What an app developer wants from a reason: for a validator's `PATH:LINE:COL: fatal: MSG`,
-/// "line LINE: MSG"; else the reason without rulekeeper's own prefixes.
-fn headline(reason: &str) -> String {
-    let r = reason
-        .trim_start_matches("rolled back: ")
-        .trim_start_matches("validation failed: ");
-    if let Some((before, msg)) = r.split_once(": fatal: ") {
+/// What an app developer wants from a reason: the cause of a rollback, not rulekeeper's
+/// framing; for a validator's or the service's refusal, its first located error.
+fn headline(reason: &Reason) -> String {
+    match reason {
+        Reason::RolledBack(cause) => headline(cause),
+        Reason::Quarantined { why, .. } => located(why),
+        other => located(&other.to_string()),
+    }
+}
+
+/// A validator's `PATH:LINE:COL: fatal: MSG` (the format `contrib/powersync/validate` and
+/// PowerSync's messages come in: the service's words, not rulekeeper's) as "line LINE: MSG";
+/// a message without a location as it is, up to its first "; ".
+fn located(words: &str) -> String {
+    if let Some((before, msg)) = words.split_once(": fatal: ") {
         let mut parts = before.rsplitn(3, ':');
         let (_col, line) = (parts.next(), parts.next());
+        let msg = msg.split("; ").next().unwrap_or(msg);
         if let Some(line) = line.filter(|l| l.chars().all(|c| c.is_ascii_digit())) {
-            let msg = msg.split("; ").next().unwrap_or(msg);
             return format!("line {line}: {msg}");
         }
-        return msg.split("; ").next().unwrap_or(msg).to_string();
+        return msg.to_string();
     }
-    r.to_string()
+    words.to_string()
 }
 
 fn bounded(s: &str) -> String {
@@ -168,11 +178,13 @@ mod tests {
     #[test]
     fn headline_keeps_the_line_and_the_message() {
         assert_eq!(
-            headline("validation failed: validate.command exit code 1: /var/lib/powersync/sync-rules.yaml:4:35: fatal: Function 'nosuchfunc' is not defined; /var/lib/powersync/sync-rules.yaml: 1 fatal error(s), 0 warning(s)"),
+            headline(&Reason::Rejected("validate.command exit code 1: /var/lib/powersync/sync-rules.yaml:4:35: fatal: Function 'nosuchfunc' is not defined; /var/lib/powersync/sync-rules.yaml: 1 fatal error(s), 0 warning(s)".into())),
             "line 4: Function 'nosuchfunc' is not defined"
         );
         assert_eq!(
-            headline("rolled back: verification failed: the service died"),
+            headline(&Reason::RolledBack(Box::new(Reason::Unhealthy(
+                "verification failed: the service died".into()
+            )))),
             "verification failed: the service died"
         );
         assert_eq!(bounded(&"x".repeat(500)).chars().count(), DESCRIPTION_CHARS);

@@ -1,5 +1,81 @@
-//! Reasons as people read them (the log line, state, `status`, an alert): a validator's or
-//! PowerSync's messages cut to a bounded length, so one long output never floods a reason.
+//! Reasons as people read them (the log line, state, `status`, an alert, a commit status): the
+//! typed [`Reason`] a cycle ends with, which every reader renders and none parses, and a
+//! validator's or PowerSync's messages cut to a bounded length, so one long output never
+//! floods a reason.
+
+use std::fmt;
+
+/// Why a cycle ended as it did. `Display` gives the one sentence the log, state, `status`
+/// and alerts show; commit statuses pick the part an app developer needs by variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// What a good outcome still wants said (verification skipped, PowerSync deploying, drift
+    /// corrected, the live file already current). Not an error.
+    Note(String),
+    /// A validator or the service refused the content, in its own words.
+    Rejected(String),
+    /// A restart or verification of new content failed.
+    Unhealthy(String),
+    /// The content was rolled back to last-good because of the cause.
+    RolledBack(Box<Reason>),
+    /// A rollback that did not leave a healthy service: the cause, then what happened after.
+    RollbackFailed { cause: Box<Reason>, after: String },
+    /// Upstream serves content this host quarantined, and why it was.
+    Quarantined { sha256: String, why: String },
+    /// Nothing applied for a reason of the host's or the operator's: fetch failed, held,
+    /// gated, an unreadable state, a refused deploy path.
+    Stopped(String),
+    /// rulekeeper itself failed at a stage (install, state, internal).
+    Failed { stage: &'static str, error: String },
+}
+
+impl Reason {
+    /// A note is said on a good outcome; everything else is an error `status` shows.
+    pub fn is_note(&self) -> bool {
+        matches!(self, Reason::Note(_))
+    }
+
+    /// This reason with `more` said after it (a note on top of a note, an error's sequel).
+    pub fn and(self, more: &str) -> Reason {
+        match self {
+            Reason::Note(n) => Reason::Note(format!("{n}; {more}")),
+            Reason::Rejected(r) => Reason::Rejected(format!("{r}; {more}")),
+            Reason::Unhealthy(r) => Reason::Unhealthy(format!("{r}; {more}")),
+            Reason::Stopped(r) => Reason::Stopped(format!("{r}; {more}")),
+            Reason::RolledBack(c) => Reason::RolledBack(Box::new(c.and(more))),
+            Reason::RollbackFailed { cause, after } => Reason::RollbackFailed {
+                cause,
+                after: format!("{after}; {more}"),
+            },
+            Reason::Quarantined { sha256, why } => Reason::Quarantined {
+                sha256,
+                why: format!("{why}; {more}"),
+            },
+            Reason::Failed { stage, error } => Reason::Failed {
+                stage,
+                error: format!("{error}; {more}"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Note(s) | Reason::Rejected(s) | Reason::Unhealthy(s) | Reason::Stopped(s) => {
+                f.write_str(s)
+            }
+            Reason::RolledBack(cause) => write!(f, "rolled back: {cause}"),
+            Reason::RollbackFailed { cause, after } => write!(f, "{cause}; {after}"),
+            Reason::Quarantined { sha256, why } => write!(
+                f,
+                "upstream {} is quarantined: {why}",
+                crate::digest::short(sha256)
+            ),
+            Reason::Failed { stage, error } => write!(f, "{stage}: {error}"),
+        }
+    }
+}
 
 /// How many of a validator's messages go into a reason, and how long it may be: enough for
 /// the first fatal errors in the validator's own words, short enough for an alert.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::digest::short;
 use crate::labels::{FetchReason, Outcome, Phase};
+use crate::reason::Reason;
 use crate::state::TargetState;
 
 /// What asked for the cycle, without its payload (the cycle's `Trigger` carries that).
@@ -37,8 +38,8 @@ pub struct Report {
     pub target: String,
     pub asked: Asked,
     pub outcome: Outcome,
-    /// Why (an error or a note such as "verification skipped").
-    pub reason: Option<String>,
+    /// Why: an error, or a note such as "verification skipped" ([`Reason::is_note`]).
+    pub reason: Option<Reason>,
     /// `rulekeeper_fetch_failures_total{reason}` when the fetch failed.
     pub fetch_reason: Option<FetchReason>,
     /// The live file exists and passes validation.
@@ -116,7 +117,12 @@ impl Report {
     /// matters. Unchanged cycles are debug: a poll that changes nothing is not news.
     pub fn log(&self) {
         let duration_ms = self.total().as_millis() as u64;
-        let reason = self.reason.as_deref().unwrap_or("");
+        let reason = self
+            .reason
+            .as_ref()
+            .map(Reason::to_string)
+            .unwrap_or_default();
+        let reason = reason.as_str();
         let sha256 = self.live_sha256.as_deref().unwrap_or("");
         let revision = self.revision.as_deref().unwrap_or("");
         let (target_name, outcome, restarts) =

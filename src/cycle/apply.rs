@@ -14,6 +14,7 @@ use crate::gate;
 use crate::install::{self, Candidate};
 use crate::labels::{Outcome, Phase};
 use crate::powersync::DeployError;
+use crate::reason::Reason;
 use crate::restart::{self, RestartError, Restarted, WasRunning};
 use crate::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
 use crate::validate;
@@ -74,7 +75,9 @@ impl Runner<'_, '_> {
             self.rep.usable = true;
             self.rep.success = true;
             self.rep.live_sha256 = Some(sha);
-            self.rep.reason = Some("the live file already has this content".into());
+            self.rep.reason = Some(Reason::Note(
+                "the live file already has this content".into(),
+            ));
             return Ok(());
         }
         self.apply(body, sha, Some("push".into()), live, Mode::Push)
@@ -149,7 +152,7 @@ impl Runner<'_, '_> {
                 entry.revision.as_deref().unwrap_or("-")
             );
             tracing::warn!(target_name = %t.name, "{note}");
-            self.rep.reason = Some(note);
+            self.rep.reason = Some(Reason::Note(note));
         }
         Ok(())
     }
@@ -200,7 +203,7 @@ impl Runner<'_, '_> {
             Ok(checked) => {
                 self.commit_applied(&a.sha, a.revision);
                 self.rep.outcome = mode.verified();
-                self.rep.reason = checked.note();
+                self.rep.reason = checked.note().map(Reason::Note);
                 self.rep.drift_corrected = mode.drift();
                 self.rep.success = mode.success();
                 Ok(())
@@ -209,7 +212,9 @@ impl Runner<'_, '_> {
                 self.st.pending = None;
                 self.commit_applied(&a.sha, a.revision);
                 self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(format!("unhealthy after rolling back: {e}"));
+                self.rep.reason = Some(Reason::Unhealthy(format!(
+                    "unhealthy after rolling back: {e}"
+                )));
                 self.rep.usable = true;
                 Ok(())
             }
@@ -225,8 +230,12 @@ impl Runner<'_, '_> {
             }
             Err(e) => {
                 tracing::error!(target_name = %self.t().name, sha256 = %a.sha, error = %e, "new content failed; rolling back");
-                self.roll_back(&a.sha, &e.to_string(), WasRunning::from(unit_running))
-                    .await
+                self.roll_back(
+                    &a.sha,
+                    Reason::Unhealthy(e.to_string()),
+                    WasRunning::from(unit_running),
+                )
+                .await
             }
         }
     }
@@ -254,14 +263,19 @@ impl Runner<'_, '_> {
             if a.mode.quarantines_rejects() {
                 self.quarantine(&a.sha, &format!("validation failed: {e}"));
             }
-            self.leave(Outcome::Rejected, Some(e.to_string()), live)
-                .await?;
+            self.leave(
+                Outcome::Rejected,
+                Some(Reason::Rejected(e.to_string())),
+                live,
+            )
+            .await?;
             return Ok(None);
         }
         if a.mode.gated() {
             if let Some(why) = self.gate_closed(&a.sha, a.revision.as_deref()).await {
                 drop(candidate);
-                self.leave(Outcome::Gated, Some(why), live).await?;
+                self.leave(Outcome::Gated, Some(Reason::Stopped(why)), live)
+                    .await?;
                 return Ok(None);
             }
         }

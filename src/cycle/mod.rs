@@ -34,6 +34,7 @@ use crate::config::Target;
 use crate::digest::sha256_hex;
 use crate::install;
 use crate::labels::{Outcome, Phase};
+use crate::reason::Reason;
 use crate::report::{Asked, Report};
 use crate::source::Source;
 use crate::state::{self, StateError, Store, TargetState};
@@ -244,7 +245,10 @@ fn finish(
             Some(stage) => {
                 tracing::error!(target_name = %ctx.target.name, stage, error = %e, "cycle failed");
                 rep.outcome = Outcome::Failed;
-                rep.reason = Some(format!("{stage}: {e}"));
+                rep.reason = Some(Reason::Failed {
+                    stage,
+                    error: e.to_string(),
+                });
                 rep.success = false;
                 describe_live(ctx.target, &mut rep);
                 Ok(())
@@ -278,9 +282,12 @@ fn finish(
         rep.state_unknown = matches!(e, StateError::LockLost { .. });
         rep.outcome = Outcome::Failed;
         rep.success = false;
-        rep.reason = Some(match rep.reason.take() {
-            Some(r) => format!("state: {e} (after: {r})"),
-            None => format!("state: {e}"),
+        rep.reason = Some(Reason::Failed {
+            stage: "state",
+            error: match rep.reason.take() {
+                Some(r) => format!("{e} (after: {r})"),
+                None => e.to_string(),
+            },
         });
     }
     if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
@@ -306,10 +313,14 @@ fn note_outcome(st: &mut TargetState, rep: &Report, res: &Result<(), CycleError>
     }
     st.last_outcome = Some(rep.outcome);
     st.last_outcome_at = Some(Utc::now());
-    let ok = rep.outcome.is_good();
-    st.last_error = rep.reason.clone().filter(|_| !ok);
+    let (note, error) = match &rep.reason {
+        Some(r) if r.is_note() => (Some(r.to_string()), None),
+        Some(r) => (None, Some(r.to_string())),
+        None => (None, None),
+    };
+    st.last_error = error;
     // What a good outcome still wants said, such as "verification skipped".
-    st.last_note = rep.reason.clone().filter(|_| ok);
+    st.last_note = note;
     if rep.success {
         st.last_success = Some(Utc::now());
     }
@@ -320,7 +331,10 @@ fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Re
     tracing::error!(target_name = %ctx.target.name, error = %e, "cannot take the target's lock");
     let mut rep = Report::new(&ctx.target.name, asked);
     rep.outcome = Outcome::Failed;
-    rep.reason = Some(format!("state: {e}"));
+    rep.reason = Some(Reason::Failed {
+        stage: "state",
+        error: e.to_string(),
+    });
     rep.unsaved = Some(e.to_string());
     rep.state_unknown = true;
     describe_live(ctx.target, &mut rep);
@@ -349,9 +363,9 @@ pub(super) async fn blocking_lock<T: Send + 'static>(
 /// touch nothing of this target until an operator has looked.
 fn state_error(t: &Target, rep: &mut Report, e: &StateError) {
     rep.outcome = Outcome::StateError;
-    rep.reason = Some(format!(
+    rep.reason = Some(Reason::Stopped(format!(
         "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
-    ));
+    )));
     describe_live(t, rep);
 }
 
@@ -446,14 +460,11 @@ impl Runner<'_, '_> {
                 // do the command, unless the recovery left no service to do it on.
                 let what = self.rep.summary();
                 if self.rep.outcome == Outcome::RollbackFailed {
-                    self.rep.reason = Some(format!(
-                        "{}; the {} was not done",
-                        self.rep
-                            .reason
-                            .as_deref()
-                            .unwrap_or("an interrupted apply's rollback failed"),
-                        trigger.asked().noun()
-                    ));
+                    let not_done = format!("the {} was not done", trigger.asked().noun());
+                    self.rep.reason = Some(match self.rep.reason.take() {
+                        Some(r) => r.and(&not_done),
+                        None => Reason::Stopped(not_done),
+                    });
                     return Ok(());
                 }
                 *self.rep = self.rep.restarted();
@@ -474,8 +485,8 @@ impl Runner<'_, '_> {
             Err(CycleError::Refused(why)) => Err(CycleError::Refused(format!("{why}; {first}"))),
             Ok(()) => {
                 self.rep.reason = Some(match self.rep.reason.take() {
-                    Some(r) => format!("{r}; {first}"),
-                    None => first,
+                    Some(r) => r.and(&first),
+                    None => Reason::Note(first),
                 });
                 Ok(())
             }
@@ -497,7 +508,7 @@ impl Runner<'_, '_> {
     async fn leave(
         &mut self,
         outcome: Outcome,
-        reason: Option<String>,
+        reason: Option<Reason>,
         live: Option<&[u8]>,
     ) -> Result<(), CycleError> {
         self.rep.outcome = outcome;

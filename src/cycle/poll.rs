@@ -9,6 +9,7 @@ use chrono::Utc;
 use super::{CycleError, Mode, Runner};
 use crate::digest::{sha256_hex, short};
 use crate::labels::{Outcome, Phase};
+use crate::reason::Reason;
 use crate::source::{FetchError, Fetched};
 use crate::state::{Applied, SourceMemo};
 use crate::validate;
@@ -66,7 +67,7 @@ impl Runner<'_, '_> {
 
     async fn fetch_failed(&mut self, e: FetchError, live: Option<&[u8]>) -> Result<(), CycleError> {
         self.rep.fetch_reason = Some(e.reason);
-        self.leave(Outcome::FetchFailed, Some(e.message), live)
+        self.leave(Outcome::FetchFailed, Some(Reason::Stopped(e.message)), live)
             .await?;
         // Upstream being down is no reason for PowerSync not to run the live file.
         self.converge_service(live).await
@@ -90,7 +91,10 @@ impl Runner<'_, '_> {
                 return self.in_sync(&up, live.as_deref()).await;
             }
             if let Some(q) = self.st.quarantine.as_ref().filter(|q| q.sha256 == up.sha) {
-                let why = format!("upstream {} is quarantined: {}", short(&q.sha256), q.reason);
+                let why = Reason::Quarantined {
+                    sha256: q.sha256.clone(),
+                    why: q.reason.clone(),
+                };
                 return self
                     .leave(Outcome::Quarantined, Some(why), live.as_deref())
                     .await;
@@ -103,7 +107,9 @@ impl Runner<'_, '_> {
                     "held: upstream {} not applied (run `rulekeeper release`)",
                     short(&up.sha)
                 );
-                return self.leave(Outcome::Held, Some(why), live.as_deref()).await;
+                return self
+                    .leave(Outcome::Held, Some(Reason::Stopped(why)), live.as_deref())
+                    .await;
             }
             if up.body.is_some() {
                 break;
@@ -134,7 +140,9 @@ impl Runner<'_, '_> {
                 short(&q.sha256),
                 q.reason
             );
-            return self.leave(Outcome::Quarantined, Some(why), live).await;
+            return self
+                .leave(Outcome::Quarantined, Some(Reason::Stopped(why)), live)
+                .await;
         }
         let adopt = match &self.st.applied {
             Some(a) => a.sha256 != up.sha || (a.revision.is_none() && up.revision.is_some()),

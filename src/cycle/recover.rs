@@ -6,6 +6,7 @@ use super::{CycleError, Runner};
 use crate::digest::sha256_hex;
 use crate::install;
 use crate::labels::Outcome;
+use crate::reason::Reason;
 use crate::restart::{self, WasRunning};
 use crate::state::{self, Pending, PendingStage};
 
@@ -38,14 +39,18 @@ impl Runner<'_, '_> {
                         self.commit_applied(&p.new_sha256, p.revision.clone());
                         self.rep.outcome = Outcome::Applied;
                         self.rep.success = true;
-                        self.rep.reason = Some(match checked.note() {
+                        self.rep.reason = Some(Reason::Note(match checked.note() {
                             Some(n) => format!("interrupted apply completed; {n}"),
                             None => "interrupted apply verified".into(),
-                        });
+                        }));
                     }
                     Err(e) => {
-                        self.roll_back(&p.new_sha256, &format!("interrupted apply: {e}"), was)
-                            .await?;
+                        self.roll_back(
+                            &p.new_sha256,
+                            Reason::Unhealthy(format!("interrupted apply: {e}")),
+                            was,
+                        )
+                        .await?;
                     }
                 }
                 Ok(true)
@@ -60,7 +65,8 @@ impl Runner<'_, '_> {
                     .as_ref()
                     .map(|q| q.reason.clone())
                     .unwrap_or_else(|| "interrupted rollback".into());
-                self.restore_prev(&p.new_sha256, &why, was).await?;
+                self.restore_prev(&p.new_sha256, Reason::Unhealthy(why), was)
+                    .await?;
                 Ok(true)
             }
         }

@@ -9,6 +9,7 @@ use super::{CycleError, Runner};
 use crate::digest::sha256_hex;
 use crate::install;
 use crate::labels::Outcome;
+use crate::reason::Reason;
 use crate::restart::WasRunning;
 use crate::state::{Applied, PendingStage};
 use crate::validate;
@@ -26,10 +27,10 @@ impl Runner<'_, '_> {
     pub(super) async fn roll_back(
         &mut self,
         bad_sha: &str,
-        why: &str,
+        why: Reason,
         was: WasRunning,
     ) -> Result<(), CycleError> {
-        self.quarantine(bad_sha, why);
+        self.quarantine(bad_sha, &why.to_string());
         if let Some(p) = self.st.pending.as_mut() {
             p.stage = PendingStage::RollingBack;
         }
@@ -58,7 +59,7 @@ impl Runner<'_, '_> {
         }
         self.st.pending = None;
         self.rep.outcome = Outcome::Rejected;
-        self.rep.reason = Some(why.to_string());
+        self.rep.reason = Some(Reason::Rejected(why.to_string()));
         self.rep.revision = self.applied_revision();
         match self.put_prev_back(bad_sha)? {
             PrevBack::Restored(prev) => {
@@ -96,7 +97,7 @@ impl Runner<'_, '_> {
     pub(super) async fn restore_prev(
         &mut self,
         bad_sha: &str,
-        why: &str,
+        why: Reason,
         was: WasRunning,
     ) -> Result<(), CycleError> {
         let t = self.ctx.target;
@@ -108,10 +109,13 @@ impl Runner<'_, '_> {
                 self.rep.outcome = Outcome::RollbackFailed;
                 self.rep.usable = false;
                 self.rep.live_sha256 = live_sha;
-                self.rep.reason = Some(format!(
-                    "{why}; and there is no usable {} to roll back to",
-                    install::prev_path(&t.path).display()
-                ));
+                self.rep.reason = Some(Reason::RollbackFailed {
+                    cause: Box::new(why),
+                    after: format!(
+                        "and there is no usable {} to roll back to",
+                        install::prev_path(&t.path).display()
+                    ),
+                });
                 return Ok(());
             }
         };
@@ -135,12 +139,15 @@ impl Runner<'_, '_> {
         match checked {
             Ok(_) => {
                 self.rep.outcome = Outcome::RolledBack;
-                self.rep.reason = Some(format!("rolled back: {why}"));
+                self.rep.reason = Some(Reason::RolledBack(Box::new(why)));
             }
             Err(e) => {
                 tracing::error!(target_name = %t.name, error = %e, "service unhealthy on the last-good file too");
                 self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(format!("{why}; after rolling back: {e}"));
+                self.rep.reason = Some(Reason::RollbackFailed {
+                    cause: Box::new(why),
+                    after: format!("after rolling back: {e}"),
+                });
             }
         }
         Ok(())

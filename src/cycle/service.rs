@@ -16,6 +16,7 @@ use crate::digest::{sha256_hex, short};
 use crate::install;
 use crate::labels::Outcome;
 use crate::powersync::{self, Deployed, Endpoint};
+use crate::reason::Reason;
 use crate::restart::{RestartError, WasRunning};
 use crate::state::Deploying;
 use crate::validate;
@@ -84,11 +85,14 @@ impl Runner<'_, '_> {
                 if prev.as_deref().is_none_or(|p| sha256_hex(p) == sha) {
                     // Last-good itself fails: nothing to go back to.
                     self.rep.outcome = Outcome::RollbackFailed;
-                    self.rep.reason =
-                        Some(format!("{why}; and there is nothing else to roll back to"));
+                    self.rep.reason = Some(Reason::RollbackFailed {
+                        cause: Box::new(Reason::Rejected(why)),
+                        after: "and there is nothing else to roll back to".into(),
+                    });
                     return Ok(());
                 }
-                self.roll_back(&sha, &why, WasRunning::Unknown).await
+                self.roll_back(&sha, Reason::Rejected(why), WasRunning::Unknown)
+                    .await
             }
             Deployed::Absent => self.redeploy(live, &sha, &d).await,
         }
@@ -113,7 +117,9 @@ impl Runner<'_, '_> {
         let drift = format!("PowerSync ran {runs}");
         if let Err(e) = validate::full(&t.validate, &t.path, &t.path, live).await {
             self.rep.outcome = Outcome::Rejected;
-            self.rep.reason = Some(format!("{drift}, and the live file does not validate: {e}"));
+            self.rep.reason = Some(Reason::Rejected(format!(
+                "{drift}, and the live file does not validate: {e}"
+            )));
             return Ok(());
         }
         self.st.deploying = None;
@@ -125,18 +131,20 @@ impl Runner<'_, '_> {
                 if let Some(n) = checked.note() {
                     why = format!("{why}; {n}");
                 }
-                self.rep.reason = Some(why);
+                self.rep.reason = Some(Reason::Note(why));
             }
             Err(super::apply::CheckFailed::Restart(RestartError::Deploy(e))) => {
                 self.rep.outcome = Outcome::Rejected;
-                self.rep.reason = Some(format!("{drift}, and deploying the live file failed: {e}"));
+                self.rep.reason = Some(Reason::Rejected(format!(
+                    "{drift}, and deploying the live file failed: {e}"
+                )));
             }
             Err(e) => {
                 // The live file is last-good: there is nothing better to go back to.
                 self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(format!(
+                self.rep.reason = Some(Reason::Unhealthy(format!(
                     "{drift}, and the live file failed once deployed: {e}"
-                ));
+                )));
             }
         }
         Ok(())
@@ -144,8 +152,8 @@ impl Runner<'_, '_> {
 
     fn add_note(&mut self, note: String) {
         self.rep.reason = Some(match self.rep.reason.take() {
-            Some(r) => format!("{r}; {note}"),
-            None => note,
+            Some(r) => r.and(&note),
+            None => Reason::Note(note),
         });
     }
 }

@@ -119,7 +119,11 @@ async fn route(
             for t in &mut targets {
                 if let Some(e) = shared.unsaved(&t.target) {
                     t.last_outcome = Some(crate::labels::Outcome::Failed);
-                    t.last_error = Some(format!("state: {e}"));
+                    let why = crate::reason::Reason::Failed {
+                        stage: "state",
+                        error: e.to_string(),
+                    };
+                    t.last_error = Some(why.to_string());
                     t.state_unsaved = true;
                 }
             }
