@@ -254,7 +254,7 @@ fn run(command: Command) -> Result<Exit, CliError> {
         Command::Release { c, target } => {
             with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))
         }
-        Command::Status { c, json } => with_config(&c, |cfg| crate::status::print(cfg, json)),
+        Command::Status { c, json } => with_config(&c, |cfg| status(cfg, json)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -271,6 +271,29 @@ fn run(command: Command) -> Result<Exit, CliError> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Prints every target's status; the exit status is the worst a target's state read gave (a
+/// state the command cannot read is the same failure it is for any other command).
+fn status(cfg: &Config, json: bool) -> Result<Exit, CliError> {
+    let mut worst = Exit::Ok;
+    let all: Vec<crate::status::TargetStatus> = crate::status::read_all(cfg)
+        .into_iter()
+        .map(|(status, error)| {
+            if let Some(t) = error {
+                worst = worst.worse(Exit::of_trouble(t));
+            }
+            status
+        })
+        .collect();
+    if json {
+        let text = serde_json::to_string_pretty(&all)
+            .map_err(|e| CliError::Io(format!("cannot print the status: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", crate::status::table(&all));
+    }
+    Ok(worst)
 }
 
 fn check(cfg: &Config) -> Result<Exit, CliError> {

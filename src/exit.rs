@@ -7,7 +7,7 @@ use crate::cycle::CycleError;
 use crate::history::HistoryError;
 use crate::labels::Outcome;
 use crate::report::{Asked, Report};
-use crate::state::StateError;
+use crate::state::{StateError, StateTrouble};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -101,9 +101,13 @@ impl Exit {
     /// (`Failed`, as the cycle's `state_error`); a directory or lock rulekeeper cannot read
     /// or write is the host's (`Io`).
     pub fn of_state(e: &StateError) -> Exit {
-        match e {
-            StateError::Corrupt { .. } => Exit::Failed,
-            StateError::Io { .. } | StateError::LockLost { .. } => Exit::Io,
+        Exit::of_trouble(e.trouble())
+    }
+
+    pub fn of_trouble(t: StateTrouble) -> Exit {
+        match t {
+            StateTrouble::Corrupt => Exit::Failed,
+            StateTrouble::Host => Exit::Io,
         }
     }
 

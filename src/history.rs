@@ -13,7 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::config::HistoryLimits;
 use crate::digest::sha256_hex;
 use crate::labels::Outcome;
-use crate::report::Report;
+
+/// What a finished cycle did, as the history records it.
+pub struct Done {
+    pub outcome: Outcome,
+    pub revision: Option<String>,
+    pub restarts: u32,
+    pub duration: std::time::Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -83,11 +90,11 @@ impl History {
         }
     }
 
-    /// Adds what `rep` did, if it applied or rolled back; `live` is the live file after it.
+    /// Adds what a cycle did, if it applied or rolled back; `live` is the live file after it.
     /// `tried` is the content a failed apply tried (the quarantined sha256).
     pub fn record(
         &self,
-        rep: &Report,
+        rep: &Done,
         live: Option<&[u8]>,
         tried: Option<&str>,
         limits: &HistoryLimits,
@@ -131,7 +138,7 @@ impl History {
             revision: rep.revision.clone(),
             outcome: rep.outcome,
             restarts: rep.restarts,
-            duration_ms: rep.total().as_millis().try_into().unwrap_or(u64::MAX),
+            duration_ms: rep.duration.as_millis().try_into().unwrap_or(u64::MAX),
             kept,
         });
         let drop = list.len().saturating_sub(limits.keep);
@@ -274,14 +281,14 @@ fn write_atomic(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), HistoryErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::Asked;
 
-    fn applied(rev: &str) -> Report {
-        let mut r = Report::new("t", Asked::Poll);
-        r.outcome = Outcome::Applied;
-        r.revision = Some(rev.into());
-        r.restarts = 1;
-        r
+    fn applied(rev: &str) -> Done {
+        Done {
+            outcome: Outcome::Applied,
+            revision: Some(rev.into()),
+            restarts: 1,
+            duration: std::time::Duration::ZERO,
+        }
     }
 
     #[test]

@@ -30,6 +30,23 @@ pub enum StateError {
     LockLost { path: PathBuf },
 }
 
+/// Whose trouble a state error is: the host's (a directory, lock or file rulekeeper cannot
+/// read or write) or the target's own (a corrupt file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateTrouble {
+    Host,
+    Corrupt,
+}
+
+impl StateError {
+    pub fn trouble(&self) -> StateTrouble {
+        match self {
+            StateError::Corrupt { .. } => StateTrouble::Corrupt,
+            StateError::Io { .. } | StateError::LockLost { .. } => StateTrouble::Host,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_path_buf(),

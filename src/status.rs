@@ -6,9 +6,8 @@ use serde::Serialize;
 
 use crate::config::{Config, Target};
 use crate::digest::{sha256_hex, short};
-use crate::exit::Exit;
 use crate::labels::Outcome;
-use crate::state::{StateError, Store, TargetState};
+use crate::state::{StateError, StateTrouble, Store, TargetState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStatus {
@@ -43,19 +42,24 @@ pub struct TargetStatus {
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
-    cfg.targets.values().map(|t| read(cfg, t).0).collect()
+    read_all(cfg).into_iter().map(|(s, _)| s).collect()
 }
 
-/// One target's status as read from disk now, and the exit status its state read means.
-fn read(cfg: &Config, t: &Target) -> (TargetStatus, Exit) {
-    let store = Store::new(&cfg.state_dir, &t.name);
-    let state = store.load();
-    let exit = state.as_ref().err().map_or(Exit::Ok, Exit::of_state);
-    let live = crate::install::read(&t.path)
-        .ok()
-        .flatten()
-        .map(|b| sha256_hex(&b));
-    (of(t, state, live, store.is_locked()), exit)
+/// Every target's status as read from disk now, with the error its state read met, if any.
+pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
+    cfg.targets
+        .values()
+        .map(|t| {
+            let store = Store::new(&cfg.state_dir, &t.name);
+            let state = store.load();
+            let error = state.as_ref().err().map(StateError::trouble);
+            let live = crate::install::read(&t.path)
+                .ok()
+                .flatten()
+                .map(|b| sha256_hex(&b));
+            (of(t, state, live, store.is_locked()), error)
+        })
+        .collect()
 }
 
 /// One target's status from what was read: its state (or why it could not be), the live
@@ -120,29 +124,6 @@ fn cell(s: &Option<String>) -> String {
 }
 
 /// Prints the status; returns whether every target's state could be read.
-/// Prints every target's status; the exit status is the worst a target's state read gave (a
-/// state the command cannot read is the same failure it is for any other command).
-pub fn print(cfg: &Config, json: bool) -> Result<Exit, crate::cli::CliError> {
-    let mut worst = Exit::Ok;
-    let all: Vec<TargetStatus> = cfg
-        .targets
-        .values()
-        .map(|t| {
-            let (status, exit) = read(cfg, t);
-            worst = worst.worse(exit);
-            status
-        })
-        .collect();
-    if json {
-        let text = serde_json::to_string_pretty(&all)
-            .map_err(|e| crate::cli::CliError::Io(format!("cannot print the status: {e}")))?;
-        println!("{text}");
-    } else {
-        print!("{}", table(&all));
-    }
-    Ok(worst)
-}
-
 /// The live file is not what rulekeeper applied, and no apply is under way (an apply in
 /// progress has swapped the file before it records it).
 fn drifted(s: &TargetStatus) -> bool {

@@ -292,8 +292,14 @@ fn finish(
     }
     if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
         let live = install::read(&ctx.target.path).ok().flatten();
+        let done = crate::history::Done {
+            outcome: rep.outcome,
+            revision: rep.revision.clone(),
+            restarts: rep.restarts,
+            duration: rep.total(),
+        };
         if let Err(e) = crate::history::History::new(ctx.store.dir()).record(
-            &rep,
+            &done,
             live.as_deref(),
             tried.as_deref(),
             &ctx.target.history,
