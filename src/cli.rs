@@ -10,10 +10,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::config::{self, Config, Target};
 use crate::cycle::{self, Ctx, Trigger};
 use crate::exit::Exit;
-use crate::logging::LogFormat;
-use crate::poster::Poster;
+use crate::observe::logging::LogFormat;
+use crate::daemon::poster::Poster;
 use crate::source::Source;
-use crate::state::Store;
+use crate::store::state::Store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -137,7 +137,7 @@ pub enum CliError {
     Usage(String),
     /// A target's state (its directory, lock or file) failed.
     #[error("target `{0}`: {1}")]
-    State(String, crate::state::StateError),
+    State(String, crate::store::state::StateError),
     /// rulekeeper's own I/O (the runtime, standard output).
     #[error("{0}")]
     Io(String),
@@ -167,7 +167,7 @@ pub fn main() -> Exit {
             return code;
         }
     };
-    crate::logging::init(cli.log_format);
+    crate::observe::logging::init(cli.log_format);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -230,7 +230,7 @@ fn run(command: Command) -> Result<Exit, CliError> {
         // The daemon fails to start on what its config names (a port taken, a state directory
         // it cannot create): a configuration error.
         Command::Run { c } => with_config(&c, |cfg| {
-            crate::supervisor::run(cfg.clone()).map_err(|e| CliError::Usage(format!("{e:#}")))
+            crate::daemon::supervisor::run(cfg.clone()).map_err(|e| CliError::Usage(format!("{e:#}")))
         }),
         Command::Check { c } => with_config(&c, check),
         Command::Once { c, target } => with_config(&c, |cfg| once(cfg, target.as_deref())),
@@ -277,7 +277,7 @@ fn run(command: Command) -> Result<Exit, CliError> {
 /// state the command cannot read is the same failure it is for any other command).
 fn status(cfg: &Config, json: bool) -> Result<Exit, CliError> {
     let mut worst = Exit::Ok;
-    let all: Vec<crate::status::TargetStatus> = crate::status::read_all(cfg)
+    let all: Vec<crate::observe::status::TargetStatus> = crate::observe::status::read_all(cfg)
         .into_iter()
         .map(|(status, error)| {
             if let Some(t) = error {
@@ -291,16 +291,16 @@ fn status(cfg: &Config, json: bool) -> Result<Exit, CliError> {
             .map_err(|e| CliError::Io(format!("cannot print the status: {e}")))?;
         println!("{text}");
     } else {
-        print!("{}", crate::status::table(&all));
+        print!("{}", crate::observe::status::table(&all));
     }
     Ok(worst)
 }
 
 fn check(cfg: &Config) -> Result<Exit, CliError> {
-    for w in crate::preflight::warnings(cfg) {
+    for w in crate::daemon::preflight::warnings(cfg) {
         eprintln!("rulekeeper: warning: {w}");
     }
-    let problems = crate::preflight::file_problems(cfg);
+    let problems = crate::daemon::preflight::file_problems(cfg);
     for p in &problems {
         eprintln!("rulekeeper: {p}");
     }
@@ -336,7 +336,7 @@ fn validate(t: &Target, path: &Path) -> Result<Exit, CliError> {
         }
     };
     let name = &t.name;
-    match runtime()?.block_on(crate::validate::full(&t.validate, path, path, &bytes)) {
+    match runtime()?.block_on(crate::service::validate::full(&t.validate, path, path, &bytes)) {
         Ok(()) => {
             println!("{}: valid for target `{name}`", path.display());
             Ok(Exit::Ok)
@@ -405,7 +405,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
             return Exit::Usage;
         }
     };
-    let poster = Poster::new(crate::metrics::commit_status_counter());
+    let poster = Poster::new(crate::observe::metrics::commit_status_counter());
     let ctx = Ctx::new(t, &source, &cfg.state_dir, &poster);
     let exit = match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
@@ -415,7 +415,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         }
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            Exit::of_cycle_error(&e, crate::validate::live_usable(t))
+            Exit::of_cycle_error(&e, crate::service::validate::live_usable(t))
         }
     };
     // Commit statuses post beside the cycle; a one-shot command lets them finish (bounded)
@@ -426,7 +426,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
 
 fn history(cfg: &Config, t: &Target, json: bool) -> Result<Exit, CliError> {
     let store = Store::new(&cfg.state_dir, &t.name);
-    let list = match crate::history::History::new(store.dir()).load() {
+    let list = match crate::store::history::History::new(store.dir()).load() {
         Ok(l) => l,
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
@@ -447,10 +447,10 @@ fn history(cfg: &Config, t: &Target, json: bool) -> Result<Exit, CliError> {
         println!(
             "{:<20} {:<12} {:<12} {:<16} {:>8} {:>8}ms  {}",
             e.at.format("%Y-%m-%d %H:%M:%S"),
-            crate::digest::short(&e.sha256),
+            crate::util::digest::short(&e.sha256),
             e.revision
                 .as_deref()
-                .map(crate::digest::short)
+                .map(crate::util::digest::short)
                 .unwrap_or("-"),
             e.outcome.as_str(),
             e.restarts,

@@ -4,10 +4,10 @@
 //! failure gives one code; `main` is the one place an `Exit` becomes the process status.
 
 use crate::cycle::CycleError;
-use crate::history::HistoryError;
-use crate::labels::Outcome;
-use crate::report::{Asked, Report};
-use crate::state::{StateError, StateTrouble};
+use crate::store::history::HistoryError;
+use crate::model::labels::Outcome;
+use crate::cycle::report::{Asked, Report};
+use crate::store::state::{StateError, StateTrouble};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -4,9 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(st) = rulekeeper::state::parse(data) {
+    if let Ok(st) = rulekeeper::store::state::parse(data) {
         let again = serde_json::to_vec(&st).expect("a parsed state serialises");
-        let back = rulekeeper::state::parse(&again).expect("and parses back");
+        let back = rulekeeper::store::state::parse(&again).expect("and parses back");
         assert_eq!(st, back);
     }
 });

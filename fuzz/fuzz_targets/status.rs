@@ -17,14 +17,14 @@ fn target() -> &'static rulekeeper::config::Target {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let state = rulekeeper::state::parse(data).map_err(|e| rulekeeper::state::StateError::Corrupt {
+    let state = rulekeeper::store::state::parse(data).map_err(|e| rulekeeper::store::state::StateError::Corrupt {
         path: "state.json".into(),
         message: e.to_string(),
     });
     let live = data.first().map(|b| format!("{b:064x}"));
-    let s = rulekeeper::status::of(target(), state, live, data.len() % 2 == 0);
+    let s = rulekeeper::observe::status::of(target(), state, live, data.len() % 2 == 0);
     let json = serde_json::to_vec(&s).expect("status serialises");
     assert!(!json.is_empty());
-    let table = rulekeeper::status::table(&[s]);
+    let table = rulekeeper::observe::status::table(&[s]);
     assert!(table.starts_with("TARGET"));
 });

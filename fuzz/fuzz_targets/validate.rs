@@ -10,8 +10,8 @@ fuzz_target!(|data: &[u8]| {
         require_keys: vec!["bucket_definitions".into(), "streams".into()],
         ..Validate::default()
     };
-    let a = rulekeeper::validate::builtin(&plain, data);
-    let b = rulekeeper::validate::builtin(&keyed, data);
+    let a = rulekeeper::service::validate::builtin(&plain, data);
+    let b = rulekeeper::service::validate::builtin(&keyed, data);
     // Required keys only ever narrow what passes.
     assert!(b.is_err() || a.is_ok());
 });

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(v) = http::HeaderValue::from_bytes(value) {
         headers.insert(HEADERS[sel as usize % HEADERS.len()], v);
     }
-    let ok = rulekeeper::server::webhook::authentic(&headers, &secret, body);
+    let ok = rulekeeper::daemon::server::webhook::authentic(&headers, &secret, body);
     if headers.is_empty() {
         assert!(!ok, "no credentials never authenticate");
     }
@@ -33,8 +33,8 @@ fuzz_target!(|data: &[u8]| {
         if !secret.trim().is_empty() && secret.trim() == secret {
             let mut h = http::HeaderMap::new();
             h.insert("authorization", v);
-            assert!(rulekeeper::server::webhook::authentic(&h, &secret, body));
+            assert!(rulekeeper::daemon::server::webhook::authentic(&h, &secret, body));
         }
     }
-    let _ = rulekeeper::server::webhook::payload(body);
+    let _ = rulekeeper::daemon::server::webhook::payload(body);
 });

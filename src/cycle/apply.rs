@@ -9,16 +9,16 @@ use chrono::Utc;
 
 use super::{CycleError, Mode, Runner};
 use crate::config::RestartKind;
-use crate::digest::{sha256_hex, short};
-use crate::gate;
-use crate::install::{self, Candidate};
-use crate::labels::{Outcome, Phase};
-use crate::powersync::DeployError;
-use crate::reason::Reason;
-use crate::restart::{self, RestartError, Restarted, WasRunning};
-use crate::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
-use crate::validate;
-use crate::verify::{self, VerifyError};
+use crate::util::digest::{sha256_hex, short};
+use crate::service::gate;
+use crate::store::install::{self, Candidate};
+use crate::model::labels::{Outcome, Phase};
+use crate::service::powersync::DeployError;
+use crate::model::reason::Reason;
+use crate::service::restart::{self, RestartError, Restarted, WasRunning};
+use crate::store::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
+use crate::service::validate;
+use crate::service::verify::{self, VerifyError};
 
 /// A restart + verify that did not fail.
 #[derive(Debug)]
@@ -115,7 +115,7 @@ impl Runner<'_, '_> {
 
     pub(super) async fn rollback_to(&mut self, key: &str) -> Result<(), CycleError> {
         let t = self.ctx.target;
-        let (entry, body) = crate::history::History::new(self.ctx.store.dir())
+        let (entry, body) = crate::store::history::History::new(self.ctx.store.dir())
             .find(key)
             .map_err(|e| CycleError::Refused(format!("cannot roll back to `{key}`: {e}")))?;
         let live = self.read_live()?;
@@ -189,7 +189,7 @@ impl Runner<'_, '_> {
         };
         if mode.gated() {
             let t = self.ctx.target;
-            if let Some(p) = crate::commit_status::entering(t, self.st, a.revision.as_deref()) {
+            if let Some(p) = crate::cycle::commit_status::entering(t, self.st, a.revision.as_deref()) {
                 self.ctx.observer.post(t, p);
             }
         }

@@ -16,8 +16,10 @@
 //! - `pending` is persisted before the swap and cleared only with the outcome.
 
 mod apply;
+pub mod commit_status;
 mod poll;
 mod recover;
+pub mod report;
 mod rollback;
 mod service;
 #[cfg(test)]
@@ -31,14 +33,14 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::config::Target;
-use crate::digest::sha256_hex;
-use crate::install;
-use crate::labels::{Outcome, Phase};
-use crate::reason::Reason;
-use crate::report::{Asked, Report};
+use crate::util::digest::sha256_hex;
+use crate::store::install;
+use crate::model::labels::{Outcome, Phase};
+use crate::model::reason::Reason;
+use crate::cycle::report::{Asked, Report};
 use crate::source::Source;
-use crate::state::{self, StateError, Store, TargetState};
-use crate::validate;
+use crate::store::state::{self, StateError, Store, TargetState};
+use crate::service::validate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
@@ -120,7 +122,7 @@ pub trait Observer: Sync {
     fn quarantined(&self, _target: &Target, _q: &state::Quarantine) {}
     /// A commit status the cycle wants posted (`pending` as content enters the pipeline, the
     /// verdict at the end): the caller's poster delivers it.
-    fn post(&self, _target: &Target, _post: crate::commit_status::Post) {}
+    fn post(&self, _target: &Target, _post: crate::cycle::commit_status::Post) {}
 }
 
 /// What one target's cycle needs.
@@ -259,7 +261,7 @@ fn finish(
     };
     note_outcome(&mut st, &rep, &res);
     if res.is_ok() {
-        if let Some(p) = crate::commit_status::finished(ctx.target, &rep, &mut st) {
+        if let Some(p) = crate::cycle::commit_status::finished(ctx.target, &rep, &mut st) {
             ctx.observer.post(ctx.target, p);
         }
     }
@@ -292,13 +294,13 @@ fn finish(
     }
     if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
         let live = install::read(&ctx.target.path).ok().flatten();
-        let done = crate::history::Done {
+        let done = crate::store::history::Done {
             outcome: rep.outcome,
             revision: rep.revision.clone(),
             restarts: rep.restarts,
             duration: rep.total(),
         };
-        if let Err(e) = crate::history::History::new(ctx.store.dir()).record(
+        if let Err(e) = crate::store::history::History::new(ctx.store.dir()).record(
             &done,
             live.as_deref(),
             tried.as_deref(),
@@ -418,11 +420,11 @@ impl Mode {
     /// What the restart of the new content may assume about the unit: new content never
     /// starts a unit that is not running; putting last-good back by hand brings back one
     /// the bad content killed.
-    fn forward(self) -> crate::restart::WasRunning {
+    fn forward(self) -> crate::service::restart::WasRunning {
         if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
-            crate::restart::WasRunning::Unknown
+            crate::service::restart::WasRunning::Unknown
         } else {
-            crate::restart::WasRunning::No
+            crate::service::restart::WasRunning::No
         }
     }
 

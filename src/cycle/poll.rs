@@ -7,12 +7,12 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::{CycleError, Mode, Runner};
-use crate::digest::{sha256_hex, short};
-use crate::labels::{Outcome, Phase};
-use crate::reason::Reason;
+use crate::util::digest::{sha256_hex, short};
+use crate::model::labels::{Outcome, Phase};
+use crate::model::reason::Reason;
 use crate::source::{FetchError, Fetched};
-use crate::state::{Applied, SourceMemo};
-use crate::validate;
+use crate::store::state::{Applied, SourceMemo};
+use crate::service::validate;
 
 /// Upstream as one fetch saw it.
 pub(super) struct Upstream {
@@ -35,7 +35,7 @@ impl Runner<'_, '_> {
             Fetched::NotModified => {
                 let m = memo.ok_or_else(|| {
                     FetchError::new(
-                        crate::labels::FetchReason::Protocol,
+                        crate::model::labels::FetchReason::Protocol,
                         "304 without a remembered validator",
                     )
                 })?;

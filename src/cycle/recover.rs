@@ -3,12 +3,12 @@
 //! or start a unit (its job would wait behind our own start job), so such work is deferred.
 
 use super::{CycleError, Runner};
-use crate::digest::sha256_hex;
-use crate::install;
-use crate::labels::Outcome;
-use crate::reason::Reason;
-use crate::restart::{self, WasRunning};
-use crate::state::{self, Pending, PendingStage};
+use crate::util::digest::sha256_hex;
+use crate::store::install;
+use crate::model::labels::Outcome;
+use crate::model::reason::Reason;
+use crate::service::restart::{self, WasRunning};
+use crate::store::state::{self, Pending, PendingStage};
 
 impl Runner<'_, '_> {
     /// Finishes an apply a previous run died in. Returns true when that was the cycle.

@@ -12,14 +12,14 @@
 use chrono::Utc;
 
 use super::{CycleError, Runner};
-use crate::digest::{sha256_hex, short};
-use crate::install;
-use crate::labels::Outcome;
-use crate::powersync::{self, Deployed, Endpoint};
-use crate::reason::Reason;
-use crate::restart::{RestartError, WasRunning};
-use crate::state::Deploying;
-use crate::validate;
+use crate::util::digest::{sha256_hex, short};
+use crate::store::install;
+use crate::model::labels::Outcome;
+use crate::service::powersync::{self, Deployed, Endpoint};
+use crate::model::reason::Reason;
+use crate::service::restart::{RestartError, WasRunning};
+use crate::store::state::Deploying;
+use crate::service::validate;
 
 impl Runner<'_, '_> {
     /// Called when the cycle leaves the live file as it is (in sync with upstream, or
@@ -77,7 +77,7 @@ impl Runner<'_, '_> {
                         &errors.iter().collect::<Vec<_>>(),
                         &t.path.display().to_string(),
                         &text,
-                        crate::reason::REASON_LINES
+                        crate::model::reason::REASON_LINES
                     )
                 );
                 tracing::error!(target_name = %t.name, sha256 = %sha, error = %why, "deployed content failed; rolling back");

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::{run, Ctx, Trigger};
 use crate::config::{self, Config};
-use crate::digest::sha256_hex;
-use crate::install::prev_path;
-use crate::labels::Outcome;
-use crate::report::Report;
+use crate::util::digest::sha256_hex;
+use crate::store::install::prev_path;
+use crate::model::labels::Outcome;
+use crate::cycle::report::Report;
 use crate::source::Source;
-use crate::state::{Pending, PendingStage, Store};
+use crate::store::state::{Pending, PendingStage, Store};
 
 struct World {
     _dir: tempfile::TempDir,
@@ -74,7 +74,7 @@ impl World {
 
     /// A state as a run leaves it that died after recording `pending` for `new`.
     fn interrupted(&self, new: &str, prev: &str) {
-        let st = crate::state::TargetState {
+        let st = crate::store::state::TargetState {
             pending: Some(Pending {
                 new_sha256: sha256_hex(new.as_bytes()),
                 prev_sha256: Some(sha256_hex(prev.as_bytes())),
@@ -133,7 +133,7 @@ async fn invalid_content_is_rejected_then_quarantined() {
     assert!(r.usable, "the live file is still good");
     assert!(r.quarantined);
     assert!(
-        matches!(&r.reason, Some(crate::reason::Reason::Rejected(w)) if w.contains("require_keys"))
+        matches!(&r.reason, Some(crate::model::reason::Reason::Rejected(w)) if w.contains("require_keys"))
     );
     assert_eq!(w.live(), GOOD_1);
     // The same upstream again is not validated again: it is known bad.
@@ -141,7 +141,7 @@ async fn invalid_content_is_rejected_then_quarantined() {
     assert_eq!(r.outcome, Outcome::Quarantined, "{r:?}");
     assert!(matches!(
         r.reason,
-        Some(crate::reason::Reason::Quarantined { .. })
+        Some(crate::model::reason::Reason::Quarantined { .. })
     ));
     assert_eq!(w.live(), GOOD_1);
     // New upstream content clears it.
@@ -184,7 +184,7 @@ async fn an_interrupted_apply_is_finished_before_anything_else() {
     assert_eq!(r.outcome, Outcome::Applied, "{r:?}");
     assert_eq!(
         r.reason,
-        Some(crate::reason::Reason::Note(
+        Some(crate::model::reason::Reason::Note(
             "interrupted apply verified".into()
         ))
     );

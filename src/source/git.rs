@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{FetchError, FetchReason, Fetched};
 use crate::config::Target;
-use crate::exec;
+use crate::util::exec;
 
 pub struct GitSource {
     url: String,
@@ -62,13 +62,13 @@ impl GitSource {
                 other => FetchError::new(FetchReason::Git, other.to_string()),
             })?;
         if !out.success {
-            let msg = crate::redact::in_text(&out.summary(), &self.url);
+            let msg = crate::util::redact::in_text(&out.summary(), &self.url);
             return Err(FetchError::new(
                 FetchReason::Git,
                 format!(
                     "git {} on {} failed ({}): {msg}",
                     args[0],
-                    crate::redact::url(&self.url),
+                    crate::util::redact::url(&self.url),
                     out.status_text()
                 ),
             ));
@@ -114,7 +114,7 @@ impl GitSource {
                 format!(
                     "ref `{}` not found on {}",
                     self.git_ref,
-                    crate::redact::url(&self.url)
+                    crate::util::redact::url(&self.url)
                 ),
             )
         })

@@ -10,7 +10,7 @@ use base64::Engine;
 use sha2::Digest as _;
 
 use super::{FetchError, FetchReason};
-use crate::digest::short;
+use crate::util::digest::short;
 
 fn integrity(message: String) -> FetchError {
     FetchError::new(FetchReason::Integrity, message)

@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{SourceKind, Target};
-pub use crate::labels::FetchReason;
+pub use crate::model::labels::FetchReason;
 
 /// What a fetch found.
 #[derive(Debug)]

@@ -23,7 +23,7 @@ pub fn client(
     type Key = (Duration, Option<PathBuf>);
     static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
     let key = (timeout, ca_file.map(|p| p.to_path_buf()));
-    let mut cache = crate::mutex::lock(CLIENTS.get_or_init(Default::default));
+    let mut cache = crate::util::mutex::lock(CLIENTS.get_or_init(Default::default));
     if let Some(c) = cache.get(&key) {
         return Ok(c.clone());
     }

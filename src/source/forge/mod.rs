@@ -135,7 +135,7 @@ impl ForgeSource {
         Ok(ForgeSource {
             kind: s.kind,
             client,
-            shown: crate::redact::url(url.as_str()),
+            shown: crate::util::redact::url(url.as_str()),
             url,
             commits_url,
             meta_url,
@@ -228,7 +228,7 @@ impl ForgeSource {
             };
             return Err(FetchError::new(
                 reason,
-                format!("GET {} answered {status}", crate::redact::url(url.as_str())),
+                format!("GET {} answered {status}", crate::util::redact::url(url.as_str())),
             ));
         }
         let token = header_str(resp.headers(), "etag")
@@ -349,7 +349,7 @@ impl ForgeSource {
         let meta = read_capped(
             resp,
             self.max_bytes / 3 * 4 + 64 * 1024,
-            &crate::redact::url(u.as_str()),
+            &crate::util::redact::url(u.as_str()),
         )
         .await?;
         serde_json::from_slice::<serde_json::Value>(&meta)

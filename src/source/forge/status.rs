@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::client::{api_base, auth_headers, client, push_segments};
 use crate::config::{Source, SourceKind};
-use crate::state::CommitState;
+use crate::store::state::CommitState;
 
 /// The forge's word for a state.
 pub fn word(state: CommitState, kind: SourceKind) -> &'static str {
@@ -67,7 +67,7 @@ pub async fn post(
             .header("Accept", "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28");
     }
-    let shown = crate::redact::url(u.as_str());
+    let shown = crate::util::redact::url(u.as_str());
     let resp = req
         .send()
         .await

@@ -45,7 +45,7 @@ pub(super) fn classify(e: &reqwest::Error) -> FetchError {
     } else {
         FetchReason::Transport
     };
-    let shown = e.url().map(|u| crate::redact::url(u.as_str()));
+    let shown = e.url().map(|u| crate::util::redact::url(u.as_str()));
     let mut bare = e.to_string();
     // The source chain says what actually went wrong (refused, reset, TLS ...).
     let mut cause = std::error::Error::source(e);
@@ -57,7 +57,7 @@ pub(super) fn classify(e: &reqwest::Error) -> FetchError {
         cause = c.source();
     }
     if let Some(u) = e.url() {
-        bare = crate::redact::in_text(&bare, u.as_str());
+        bare = crate::util::redact::in_text(&bare, u.as_str());
     }
     let msg = match shown {
         Some(u) if !bare.contains(&u) => format!("{bare} ({u})"),

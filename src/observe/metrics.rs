@@ -11,10 +11,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::labels::{FetchReason, Outcome, WebhookResult};
-use crate::mutex;
-use crate::report::Report;
-use crate::state::TargetState;
+use crate::model::labels::{FetchReason, Outcome, WebhookResult};
+use crate::util::mutex;
+use crate::cycle::report::Report;
+use crate::store::state::TargetState;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -263,7 +263,7 @@ impl Metrics {
     }
 
     /// Publishes a quarantine decided mid-cycle, ahead of the cycle's record.
-    pub fn quarantined(&self, target: &str, q: &crate::state::Quarantine) {
+    pub fn quarantined(&self, target: &str, q: &crate::store::state::Quarantine) {
         self.set_quarantined_info(target, Some(quarantine_labels(q)));
     }
 
@@ -349,12 +349,12 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         drop(families);
-        crate::memory::release();
+        crate::util::memory::release();
         buf
     }
 }
 
 /// The `(sha256, reason)` labels of a quarantine's `rulekeeper_quarantined_info` series.
-fn quarantine_labels(q: &crate::state::Quarantine) -> (String, String) {
-    (q.sha256.clone(), crate::reason::label(&q.reason))
+fn quarantine_labels(q: &crate::store::state::Quarantine) -> (String, String) {
+    (q.sha256.clone(), crate::model::reason::label(&q.reason))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use prometheus::IntCounterVec;
 use tokio::task::JoinHandle;
 
-use crate::commit_status::{context, Post};
+use crate::cycle::commit_status::{context, Post};
 use crate::config::Target;
 use crate::cycle::Observer;
 use crate::source::forge::status::{self, Status};
@@ -62,7 +62,7 @@ impl Poster {
                 }
             }
         });
-        let mut running = crate::mutex::lock(&self.running);
+        let mut running = crate::util::mutex::lock(&self.running);
         running.retain(|h| !h.is_finished());
         running.push(h);
     }
@@ -70,7 +70,7 @@ impl Poster {
     /// Waits, at most `limit`, for the posts still running; returns how many were left
     /// unfinished (and are dropped with the process).
     pub async fn flush(&self, limit: Duration) -> usize {
-        let handles: Vec<_> = std::mem::take(&mut *crate::mutex::lock(&self.running));
+        let handles: Vec<_> = std::mem::take(&mut *crate::util::mutex::lock(&self.running));
         let deadline = tokio::time::Instant::now() + limit;
         let mut left = 0;
         for h in handles {

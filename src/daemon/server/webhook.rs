@@ -28,8 +28,8 @@ use subtle::ConstantTimeEq;
 
 use super::{json, Body};
 use crate::config::Config;
-use crate::labels::WebhookResult;
-use crate::shared::Shared;
+use crate::model::labels::WebhookResult;
+use crate::daemon::shared::Shared;
 use crate::source::{read_secret, Secret};
 
 /// Bodies larger than this are refused with 413.
@@ -72,12 +72,12 @@ impl Guard {
     }
 
     fn auth_failed(&self, target: &str) {
-        let mut m = crate::mutex::lock(&self.auth_failures);
+        let mut m = crate::util::mutex::lock(&self.auth_failures);
         *m.entry(target.to_string()).or_default() += 1;
     }
 
     fn take_auth_failures(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut m = crate::mutex::lock(&self.auth_failures);
+        let mut m = crate::util::mutex::lock(&self.auth_failures);
         std::mem::take(&mut *m)
     }
 }
@@ -139,7 +139,7 @@ impl Secrets {
 
     /// Re-reads every secret file (SIGHUP).
     pub fn reload(&self) {
-        let mut cache = crate::mutex::lock(&self.cache);
+        let mut cache = crate::util::mutex::lock(&self.cache);
         cache.clear();
         for (t, f) in &self.files {
             cache.insert(t.clone(), read(t, f));
@@ -150,7 +150,7 @@ impl Secrets {
     fn get(&self, target: &str) -> Option<Secret> {
         let file = self.files.get(target)?;
         let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
-        let mut cache = crate::mutex::lock(&self.cache);
+        let mut cache = crate::util::mutex::lock(&self.cache);
         let stale = cache.get(target).map(|(m, _)| *m != mtime).unwrap_or(true);
         if stale {
             cache.insert(target.to_string(), read(target, file));

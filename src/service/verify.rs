@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
-use crate::digest::short;
-use crate::exec;
-use crate::powersync::{self, Deployed};
-use crate::restart::{self, Restarted};
+use crate::util::digest::short;
+use crate::util::exec;
+use crate::service::powersync::{self, Deployed};
+use crate::service::restart::{self, Restarted};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -106,7 +106,7 @@ async fn taken_up(
                         &errors.iter().collect::<Vec<_>>(),
                         "the deployed rules",
                         &text,
-                        crate::reason::REASON_LINES,
+                        crate::model::reason::REASON_LINES,
                     )));
                 }
                 Deployed::Active => return Ok(Healthy::Yes),
@@ -267,7 +267,7 @@ async fn probe_http(url: String, interval: Duration) -> Result<(), Probe> {
         })
         .as_ref()
         .map_err(|e| Probe::Failed(e.clone()))?;
-    let shown = crate::redact::url(&url);
+    let shown = crate::util::redact::url(&url);
     let answer = client
         .get(&url)
         .timeout(interval.max(Duration::from_secs(1)))
@@ -279,7 +279,7 @@ async fn probe_http(url: String, interval: Duration) -> Result<(), Probe> {
         Err(e) if e.is_connect() => Err(Probe::Refused(format!("{shown}: connection refused"))),
         Err(e) => Err(Probe::Failed(format!(
             "{shown}: {}",
-            crate::redact::in_text(&e.without_url().to_string(), &url)
+            crate::util::redact::in_text(&e.without_url().to_string(), &url)
         ))),
     }
 }

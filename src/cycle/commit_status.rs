@@ -8,11 +8,11 @@
 //! forge's API.
 
 use crate::config::{CommitStatus, Target};
-use crate::labels::Outcome;
-use crate::reason::Reason;
-use crate::report::{Asked, Report};
+use crate::model::labels::Outcome;
+use crate::model::reason::Reason;
+use crate::cycle::report::{Asked, Report};
 use crate::source::integrity;
-use crate::state::{CommitState as State, PostedStatus as Posted, TargetState};
+use crate::store::state::{CommitState as State, PostedStatus as Posted, TargetState};
 
 /// GitHub's limit for a status description; the others take more, none needs more.
 const DESCRIPTION_CHARS: usize = 140;

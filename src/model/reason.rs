@@ -70,7 +70,7 @@ impl fmt::Display for Reason {
             Reason::Quarantined { sha256, why } => write!(
                 f,
                 "upstream {} is quarantined: {why}",
-                crate::digest::short(sha256)
+                crate::util::digest::short(sha256)
             ),
             Reason::Failed { stage, error } => write!(f, "{stage}: {error}"),
         }

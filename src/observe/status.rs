@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Target};
-use crate::digest::{sha256_hex, short};
-use crate::labels::Outcome;
-use crate::state::{StateError, StateTrouble, Store, TargetState};
+use crate::util::digest::{sha256_hex, short};
+use crate::model::labels::Outcome;
+use crate::store::state::{StateError, StateTrouble, Store, TargetState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStatus {
@@ -53,7 +53,7 @@ pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
             let store = Store::new(&cfg.state_dir, &t.name);
             let state = store.load();
             let error = state.as_ref().err().map(StateError::trouble);
-            let live = crate::install::read(&t.path)
+            let live = crate::store::install::read(&t.path)
                 .ok()
                 .flatten()
                 .map(|b| sha256_hex(&b));

@@ -14,24 +14,24 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Target};
 use crate::cycle::{self, Ctx, Stop, Trigger};
-use crate::digest::sha256_hex;
+use crate::util::digest::sha256_hex;
 use crate::exit::Exit;
-use crate::install;
-use crate::labels::Outcome;
-use crate::metrics::Metrics;
-use crate::notify;
-use crate::report::Report;
-use crate::server::webhook::Secrets;
-use crate::shared::Shared;
+use crate::store::install;
+use crate::model::labels::Outcome;
+use crate::observe::metrics::Metrics;
+use crate::daemon::notify;
+use crate::cycle::report::Report;
+use crate::daemon::server::webhook::Secrets;
+use crate::daemon::shared::Shared;
 use crate::source::Source;
-use crate::state::Store;
+use crate::store::state::Store;
 
 /// Records a finished cycle: metrics, log line, STATUS=.
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
     shared.note_unsaved(
         &rep.target,
-        rep.unsaved.as_ref().map(|error| crate::shared::Unsaved {
+        rep.unsaved.as_ref().map(|error| crate::daemon::shared::Unsaved {
             error: error.clone(),
             state: (!rep.state_unknown).then(|| rep.state.clone()),
         }),
@@ -140,7 +140,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
-    for w in crate::preflight::warnings(&cfg) {
+    for w in crate::daemon::preflight::warnings(&cfg) {
         tracing::warn!("{w}");
     }
 
@@ -150,7 +150,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     let stop = Stop::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    tokio::spawn(crate::server::serve(
+    tokio::spawn(crate::daemon::server::serve(
         listener,
         shared.clone(),
         secrets.clone(),
@@ -182,7 +182,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     }
     shared.set_ready();
     notify::ready(&shared.status_line());
-    crate::memory::release();
+    crate::util::memory::release();
     tracing::info!("ready");
 
     let mut tasks = Vec::new();
@@ -231,7 +231,7 @@ async fn boot(
             loop {
                 match run_one(&shared, &sources, t, &stop, true).await {
                     Ok(rep) if rep.usable => return (name, true),
-                    Err(cycle::CycleError::Deferred) if crate::validate::live_usable(t) => {
+                    Err(cycle::CycleError::Deferred) if crate::service::validate::live_usable(t) => {
                         // Ready on the current file; the loop applies right after READY=1.
                         shared.trigger(&name);
                         return (name, true);
@@ -286,11 +286,11 @@ async fn boot(
 
 /// The daemon's cycles: a quarantine goes on `/metrics` at once, posts to the poster.
 impl cycle::Observer for Shared {
-    fn quarantined(&self, target: &Target, q: &crate::state::Quarantine) {
+    fn quarantined(&self, target: &Target, q: &crate::store::state::Quarantine) {
         self.metrics.quarantined(&target.name, q);
     }
 
-    fn post(&self, target: &Target, post: crate::commit_status::Post) {
+    fn post(&self, target: &Target, post: crate::cycle::commit_status::Post) {
         self.poster.send(target, post);
     }
 }

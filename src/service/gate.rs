@@ -104,7 +104,7 @@ pub async fn ask(cfg: &Gate, sha256: &str, revision: Option<&str>) -> Answer {
 async fn ask_inner(cfg: &Gate, sha256: &str, revision: Option<&str>) -> Result<bool, String> {
     let query = render(&cfg.query, sha256, revision);
     let base = cfg.url.trim_end_matches('/');
-    let shown = crate::redact::url(base);
+    let shown = crate::util::redact::url(base);
     let mut req = client()?
         .get(format!("{base}/api/v1/query"))
         .query(&[("query", query.as_str())])
@@ -116,7 +116,7 @@ async fn ask_inner(cfg: &Gate, sha256: &str, revision: Option<&str>) -> Result<b
     let resp = req.send().await.map_err(|e| {
         format!(
             "query API unreachable: {shown}: {}",
-            crate::redact::in_text(&e.without_url().to_string(), base)
+            crate::util::redact::in_text(&e.without_url().to_string(), base)
         )
     })?;
     let status = resp.status();

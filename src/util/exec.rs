@@ -170,7 +170,7 @@ impl Capture {
                     match r.read(&mut chunk).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
-                            let mut b = crate::mutex::lock(&buf);
+                            let mut b = crate::util::mutex::lock(&buf);
                             keep(&mut b, &chunk[..n], head);
                         }
                     }
@@ -189,7 +189,7 @@ impl Capture {
     }
 
     fn take(&self) -> Vec<u8> {
-        let b = crate::mutex::lock(&self.buf);
+        let b = crate::util::mutex::lock(&self.buf);
         b.clone()
     }
 }

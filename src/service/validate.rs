@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use crate::config::{PowerSyncApi, Validate, Warnings};
-use crate::exec;
-use crate::powersync;
-use crate::reason::{bounded, cut, REASON_CHARS, REASON_LINES};
+use crate::util::exec;
+use crate::service::powersync;
+use crate::model::reason::{bounded, cut, REASON_CHARS, REASON_LINES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -120,7 +120,7 @@ pub async fn usable(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
 
 /// [`usable_now`] read from disk: where no cycle ran (start-up deferral, CLI errors).
 pub fn live_usable(t: &crate::config::Target) -> bool {
-    let live = crate::regular::read(&t.path, false, t.max_bytes).ok();
+    let live = crate::util::regular::read(&t.path, false, t.max_bytes).ok();
     usable_now(&t.validate, live.as_deref())
 }
 

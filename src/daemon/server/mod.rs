@@ -16,7 +16,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 
-use crate::shared::Shared;
+use crate::daemon::shared::Shared;
 use webhook::Secrets;
 
 pub type Body = Full<Bytes>;
@@ -113,13 +113,13 @@ async fn route(
             }
         }
         (&Method::GET, "/status") => {
-            let mut targets = crate::status::collect(&shared.cfg);
+            let mut targets = crate::observe::status::collect(&shared.cfg);
             // A cycle that could not save its state happened all the same: show it over
             // the older state on disk.
             for t in &mut targets {
                 if let Some(e) = shared.unsaved(&t.target) {
-                    t.last_outcome = Some(crate::labels::Outcome::Failed);
-                    let why = crate::reason::Reason::Failed {
+                    t.last_outcome = Some(crate::model::labels::Outcome::Failed);
+                    let why = crate::model::reason::Reason::Failed {
                         stage: "state",
                         error: e.to_string(),
                     };

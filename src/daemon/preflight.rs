@@ -67,11 +67,11 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for t in cfg.targets.values() {
         for (key, u) in urls(t) {
-            if crate::redact::has_credentials(u) {
+            if crate::util::redact::has_credentials(u) {
                 out.push(format!(
                     "{}: the URL carries a credential ({}); it is redacted from logs, errors and status, but put the token in `token_file` instead",
                     place(cfg, t, key),
-                    crate::redact::url(u)
+                    crate::util::redact::url(u)
                 ));
             }
         }
@@ -96,7 +96,7 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
 pub fn file_problems(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for t in cfg.targets.values() {
-        let prev = crate::install::prev_path(&t.path);
+        let prev = crate::store::install::prev_path(&t.path);
         let mut paths = vec![("path", t.path.clone(), false), ("path", prev, false)];
         if t.source.kind == SourceKind::File {
             if let Some(p) = &t.source.path {
@@ -104,7 +104,7 @@ pub fn file_problems(cfg: &Config) -> Vec<String> {
             }
         }
         for (key, path, follow) in paths {
-            match crate::regular::check(&path, follow) {
+            match crate::util::regular::check(&path, follow) {
                 Err(e) if !e.is_not_found() => {
                     out.push(format!("{}: {} {e}", place(cfg, t, key), path.display()))
                 }

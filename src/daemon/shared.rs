@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, Target};
-use crate::metrics::Metrics;
-use crate::mutex;
-use crate::poster::Poster;
-use crate::state::Store;
+use crate::observe::metrics::Metrics;
+use crate::util::mutex;
+use crate::daemon::poster::Poster;
+use crate::store::state::Store;
 
 /// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
 /// and a rollback, doubled for waiting on a lock held by another cycle (CLI or a target of
@@ -70,7 +70,7 @@ pub struct Unsaved {
     pub error: String,
     /// What the cycle would have saved, when it is still the target's (not after a lost
     /// lock): the next cycle starts from it rather than the older file.
-    pub state: Option<crate::state::TargetState>,
+    pub state: Option<crate::store::state::TargetState>,
 }
 
 impl Shared {
@@ -111,7 +111,7 @@ impl Shared {
     /// Records what a target's cycle left unsaved: its error (None: the state is on disk)
     /// and, when it is the target's, the state itself, for the next cycle to start from.
     pub fn note_unsaved(&self, target: &str, unsaved: Option<Unsaved>) {
-        let mut m = crate::mutex::lock(&self.unsaved);
+        let mut m = crate::util::mutex::lock(&self.unsaved);
         match unsaved {
             Some(u) => m.insert(target.to_string(), u),
             None => m.remove(target),
@@ -120,15 +120,15 @@ impl Shared {
 
     /// The state to start a target's next cycle from, when the last one could not save it.
     /// Taken once: the error stays shown until a cycle saves.
-    pub fn take_carry(&self, target: &str) -> Option<crate::state::TargetState> {
-        crate::mutex::lock(&self.unsaved)
+    pub fn take_carry(&self, target: &str) -> Option<crate::store::state::TargetState> {
+        crate::util::mutex::lock(&self.unsaved)
             .get_mut(target)
             .and_then(|u| u.state.take())
     }
 
     /// The state save error of a target's last cycle, if it had one.
     pub fn unsaved(&self, target: &str) -> Option<String> {
-        crate::mutex::lock(&self.unsaved)
+        crate::util::mutex::lock(&self.unsaved)
             .get(target)
             .map(|u| u.error.clone())
     }

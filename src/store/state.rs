@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::labels::Outcome;
+use crate::model::labels::Outcome;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -347,13 +347,13 @@ impl Store {
     pub fn lock(&self) -> Result<LockGuard, StateError> {
         self.ensure_dir()?;
         let g = lock_file(&self.dir.join("lock"))?;
-        *crate::mutex::lock(&self.locked) = Some(g.id);
+        *crate::util::mutex::lock(&self.locked) = Some(g.id);
         Ok(g)
     }
 
     /// Err(LockLost) when this store's lock file is no longer at its path.
     fn check_lock(&self) -> Result<(), StateError> {
-        let Some(id) = *crate::mutex::lock(&self.locked) else {
+        let Some(id) = *crate::util::mutex::lock(&self.locked) else {
             return Ok(());
         };
         let path = self.dir.join("lock");

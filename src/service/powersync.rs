@@ -67,7 +67,7 @@ pub fn line_col(text: &str, utf16_offset: usize) -> (usize, usize) {
 /// reason (the log line, state, `status`, an alert's text).
 pub fn summarize(ps: &[&Problem], shown: &str, text: &str, max: usize) -> String {
     let lines: Vec<String> = ps.iter().map(|p| p.located(shown, text)).collect();
-    crate::reason::bounded(&lines, max)
+    crate::model::reason::bounded(&lines, max)
 }
 
 /// Where PowerSync's API is and how to authenticate: from `validate.powersync_api`,
@@ -119,7 +119,7 @@ async fn send(
 ) -> Result<Sent, ApiError> {
     let token = read_secret(ep.token_file).map_err(|e| ApiError::Protocol(e.message))?;
     let url = format!("{}{endpoint}", ep.url.trim_end_matches('/'));
-    let shown = crate::redact::url(&url);
+    let shown = crate::util::redact::url(&url);
     // One client for every call: building one parses the root store each time, and the
     // deploy path asks diagnostics every `verify.interval`. The timeout is per request; no
     // idle connections are kept, since PowerSync restarts under them (each call connects

@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use crate::config::{PowerSyncDeploy, Restart, RestartKind};
-use crate::exec;
-use crate::powersync::{self, ApiError, DeployError};
+use crate::util::exec;
+use crate::service::powersync::{self, ApiError, DeployError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Restarted {
@@ -230,7 +230,7 @@ async fn deploy(
         Err(e) => return Err(DeployError::Api(e).into()),
     };
     if !matches!(d.holding(content), powersync::Deployed::Absent) {
-        tracing::info!(url = %crate::redact::url(&api.url), "PowerSync already has this content; not deployed again");
+        tracing::info!(url = %crate::util::redact::url(&api.url), "PowerSync already has this content; not deployed again");
     } else {
         match powersync::deploy(&ep, content).await {
             Ok(()) => {}

@@ -1,0 +1,6 @@
+//! rulekeeper's vocabulary: the typed values every layer speaks (the label values of metrics,
+//! journal fields and state, and the reason a cycle ended as it did). Leaves: they import only
+//! `util`.
+
+pub mod labels;
+pub mod reason;

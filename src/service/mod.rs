@@ -1,0 +1,9 @@
+//! The managed service, as a cycle sees it: validating a candidate (built-in checks, a command,
+//! PowerSync's API), restarting, reloading or deploying it, verifying it afterwards, and the
+//! fleet gate asked before an apply.
+
+pub mod gate;
+pub mod powersync;
+pub mod restart;
+pub mod validate;
+pub mod verify;
