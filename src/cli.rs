@@ -9,9 +9,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, Target};
 use crate::cycle::{self, Ctx, Trigger};
+use crate::daemon::poster::Poster;
 use crate::exit::Exit;
 use crate::observe::logging::LogFormat;
-use crate::daemon::poster::Poster;
 use crate::source::Source;
 use crate::store::state::Store;
 
@@ -230,7 +230,8 @@ fn run(command: Command) -> Result<Exit, CliError> {
         // The daemon fails to start on what its config names (a port taken, a state directory
         // it cannot create): a configuration error.
         Command::Run { c } => with_config(&c, |cfg| {
-            crate::daemon::supervisor::run(cfg.clone()).map_err(|e| CliError::Usage(format!("{e:#}")))
+            crate::daemon::supervisor::run(cfg.clone())
+                .map_err(|e| CliError::Usage(format!("{e:#}")))
         }),
         Command::Check { c } => with_config(&c, check),
         Command::Once { c, target } => with_config(&c, |cfg| once(cfg, target.as_deref())),
@@ -336,7 +337,12 @@ fn validate(t: &Target, path: &Path) -> Result<Exit, CliError> {
         }
     };
     let name = &t.name;
-    match runtime()?.block_on(crate::service::validate::full(&t.validate, path, path, &bytes)) {
+    match runtime()?.block_on(crate::service::validate::full(
+        &t.validate,
+        path,
+        path,
+        &bytes,
+    )) {
         Ok(()) => {
             println!("{}: valid for target `{name}`", path.display());
             Ok(Exit::Ok)

@@ -3,10 +3,10 @@
 //! several targets' codes. Every command reaches its code through these functions, so one
 //! failure gives one code; `main` is the one place an `Exit` becomes the process status.
 
-use crate::cycle::CycleError;
-use crate::store::history::HistoryError;
-use crate::model::labels::Outcome;
 use crate::cycle::report::{Asked, Report};
+use crate::cycle::CycleError;
+use crate::model::labels::Outcome;
+use crate::store::history::HistoryError;
 use crate::store::state::{StateError, StateTrouble};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,14 +3,33 @@
 //! docs/architecture.md for the map.
 
 // Floors, bottom to top (docs/architecture.md "Code map"): each imports only from floors below.
-pub mod util;
-pub mod model;
+// 0: hashing, redaction, locks, memory, child processes, regular files.
+pub(crate) mod util;
+
+// 1: the vocabulary (label values, reasons).
+pub(crate) mod model;
+
+// 2: the config.
 pub mod config;
+
+// 3: what is kept on disk.
 pub mod store;
-pub mod source;
+
+// 4: fetching upstream.
+pub(crate) mod source;
+
+// 5: the managed service.
 pub mod service;
-pub mod cycle;
+
+// 6: one target's cycle.
+pub(crate) mod cycle;
+
+// 7: how rulekeeper is seen.
 pub mod observe;
+
+// 8: the long-running process.
 pub mod daemon;
-pub mod exit;
+
+// 9: the commands and their exit codes.
 pub mod cli;
+pub mod exit;

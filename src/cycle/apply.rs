@@ -9,16 +9,16 @@ use chrono::Utc;
 
 use super::{CycleError, Mode, Runner};
 use crate::config::RestartKind;
-use crate::util::digest::{sha256_hex, short};
-use crate::service::gate;
-use crate::store::install::{self, Candidate};
 use crate::model::labels::{Outcome, Phase};
-use crate::service::powersync::DeployError;
 use crate::model::reason::Reason;
+use crate::service::gate;
+use crate::service::powersync::DeployError;
 use crate::service::restart::{self, RestartError, Restarted, WasRunning};
-use crate::store::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
 use crate::service::validate;
 use crate::service::verify::{self, VerifyError};
+use crate::store::install::{self, Candidate};
+use crate::store::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
+use crate::util::digest::{sha256_hex, short};
 
 /// A restart + verify that did not fail.
 #[derive(Debug)]
@@ -189,7 +189,9 @@ impl Runner<'_, '_> {
         };
         if mode.gated() {
             let t = self.ctx.target;
-            if let Some(p) = crate::cycle::commit_status::entering(t, self.st, a.revision.as_deref()) {
+            if let Some(p) =
+                crate::cycle::commit_status::entering(t, self.st, a.revision.as_deref())
+            {
                 self.ctx.observer.post(t, p);
             }
         }

@@ -8,9 +8,9 @@
 //! forge's API.
 
 use crate::config::{CommitStatus, Target};
+use crate::cycle::report::{Asked, Report};
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
-use crate::cycle::report::{Asked, Report};
 use crate::source::integrity;
 use crate::store::state::{CommitState as State, PostedStatus as Posted, TargetState};
 

@@ -33,14 +33,14 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::config::Target;
-use crate::util::digest::sha256_hex;
-use crate::store::install;
+use crate::cycle::report::{Asked, Report};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
-use crate::cycle::report::{Asked, Report};
-use crate::source::Source;
-use crate::store::state::{self, StateError, Store, TargetState};
 use crate::service::validate;
+use crate::source::Source;
+use crate::store::install;
+use crate::store::state::{self, StateError, Store, TargetState};
+use crate::util::digest::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {

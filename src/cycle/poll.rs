@@ -7,12 +7,12 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::{CycleError, Mode, Runner};
-use crate::util::digest::{sha256_hex, short};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
+use crate::service::validate;
 use crate::source::{FetchError, Fetched};
 use crate::store::state::{Applied, SourceMemo};
-use crate::service::validate;
+use crate::util::digest::{sha256_hex, short};
 
 /// Upstream as one fetch saw it.
 pub(super) struct Upstream {

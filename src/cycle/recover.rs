@@ -3,12 +3,12 @@
 //! or start a unit (its job would wait behind our own start job), so such work is deferred.
 
 use super::{CycleError, Runner};
-use crate::util::digest::sha256_hex;
-use crate::store::install;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::service::restart::{self, WasRunning};
+use crate::store::install;
 use crate::store::state::{self, Pending, PendingStage};
+use crate::util::digest::sha256_hex;
 
 impl Runner<'_, '_> {
     /// Finishes an apply a previous run died in. Returns true when that was the cycle.

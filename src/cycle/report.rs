@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use crate::util::digest::short;
 use crate::model::labels::{FetchReason, Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::store::state::TargetState;
+use crate::util::digest::short;
 
 /// What asked for the cycle, without its payload (the cycle's `Trigger` carries that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

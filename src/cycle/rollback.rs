@@ -6,13 +6,13 @@
 use chrono::Utc;
 
 use super::{CycleError, Runner};
-use crate::util::digest::sha256_hex;
-use crate::store::install;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::service::restart::WasRunning;
-use crate::store::state::{Applied, PendingStage};
 use crate::service::validate;
+use crate::store::install;
+use crate::store::state::{Applied, PendingStage};
+use crate::util::digest::sha256_hex;
 
 /// What going back to `.prev` found.
 enum PrevBack {

@@ -12,14 +12,14 @@
 use chrono::Utc;
 
 use super::{CycleError, Runner};
-use crate::util::digest::{sha256_hex, short};
-use crate::store::install;
 use crate::model::labels::Outcome;
-use crate::service::powersync::{self, Deployed, Endpoint};
 use crate::model::reason::Reason;
+use crate::service::powersync::{self, Deployed, Endpoint};
 use crate::service::restart::{RestartError, WasRunning};
-use crate::store::state::Deploying;
 use crate::service::validate;
+use crate::store::install;
+use crate::store::state::Deploying;
+use crate::util::digest::{sha256_hex, short};
 
 impl Runner<'_, '_> {
     /// Called when the cycle leaves the live file as it is (in sync with upstream, or

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use super::{run, Ctx, Trigger};
 use crate::config::{self, Config};
-use crate::util::digest::sha256_hex;
-use crate::store::install::prev_path;
-use crate::model::labels::Outcome;
 use crate::cycle::report::Report;
+use crate::model::labels::Outcome;
 use crate::source::Source;
+use crate::store::install::prev_path;
 use crate::store::state::{Pending, PendingStage, Store};
+use crate::util::digest::sha256_hex;
 
 struct World {
     _dir: tempfile::TempDir,

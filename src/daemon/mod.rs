@@ -2,9 +2,9 @@
 //! parts share, the HTTP server and webhook, sd-notify, the commit-status poster, and the
 //! pre-flight look at a config against the host.
 
-pub mod notify;
-pub mod poster;
-pub mod preflight;
+pub(crate) mod notify;
+pub(crate) mod poster;
+pub(crate) mod preflight;
 pub mod server;
-pub mod shared;
-pub mod supervisor;
+pub(crate) mod shared;
+pub(crate) mod supervisor;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use prometheus::IntCounterVec;
 use tokio::task::JoinHandle;
 
-use crate::cycle::commit_status::{context, Post};
 use crate::config::Target;
+use crate::cycle::commit_status::{context, Post};
 use crate::cycle::Observer;
 use crate::source::forge::status::{self, Status};
 

@@ -16,10 +16,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::{Config, Target};
-use crate::observe::metrics::Metrics;
-use crate::util::mutex;
 use crate::daemon::poster::Poster;
+use crate::observe::metrics::Metrics;
 use crate::store::state::Store;
+use crate::util::mutex;
 
 /// The longest a healthy cycle of `t` can take: every stage at its time limit, a refetch
 /// and a rollback, doubled for waiting on a lock held by another cycle (CLI or a target of

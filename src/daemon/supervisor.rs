@@ -13,28 +13,30 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::{Config, Target};
-use crate::cycle::{self, Ctx, Stop, Trigger};
-use crate::util::digest::sha256_hex;
-use crate::exit::Exit;
-use crate::store::install;
-use crate::model::labels::Outcome;
-use crate::observe::metrics::Metrics;
-use crate::daemon::notify;
 use crate::cycle::report::Report;
+use crate::cycle::{self, Ctx, Stop, Trigger};
+use crate::daemon::notify;
 use crate::daemon::server::webhook::Secrets;
 use crate::daemon::shared::Shared;
+use crate::exit::Exit;
+use crate::model::labels::Outcome;
+use crate::observe::metrics::Metrics;
 use crate::source::Source;
+use crate::store::install;
 use crate::store::state::Store;
+use crate::util::digest::sha256_hex;
 
 /// Records a finished cycle: metrics, log line, STATUS=.
 fn record(shared: &Shared, rep: &Report) {
     shared.metrics.record(rep);
     shared.note_unsaved(
         &rep.target,
-        rep.unsaved.as_ref().map(|error| crate::daemon::shared::Unsaved {
-            error: error.clone(),
-            state: (!rep.state_unknown).then(|| rep.state.clone()),
-        }),
+        rep.unsaved
+            .as_ref()
+            .map(|error| crate::daemon::shared::Unsaved {
+                error: error.clone(),
+                state: (!rep.state_unknown).then(|| rep.state.clone()),
+            }),
     );
     rep.log();
     shared.note_cycle(

@@ -2,5 +2,5 @@
 //! journal fields and state, and the reason a cycle ended as it did). Leaves: they import only
 //! `util`.
 
-pub mod labels;
-pub mod reason;
+pub(crate) mod labels;
+pub(crate) mod reason;

@@ -11,10 +11,10 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::model::labels::{FetchReason, Outcome, WebhookResult};
-use crate::util::mutex;
 use crate::cycle::report::Report;
+use crate::model::labels::{FetchReason, Outcome, WebhookResult};
 use crate::store::state::TargetState;
+use crate::util::mutex;
 
 pub struct Metrics {
     pub registry: Registry,

@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Target};
-use crate::util::digest::{sha256_hex, short};
 use crate::model::labels::Outcome;
 use crate::store::state::{StateError, StateTrouble, Store, TargetState};
+use crate::util::digest::{sha256_hex, short};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStatus {

@@ -2,8 +2,8 @@
 //! PowerSync's API), restarting, reloading or deploying it, verifying it afterwards, and the
 //! fleet gate asked before an apply.
 
-pub mod gate;
-pub mod powersync;
-pub mod restart;
+pub(crate) mod gate;
+pub(crate) mod powersync;
+pub(crate) mod restart;
 pub mod validate;
-pub mod verify;
+pub(crate) mod verify;

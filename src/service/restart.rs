@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use crate::config::{PowerSyncDeploy, Restart, RestartKind};
-use crate::util::exec;
 use crate::service::powersync::{self, ApiError, DeployError};
+use crate::util::exec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Restarted {

@@ -6,9 +6,9 @@
 use std::path::Path;
 
 use crate::config::{PowerSyncApi, Validate, Warnings};
-use crate::util::exec;
-use crate::service::powersync;
 use crate::model::reason::{bounded, cut, REASON_CHARS, REASON_LINES};
+use crate::service::powersync;
+use crate::util::exec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {

@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
-use crate::util::digest::short;
-use crate::util::exec;
 use crate::service::powersync::{self, Deployed};
 use crate::service::restart::{self, Restarted};
+use crate::util::digest::short;
+use crate::util::exec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HistoryLimits;
-use crate::util::digest::sha256_hex;
 use crate::model::labels::Outcome;
+use crate::util::digest::sha256_hex;
 
 /// What a finished cycle did, as the history records it.
 pub struct Done {

@@ -1,6 +1,6 @@
 //! What rulekeeper keeps on disk: a target's state (and its locks), its history of applies, and
 //! the live file's swap (`install`: stage, fsync, rename, `.prev`).
 
-pub mod history;
-pub mod install;
+pub(crate) mod history;
+pub(crate) mod install;
 pub mod state;

@@ -2,9 +2,9 @@
 //! memory back, running programs, and opening files that must be regular. Nothing here knows
 //! rulekeeper's targets or cycles.
 
-pub mod digest;
-pub mod exec;
-pub mod memory;
-pub mod mutex;
-pub mod redact;
-pub mod regular;
+pub(crate) mod digest;
+pub(crate) mod exec;
+pub(crate) mod memory;
+pub(crate) mod mutex;
+pub(crate) mod redact;
+pub(crate) mod regular;

@@ -28,8 +28,8 @@ use subtle::ConstantTimeEq;
 
 use super::{json, Body};
 use crate::config::Config;
-use crate::model::labels::WebhookResult;
 use crate::daemon::shared::Shared;
+use crate::model::labels::WebhookResult;
 use crate::source::{read_secret, Secret};
 
 /// Bodies larger than this are refused with 413.

@@ -228,7 +228,10 @@ impl ForgeSource {
             };
             return Err(FetchError::new(
                 reason,
-                format!("GET {} answered {status}", crate::util::redact::url(url.as_str())),
+                format!(
+                    "GET {} answered {status}",
+                    crate::util::redact::url(url.as_str())
+                ),
             ));
         }
         let token = header_str(resp.headers(), "etag")
