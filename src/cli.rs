@@ -230,8 +230,11 @@ fn run(command: Command) -> Result<Exit, CliError> {
         // The daemon fails to start on what its config names (a port taken, a state directory
         // it cannot create): a configuration error.
         Command::Run { c } => with_config(&c, |cfg| {
-            crate::daemon::supervisor::run(cfg.clone())
-                .map_err(|e| CliError::Usage(format!("{e:#}")))
+            match crate::daemon::supervisor::run(cfg.clone()) {
+                Ok(crate::daemon::supervisor::Ended::Stopped) => Ok(Exit::Ok),
+                Ok(crate::daemon::supervisor::Ended::StartupFailed) => Ok(Exit::Failed),
+                Err(e) => Err(CliError::Usage(format!("{e:#}"))),
+            }
         }),
         Command::Check { c } => with_config(&c, check),
         Command::Once { c, target } => with_config(&c, |cfg| once(cfg, target.as_deref())),

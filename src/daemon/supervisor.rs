@@ -18,7 +18,6 @@ use crate::cycle::{self, Ctx, Stop, Trigger};
 use crate::daemon::notify;
 use crate::daemon::server::webhook::Secrets;
 use crate::daemon::shared::Shared;
-use crate::exit::Exit;
 use crate::model::labels::Outcome;
 use crate::observe::metrics::Metrics;
 use crate::source::Source;
@@ -87,9 +86,17 @@ fn raise_fd_limit() {
     }
 }
 
-/// Entry point of `rulekeeper run`: `Exit::Failed` when start-up fails (no usable file
-/// for some target within `startup_timeout`), else `Exit::Ok` after a clean shutdown.
-pub fn run(cfg: Config) -> anyhow::Result<Exit> {
+/// How the daemon ended (the CLI makes an exit status of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A clean shutdown (SIGTERM, SIGINT).
+    Stopped,
+    /// Start-up failed: no usable file for some target within `startup_timeout`.
+    StartupFailed,
+}
+
+/// Entry point of `rulekeeper run`.
+pub fn run(cfg: Config) -> anyhow::Result<Ended> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -129,7 +136,7 @@ fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<Stri
     Ok(sources)
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
+async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
     let metrics = Metrics::new()?;
     let sources = init_targets(&cfg, &metrics)?;
     let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
@@ -165,7 +172,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
         Boot::Ready => {}
         Boot::ShutDown => {
             flush_posts(&shared).await;
-            return Ok(Exit::Ok);
+            return Ok(Ended::Stopped);
         }
         Boot::Failed(names) => {
             flush_posts(&shared).await;
@@ -175,7 +182,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
             );
             tracing::error!("{msg}");
             notify::status(&format!("failed: {msg}"));
-            return Ok(Exit::Failed);
+            return Ok(Ended::StartupFailed);
         }
     }
     // From here, every loop counts as alive until its first deadline passes.
@@ -205,7 +212,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Exit> {
     }
     flush_posts(&shared).await;
     tracing::info!("stopped");
-    Ok(Exit::Ok)
+    Ok(Ended::Stopped)
 }
 
 enum Boot {
