@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use crate::config::Gate;
-use crate::source::read_secret;
 
 /// The gate's verdict on one candidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,19 +76,7 @@ pub fn judge(body: &[u8]) -> Result<bool, String> {
 }
 
 fn client() -> Result<&'static reqwest::Client, String> {
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .user_agent(concat!("rulekeeper/", env!("CARGO_PKG_VERSION")))
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(2)
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| e.clone())
+    crate::util::http::shared(crate::util::http::Use::Gate)
 }
 
 /// Asks the gate about the candidate `sha256` (from `revision`).
@@ -110,7 +97,7 @@ async fn ask_inner(cfg: &Gate, sha256: &str, revision: Option<&str>) -> Result<b
         .query(&[("query", query.as_str())])
         .timeout(cfg.timeout.max(Duration::from_millis(100)));
     if let Some(tf) = &cfg.token_file {
-        let tok = read_secret(tf).map_err(|e| e.message)?;
+        let tok = crate::util::secret::read(tf).map_err(|e| format!("gate token: {e}"))?;
         req = req.bearer_auth(tok.expose());
     }
     let resp = req.send().await.map_err(|e| {

@@ -6,7 +6,6 @@
 use serde_json::Value;
 
 use crate::config::PowerSyncApi;
-use crate::source::read_secret;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -117,25 +116,13 @@ async fn send(
     endpoint: &str,
     build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
 ) -> Result<Sent, ApiError> {
-    let token = read_secret(ep.token_file).map_err(|e| ApiError::Protocol(e.message))?;
+    let token = crate::util::secret::read(ep.token_file)
+        .map_err(|e| ApiError::Protocol(format!("PowerSync API token: {e}")))?;
     let url = format!("{}{endpoint}", ep.url.trim_end_matches('/'));
     let shown = crate::util::redact::url(&url);
-    // One client for every call: building one parses the root store each time, and the
-    // deploy path asks diagnostics every `verify.interval`. The timeout is per request; no
-    // idle connections are kept, since PowerSync restarts under them (each call connects
-    // afresh, as it did with a client per call).
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    let client = CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(0)
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| ApiError::Protocol(e.clone()))?;
+    // The deploy path asks diagnostics every `verify.interval`: one client for every call.
+    let client =
+        crate::util::http::shared(crate::util::http::Use::PowerSync).map_err(ApiError::Protocol)?;
     let resp = build(
         client
             .post(&url)

@@ -254,19 +254,7 @@ enum Probe {
 }
 
 async fn probe_http(url: String, interval: Duration) -> Result<(), Probe> {
-    // One client for every probe: building one parses the root store each time.
-    static CLIENT: std::sync::OnceLock<Result<reqwest::Client, String>> =
-        std::sync::OnceLock::new();
-    let client = CLIENT
-        .get_or_init(|| {
-            reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .pool_max_idle_per_host(1)
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| Probe::Failed(e.clone()))?;
+    let client = crate::util::http::shared(crate::util::http::Use::Probe).map_err(Probe::Failed)?;
     let shown = crate::util::redact::url(&url);
     let answer = client
         .get(&url)

@@ -7,7 +7,6 @@ pub mod forge;
 mod git;
 pub mod integrity;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{SourceKind, Target};
@@ -45,42 +44,12 @@ impl FetchError {
     }
 }
 
-/// A secret read from a file. Its Debug and Display never show the value.
-#[derive(Clone)]
-pub struct Secret(String);
+pub use crate::util::secret::Secret;
 
-impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Reads a secret file (trailing newline trimmed). Errors name the file, never the content.
-pub fn read_secret(path: &Path) -> Result<Secret, FetchError> {
-    let raw = std::fs::read_to_string(path).map_err(|e| {
-        FetchError::new(
-            FetchReason::Token,
-            format!("cannot read token file {}: {e}", path.display()),
-        )
-    })?;
-    let s = raw.trim().to_string();
-    if s.is_empty() {
-        return Err(FetchError::new(
-            FetchReason::Token,
-            format!("token file {} is empty", path.display()),
-        ));
-    }
-    Ok(Secret(s))
+/// Reads a source's token file: a failure is the fetch's `token` reason.
+pub fn read_token(path: &Path) -> Result<Secret, FetchError> {
+    crate::util::secret::read(path)
+        .map_err(|e| FetchError::new(FetchReason::Token, format!("token: {e}")))
 }
 
 /// A ready-to-use source for one target (HTTP client built once, with its CA).

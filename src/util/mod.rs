@@ -4,7 +4,9 @@
 
 pub(crate) mod digest;
 pub(crate) mod exec;
+pub(crate) mod http;
 pub(crate) mod memory;
 pub(crate) mod mutex;
 pub(crate) mod redact;
 pub(crate) mod regular;
+pub(crate) mod secret;

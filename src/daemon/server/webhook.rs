@@ -30,7 +30,7 @@ use super::{json, Body};
 use crate::config::Config;
 use crate::daemon::shared::Shared;
 use crate::model::labels::WebhookResult;
-use crate::source::{read_secret, Secret};
+use crate::util::secret::{self, Secret};
 
 /// Bodies larger than this are refused with 413.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -161,10 +161,10 @@ impl Secrets {
 
 fn read(target: &str, file: &std::path::Path) -> Cached {
     let mtime = std::fs::metadata(file).and_then(|m| m.modified()).ok();
-    match read_secret(file) {
+    match secret::read(file) {
         Ok(s) => (mtime, Some(s)),
         Err(e) => {
-            tracing::warn!(target_name = target, error = %e.message, "webhook secret unavailable; hooks answer 503");
+            tracing::warn!(target_name = target, error = %e, "webhook secret unavailable; hooks answer 503");
             (mtime, None)
         }
     }

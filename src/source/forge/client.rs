@@ -8,7 +8,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::SourceKind;
-use crate::source::{read_secret, FetchError, FetchReason};
+use crate::source::{read_token, FetchError, FetchReason};
 
 /// The HTTP client for a source: system roots plus an optional private CA. Clients are
 /// shared between targets with the same (timeout, ca_file): each holds a parsed root store
@@ -36,8 +36,7 @@ fn build_client(
     timeout: Duration,
     ca_file: Option<&std::path::Path>,
 ) -> Result<reqwest::Client, FetchError> {
-    let mut b = reqwest::Client::builder()
-        .user_agent(concat!("rulekeeper/", env!("CARGO_PKG_VERSION")))
+    let mut b = crate::util::http::builder()
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)
         // One client serves many targets on the same forge; a few idle connections do.
@@ -117,7 +116,7 @@ pub fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> 
 /// the write token of commit statuses go the same way.
 pub fn auth_headers(kind: SourceKind, tf: &Path) -> Result<HeaderMap, FetchError> {
     let mut h = HeaderMap::new();
-    let tok = read_secret(tf)?;
+    let tok = read_token(tf)?;
     let (name, value) = match kind {
         SourceKind::Forgejo | SourceKind::Gitea => (
             reqwest::header::AUTHORIZATION,
