@@ -232,7 +232,7 @@ fn run(command: Command) -> Result<Exit, CliError> {
         Command::Run { c } => with_config(&c, |cfg| {
             match crate::daemon::supervisor::run(cfg.clone()) {
                 Ok(crate::daemon::supervisor::Ended::Stopped) => Ok(Exit::Ok),
-                Ok(crate::daemon::supervisor::Ended::StartupFailed) => Ok(Exit::Failed),
+                Ok(crate::daemon::supervisor::Ended::StartupFailed) => Ok(Exit::Rejected),
                 Err(e) => Err(CliError::Usage(format!("{e:#}"))),
             }
         }),
@@ -352,7 +352,7 @@ fn validate(t: &Target, path: &Path) -> Result<Exit, CliError> {
         }
         Err(e) => {
             println!("{}: invalid for target `{name}`: {e}", path.display());
-            Ok(Exit::Failed)
+            Ok(Exit::Rejected)
         }
     }
 }
@@ -424,7 +424,7 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         }
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
-            Exit::of_cycle_error(&e, crate::service::validate::live_usable(t))
+            Exit::of_cycle_error(&e, crate::service::validate::live_file_usable(t))
         }
     };
     // Commit statuses post beside the cycle; a one-shot command lets them finish (bounded)

@@ -14,9 +14,10 @@ pub enum Exit {
     /// The live file is usable and current (applied, unchanged, or upstream unreachable
     /// while a usable file exists); a command did what was asked.
     Ok,
-    /// A candidate was rejected or rolled back, upstream's content is quarantined, a
-    /// target's state cannot be read, or an operator's request could not be carried out.
-    Failed,
+    /// Code 1: a candidate was rejected or rolled back, upstream's content is quarantined, a
+    /// target's state file is corrupt, or an operator's request could not be carried out. (A
+    /// cycle that *failed* on I/O is `Io`.)
+    Rejected,
     /// Usage or configuration error.
     Usage,
     /// No usable live file exists.
@@ -38,7 +39,7 @@ impl Exit {
     pub fn code(self) -> u8 {
         match self {
             Exit::Ok => 0,
-            Exit::Failed => 1,
+            Exit::Rejected => 1,
             Exit::Usage => 2,
             Exit::NoUsableFile => 3,
             Exit::RollbackFailed => 4,
@@ -51,7 +52,7 @@ impl Exit {
     fn seriousness(self) -> u8 {
         match self {
             Exit::Ok => 0,
-            Exit::Failed => 1,
+            Exit::Rejected => 1,
             Exit::Usage => 2,
             Exit::NoUsableFile => 3,
             Exit::Io => 4,
@@ -79,26 +80,26 @@ impl Exit {
             Outcome::Rejected
             | Outcome::RolledBack
             | Outcome::Quarantined
-            | Outcome::StateError => Exit::Failed,
+            | Outcome::StateError => Exit::Rejected,
             _ => Exit::Ok,
         }
     }
 
     /// What a cycle that could not run means. An operator's request that cannot be carried
-    /// out is `Failed`; without a usable live file, `NoUsableFile` (as for a report); else the
+    /// out is `Rejected`; without a usable live file, `NoUsableFile` (as for a report); else the
     /// failure's own code, the one every command gives for it.
-    pub fn of_cycle_error(e: &CycleError, live_usable: bool) -> Exit {
+    pub fn of_cycle_error(e: &CycleError, live_file_usable: bool) -> Exit {
         match e {
-            CycleError::Refused(_) | CycleError::Internal(_) => Exit::Failed,
-            _ if !live_usable => Exit::NoUsableFile,
+            CycleError::Refused(_) | CycleError::Internal(_) => Exit::Rejected,
+            _ if !live_file_usable => Exit::NoUsableFile,
             CycleError::State(s) => Exit::of_state(s),
             CycleError::Install(_) => Exit::Io,
-            CycleError::Aborted | CycleError::Deferred => Exit::Failed,
+            CycleError::Aborted | CycleError::Deferred => Exit::Rejected,
         }
     }
 
     /// A target's state that cannot be used: a corrupt file is the target's own trouble
-    /// (`Failed`, as the cycle's `state_error`); a directory or lock rulekeeper cannot read
+    /// (`Rejected`, as the cycle's `state_error`); a directory or lock rulekeeper cannot read
     /// or write is the host's (`Io`).
     pub fn of_state(e: &StateError) -> Exit {
         Exit::of_trouble(e.trouble())
@@ -106,7 +107,7 @@ impl Exit {
 
     pub fn of_trouble(t: StateTrouble) -> Exit {
         match t {
-            StateTrouble::Corrupt => Exit::Failed,
+            StateTrouble::Corrupt => Exit::Rejected,
             StateTrouble::Host => Exit::Io,
         }
     }
@@ -115,7 +116,7 @@ impl Exit {
     pub fn of_history(e: &HistoryError) -> Exit {
         match e {
             HistoryError::Io { .. } => Exit::Io,
-            HistoryError::Corrupt { .. } | HistoryError::NotFound(_) => Exit::Failed,
+            HistoryError::Corrupt { .. } | HistoryError::NotFound(_) => Exit::Rejected,
         }
     }
 }
@@ -127,11 +128,11 @@ mod tests {
     #[test]
     fn worse_ranks_rollback_failed_highest() {
         use Exit::*;
-        assert_eq!(Ok.worse(Failed), Failed);
-        assert_eq!(Failed.worse(NoUsableFile), NoUsableFile);
+        assert_eq!(Ok.worse(Rejected), Rejected);
+        assert_eq!(Rejected.worse(NoUsableFile), NoUsableFile);
         assert_eq!(RollbackFailed.worse(NoUsableFile), RollbackFailed);
-        assert_eq!(Usage.worse(Failed), Usage);
-        assert_eq!(Failed.worse(Usage), Usage);
+        assert_eq!(Usage.worse(Rejected), Usage);
+        assert_eq!(Rejected.worse(Usage), Usage);
         assert_eq!(Io.worse(RollbackFailed), RollbackFailed);
         assert_eq!(NoUsableFile.worse(Io), Io);
         assert_eq!(Io.code(), 5);
@@ -142,7 +143,7 @@ mod tests {
         let mut r = Report::new("t", Asked::Poll);
         r.usable = true;
         r.outcome = Outcome::RolledBack;
-        assert_eq!(Exit::of(&r), Exit::Failed);
+        assert_eq!(Exit::of(&r), Exit::Rejected);
         r.asked = Asked::Rollback;
         assert_eq!(Exit::of(&r), Exit::Ok);
         r.outcome = Outcome::RollbackFailed;

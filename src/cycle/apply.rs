@@ -11,9 +11,9 @@ use super::{CycleError, Mode, Runner};
 use crate::config::RestartKind;
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
+use crate::service::activate::{self, RestartError, Restarted, WasRunning};
 use crate::service::gate;
 use crate::service::powersync::DeployError;
-use crate::service::restart::{self, RestartError, Restarted, WasRunning};
 use crate::service::validate;
 use crate::service::verify::{self, VerifyError};
 use crate::store::install::{self, Candidate};
@@ -288,7 +288,7 @@ impl Runner<'_, '_> {
     /// becomes `.prev`). Returns whether the unit was running before the swap.
     async fn swap(&mut self, a: &Apply, candidate: Candidate) -> Result<Option<bool>, CycleError> {
         let t = self.ctx.target;
-        let unit_running = match restart::running_now(&t.restart).await {
+        let unit_running = match activate::running_now(&t.restart).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(target_name = %t.name, error = %e, "cannot tell whether the unit runs");
@@ -374,7 +374,7 @@ impl Runner<'_, '_> {
     }
 
     /// Restarts and verifies `content`. `was` says whether the unit ran before the apply
-    /// this belongs to (see `restart::restart`).
+    /// this belongs to (see `activate::restart`).
     pub(super) async fn restart_and_verify(
         &mut self,
         content: &[u8],
@@ -382,7 +382,7 @@ impl Runner<'_, '_> {
     ) -> Result<Checked, CheckFailed> {
         let t = self.ctx.target;
         let t0 = Instant::now();
-        let r = restart::restart(&t.restart, was, content).await;
+        let r = activate::restart(&t.restart, was, content).await;
         self.timed(Phase::Restart, t0);
         let restarted = r?;
         let skipped = match &restarted {

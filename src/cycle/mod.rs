@@ -18,10 +18,10 @@
 mod apply;
 pub mod commit_status;
 mod poll;
+mod powersync;
 mod recover;
 pub mod report;
 mod rollback;
-mod service;
 #[cfg(test)]
 mod tests;
 
@@ -355,7 +355,7 @@ fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Re
 fn describe_live(t: &Target, rep: &mut Report) {
     let live = install::read(&t.path).ok().flatten();
     rep.live_sha256 = live.as_deref().map(sha256_hex);
-    rep.usable = validate::usable_now(&t.validate, live.as_deref());
+    rep.usable = validate::usable_builtin(&t.validate, live.as_deref());
 }
 
 /// Takes a lock (which blocks) off the async threads.
@@ -420,11 +420,11 @@ impl Mode {
     /// What the restart of the new content may assume about the unit: new content never
     /// starts a unit that is not running; putting last-good back by hand brings back one
     /// the bad content killed.
-    fn forward(self) -> crate::service::restart::WasRunning {
+    fn forward(self) -> crate::service::activate::WasRunning {
         if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
-            crate::service::restart::WasRunning::Unknown
+            crate::service::activate::WasRunning::Unknown
         } else {
-            crate::service::restart::WasRunning::No
+            crate::service::activate::WasRunning::No
         }
     }
 
@@ -521,7 +521,7 @@ impl Runner<'_, '_> {
     ) -> Result<(), CycleError> {
         self.rep.outcome = outcome;
         self.rep.reason = reason;
-        self.rep.usable = validate::usable(self.t(), live).await;
+        self.rep.usable = validate::usable_full(self.t(), live).await;
         self.rep.live_sha256 = live.map(sha256_hex);
         self.rep.revision = self.applied_revision();
         Ok(())

@@ -166,7 +166,7 @@ impl Runner<'_, '_> {
         self.st.gate = None;
         self.rep.outcome = Outcome::Unchanged;
         // Content we applied was validated then; this also covers a file found in place.
-        self.rep.usable = validate::usable_now(&self.t().validate, live);
+        self.rep.usable = validate::usable_builtin(&self.t().validate, live);
         self.rep.success = self.rep.usable;
         self.rep.live_sha256 = Some(up.sha.clone());
         self.rep.revision = up.revision.clone();

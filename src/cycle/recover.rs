@@ -5,7 +5,7 @@
 use super::{CycleError, Runner};
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
-use crate::service::restart::{self, WasRunning};
+use crate::service::activate::{self, WasRunning};
 use crate::store::install;
 use crate::store::state::{self, Pending, PendingStage};
 use crate::util::digest::sha256_hex;
@@ -78,7 +78,7 @@ impl Runner<'_, '_> {
         if !self.ctx.boot {
             return Ok(());
         }
-        match restart::would_touch(&self.t().restart, was).await {
+        match activate::would_touch(&self.t().restart, was).await {
             Ok(false) => Ok(()),
             _ => Err(CycleError::Deferred),
         }

@@ -8,7 +8,7 @@ use chrono::Utc;
 use super::{CycleError, Runner};
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
-use crate::service::restart::WasRunning;
+use crate::service::activate::WasRunning;
 use crate::service::validate;
 use crate::store::install;
 use crate::store::state::{Applied, PendingStage};
@@ -80,7 +80,7 @@ impl Runner<'_, '_> {
         let t = self.ctx.target;
         let prev = install::read(&install::prev_path(&t.path))?;
         let live_sha = self.read_live()?.as_deref().map(sha256_hex);
-        let Some(prev) = prev.filter(|p| validate::usable_now(&t.validate, Some(p))) else {
+        let Some(prev) = prev.filter(|p| validate::usable_builtin(&t.validate, Some(p))) else {
             return Ok(PrevBack::Nothing { live_sha });
         };
         if live_sha.as_deref() == Some(bad_sha) {

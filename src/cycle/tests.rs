@@ -166,7 +166,7 @@ async fn content_that_fails_verification_is_rolled_back() {
     let q = r.state.quarantine.clone().unwrap();
     assert_eq!(q.sha256, sha256_hex(BAD.as_bytes()));
     assert!(q.reason.contains("verification failed"), "{}", q.reason);
-    assert_eq!(crate::exit::Exit::of(&r), crate::exit::Exit::Failed);
+    assert_eq!(crate::exit::Exit::of(&r), crate::exit::Exit::Rejected);
     // And it is never applied again while upstream serves it.
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::Quarantined, "{r:?}");

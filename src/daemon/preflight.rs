@@ -104,7 +104,7 @@ pub fn file_problems(cfg: &Config) -> Vec<String> {
             }
         }
         for (key, path, follow) in paths {
-            match crate::util::regular::check(&path, follow) {
+            match crate::util::regular_file::check(&path, follow) {
                 Err(e) if !e.is_not_found() => {
                     out.push(format!("{}: {} {e}", place(cfg, t, key), path.display()))
                 }

@@ -240,7 +240,7 @@ async fn boot(
             loop {
                 match run_one(&shared, &sources, t, &stop, true).await {
                     Ok(rep) if rep.usable => return (name, true),
-                    Err(cycle::CycleError::Deferred) if crate::service::validate::live_usable(t) => {
+                    Err(cycle::CycleError::Deferred) if crate::service::validate::live_file_usable(t) => {
                         // Ready on the current file; the loop applies right after READY=1.
                         shared.trigger(&name);
                         return (name, true);

@@ -2,8 +2,8 @@
 //! PowerSync's API), restarting, reloading or deploying it, verifying it afterwards, and the
 //! fleet gate asked before an apply.
 
+pub(crate) mod activate;
 pub(crate) mod gate;
 pub(crate) mod powersync;
-pub(crate) mod restart;
 pub mod validate;
 pub(crate) mod verify;

@@ -96,14 +96,14 @@ fn kind(v: &serde_yaml::Value) -> &'static str {
 /// "Usable" without running anything: the file exists and passes the built-in checks.
 /// Where content was validated when it was applied (an unchanged poll), where no process may
 /// run (a broken state file), and for `.prev` before it goes back in.
-pub fn usable_now(cfg: &Validate, file: Option<&[u8]>) -> bool {
+pub fn usable_builtin(cfg: &Validate, file: Option<&[u8]>) -> bool {
     file.is_some_and(|b| builtin(cfg, b).is_ok())
 }
 
 /// "Usable" in full for a live file left as it is: the built-in checks and the validate
 /// command (on the live path itself). PowerSync's API is not asked: it judges candidates
 /// against the running service, and the live file is what that service runs.
-pub async fn usable(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
+pub async fn usable_full(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
     let Some(bytes) = live else { return false };
     if let Err(e) = builtin(&t.validate, bytes) {
         tracing::warn!(target_name = %t.name, error = %e, "live file is not usable");
@@ -118,10 +118,10 @@ pub async fn usable(t: &crate::config::Target, live: Option<&[u8]>) -> bool {
     true
 }
 
-/// [`usable_now`] read from disk: where no cycle ran (start-up deferral, CLI errors).
-pub fn live_usable(t: &crate::config::Target) -> bool {
-    let live = crate::util::regular::read(&t.path, false, t.max_bytes).ok();
-    usable_now(&t.validate, live.as_deref())
+/// [`usable_builtin`] read from disk: where no cycle ran (start-up deferral, CLI errors).
+pub fn live_file_usable(t: &crate::config::Target) -> bool {
+    let live = crate::util::regular_file::read(&t.path, false, t.max_bytes).ok();
+    usable_builtin(&t.validate, live.as_deref())
 }
 
 /// Every validator in order. `file` is the candidate's path (for `{file}`); `shown` is the

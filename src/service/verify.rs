@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
+use crate::service::activate::{self, Restarted};
 use crate::service::powersync::{self, Deployed};
-use crate::service::restart::{self, Restarted};
 use crate::util::digest::short;
 use crate::util::exec;
 
@@ -146,7 +146,7 @@ struct UnitWatch<'a> {
 
 impl UnitWatch<'_> {
     async fn check(&self) -> Result<(), VerifyError> {
-        let st = restart::unit_state(self.unit, Duration::from_secs(30))
+        let st = activate::unit_state(self.unit, Duration::from_secs(30))
             .await
             .map_err(|e| VerifyError::Systemd {
                 unit: self.unit.to_string(),

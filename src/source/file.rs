@@ -31,7 +31,7 @@ impl FileSource {
 fn read_capped_file(path: &std::path::Path, max: u64) -> Result<Fetched, FetchError> {
     // A symbolic link to the real file is fine for a source; a FIFO or device is not (it
     // would block the cycle).
-    let body = crate::util::regular::read(path, true, max).map_err(|e| {
+    let body = crate::util::regular_file::read(path, true, max).map_err(|e| {
         let reason = if e.is_not_found() {
             FetchReason::NotFound
         } else {

@@ -23,7 +23,7 @@ pub enum InstallError {
     NotRegular {
         path: PathBuf,
         #[source]
-        why: crate::util::regular::NotRegular,
+        why: crate::util::regular_file::NotRegular,
     },
 }
 
@@ -68,10 +68,10 @@ pub fn prev_path(live: &Path) -> PathBuf {
 /// Reads the live file (or `.prev`); `None` when it does not exist. Anything but a regular
 /// file (a symbolic link, a FIFO, a device, a directory) is an error, never a hang.
 pub fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
-    match crate::util::regular::read(path, false, u64::MAX - 1) {
+    match crate::util::regular_file::read(path, false, u64::MAX - 1) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.is_not_found() => Ok(None),
-        Err(crate::util::regular::NotRegular::Io(e)) => Err(ierr("cannot read", path)(e)),
+        Err(crate::util::regular_file::NotRegular::Io(e)) => Err(ierr("cannot read", path)(e)),
         Err(why) => Err(InstallError::NotRegular {
             path: path.to_path_buf(),
             why,

@@ -8,5 +8,5 @@ pub(crate) mod http;
 pub(crate) mod memory;
 pub(crate) mod mutex;
 pub(crate) mod redact;
-pub(crate) mod regular;
+pub(crate) mod regular_file;
 pub(crate) mod secret;
