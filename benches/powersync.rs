@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "../tests/it/pservice.rs"]
 mod pservice;
-#[path = "../tests/it/util.rs"]
-mod util;
+use common::util;
 
 use pservice::{PowerSync, Rules};
 

@@ -2,8 +2,6 @@
 //! and the daemon under test as a child process.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,46 +44,20 @@ pub fn binary() -> PathBuf {
     target.join("release").join("rulekeeper")
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// The integration tests' harness (tests/it/util.rs), shared rather than copied.
+#[path = "../../tests/it/util.rs"]
+pub mod util;
+#[allow(unused_imports)] // Not every bench picks a port.
+pub use util::free_port;
 
-/// A minimal HTTP/1.1 request over a fresh connection. Returns (status, body).
+/// A request on a fresh connection: (status, body), or the I/O error.
 pub fn http(
     port: u16,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    s.set_nodelay(true)?;
-    let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    util::try_http(port, method, path, headers, b"")
 }
 
 /// A field of /proc/PID/status in kB (VmRSS, VmHWM, RssAnon, ...) or a count (Threads).

@@ -528,7 +528,8 @@ impl Drop for Daemon {
     }
 }
 
-/// A minimal HTTP/1.1 client (Connection: close): returns status and body.
+/// A minimal HTTP/1.1 client (Connection: close): returns status and body, or (0, "") when
+/// the connection fails.
 pub fn http(
     port: u16,
     method: &str,
@@ -536,22 +537,37 @@ pub fn http(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> (u16, String) {
+    try_http(port, method, path, headers, body).unwrap_or((0, String::new()))
+}
+
+/// [`http`] with the I/O error kept (the benchmarks count failed requests), a 2 s connect
+/// limit and 10 s read and write limits.
+pub fn try_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = match std::net::TcpStream::connect(("127.0.0.1", port)) {
-        Ok(s) => s,
-        Err(_) => return (0, String::new()),
-    };
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    use std::time::Duration;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    let _ = s.write_all(req.as_bytes());
-    let _ = s.write_all(body);
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
         .split(' ')
@@ -562,7 +578,7 @@ pub fn http(
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The value of the sample `name{labels...}` in a Prometheus text exposition.
