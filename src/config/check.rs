@@ -1,6 +1,6 @@
 //! The semantic checks serde cannot express: which keys each source kind takes, exactly one
 //! form of `restart` and `verify`, URLs (TLS unless loopback wherever a token travels),
-//! argv lists, durations and counts. Also fills in derived fields (`name`, `mode_bits`).
+//! argv lists, durations and counts. Also fills in derived fields (`name`, `file`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +44,46 @@ pub(super) fn config(cfg: &mut Config) -> Result<(), ConfigError> {
     paths::check_overlaps(cfg)
 }
 
+/// `mode`, `owner`, `group` and `create_dirs`, resolved on this host.
+fn live_file(t: &Target) -> Result<crate::config::LiveFile, Complaint> {
+    let mode = match &t.mode {
+        None => None,
+        Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(bits) if bits <= 0o7777 => Some(bits),
+            _ => {
+                return Err(at(
+                    "mode",
+                    format!("`{m}` is not an octal file mode like \"0644\""),
+                ))
+            }
+        },
+    };
+    let uid = match &t.owner {
+        None => None,
+        Some(o) => Some(crate::util::ids::uid(o).ok_or_else(|| {
+            at(
+                "owner",
+                format!("no user `{o}` on this host (a name or a numeric uid)"),
+            )
+        })?),
+    };
+    let gid = match &t.group {
+        None => None,
+        Some(g) => Some(crate::util::ids::gid(g).ok_or_else(|| {
+            at(
+                "group",
+                format!("no group `{g}` on this host (a name or a numeric gid)"),
+            )
+        })?),
+    };
+    Ok(crate::config::LiveFile {
+        mode,
+        uid,
+        gid,
+        create_dirs: t.create_dirs,
+    })
+}
+
 /// One target's keys.
 fn target(t: &mut Target) -> Result<(), Complaint> {
     if !t.path.is_absolute() {
@@ -52,15 +92,7 @@ fn target(t: &mut Target) -> Result<(), Complaint> {
     if t.path.file_name().is_none() {
         return Err(at("path", "must name a file"));
     }
-    t.mode_bits = match u32::from_str_radix(t.mode.trim_start_matches("0o"), 8) {
-        Ok(m) if m <= 0o7777 => m,
-        _ => {
-            return Err(at(
-                "mode",
-                format!("`{}` is not an octal file mode like \"0644\"", t.mode),
-            ))
-        }
-    };
+    t.file = live_file(t)?;
     if t.max_bytes == 0 {
         return Err(at("max_bytes", "must be greater than 0"));
     }

@@ -75,9 +75,6 @@ fn d_5m() -> Duration {
 fn default_max_bytes() -> u64 {
     1024 * 1024
 }
-fn default_mode() -> String {
-    "0644".to_string()
-}
 fn default_true() -> bool {
     true
 }
@@ -108,8 +105,20 @@ pub struct Target {
     pub source: Source,
     /// The live file the managed service reads.
     pub path: PathBuf,
-    #[serde(default = "default_mode")]
-    pub mode: String,
+    /// The live file's mode (octal). Unset: the file it replaces keeps its mode; a new file
+    /// gets 0644.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The live file's owner and group (names or numeric ids). Unset: those of the file it
+    /// replaces; for a new file, those of its directory.
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Create the live file's missing parent directories; by default only the last one is
+    /// created, so a typo in `path` does not grow a tree the service never reads.
+    #[serde(default)]
+    pub create_dirs: bool,
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
     #[serde(default = "d_5m", with = "humantime_serde")]
@@ -132,9 +141,18 @@ pub struct Target {
     /// Filled in by [`load`].
     #[serde(skip)]
     pub name: String,
-    /// `mode` parsed, filled in by [`load`].
+    /// `mode`, `owner`, `group` and `create_dirs` resolved, filled in by [`load`].
     #[serde(skip)]
-    pub mode_bits: u32,
+    pub file: LiveFile,
+}
+
+/// How the live file (and `.prev`, and the candidate the validators read) is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveFile {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub create_dirs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -453,7 +471,7 @@ targets:
     #[test]
     fn minimal_parses() {
         let c = parse(BASE, Path::new("c.yaml")).unwrap();
-        assert_eq!(c.targets["ps"].mode_bits, 0o644);
+        assert_eq!(c.targets["ps"].file.mode, None);
         assert_eq!(c.targets["ps"].interval, Duration::from_secs(300));
     }
 

@@ -252,7 +252,7 @@ impl Runner<'_, '_> {
         if !self.ctx.tidy {
             install::remove_stale_temps(&t.path);
         }
-        let candidate = install::stage(&t.path, &a.body, t.mode_bits)?;
+        let candidate = install::stage(&t.path, &a.body, &t.file)?;
         let checked = if a.mode.validates() {
             validate::full(&t.validate, candidate.path(), &t.path, &a.body).await
         } else {
@@ -306,7 +306,7 @@ impl Runner<'_, '_> {
         });
         self.ctx.store.save(self.st)?;
         let t0 = Instant::now();
-        install::install(candidate, &t.path, a.live.as_deref(), t.mode_bits)?;
+        install::install(candidate, &t.path, a.live.as_deref(), &t.file)?;
         self.timed(Phase::Install, t0);
         tracing::info!(target_name = %t.name, sha256 = %a.sha, revision = a.revision.as_deref().unwrap_or(""), "installed new content");
         Ok(unit_running)

@@ -84,8 +84,8 @@ impl Runner<'_, '_> {
             return Ok(PrevBack::Nothing { live_sha });
         };
         if live_sha.as_deref() == Some(bad_sha) {
-            let c = install::stage(&t.path, &prev, t.mode_bits)?;
-            install::install(c, &t.path, None, t.mode_bits)?;
+            let c = install::stage(&t.path, &prev, &t.file)?;
+            install::install(c, &t.path, None, &t.file)?;
             tracing::warn!(target_name = %t.name, sha256 = %sha256_hex(&prev), "restored .prev");
         }
         Ok(PrevBack::Restored(prev))

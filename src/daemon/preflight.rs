@@ -75,6 +75,19 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
                 ));
             }
         }
+        let dir = crate::store::install::live_dir(&t.path);
+        if !dir.is_dir() {
+            let how = match dir.parent().map(Path::is_dir) {
+                Some(true) | None => "the first apply creates it",
+                Some(false) if t.create_dirs => "the first apply creates it and its parents (`create_dirs: true`)",
+                Some(false) => "nor does its parent, so applies fail until it is created (or `create_dirs: true` is set)",
+            };
+            out.push(format!(
+                "{}: directory {} does not exist; {how}. Is the path right?",
+                place(cfg, t, "path"),
+                dir.display()
+            ));
+        }
         for (key, f) in secret_files(t) {
             if let Ok(m) = std::fs::metadata(f) {
                 let mode = m.permissions().mode() & 0o777;

@@ -2,10 +2,18 @@
 //! file's directory and fsynced; installing keeps the old live content as `<name>.prev`
 //! (itself replaced atomically), renames the candidate over the live path and fsyncs the
 //! directory. At every instant the live path holds a complete old or complete new file.
+//!
+//! Every file written here (the candidate the validators read, the live file, `.prev`) keeps
+//! the owner, group and mode of the file it replaces unless the config names them: a service
+//! user must keep reading its file, and a file that carries secrets must not become readable
+//! by everyone. A new file gets the configured mode (else 0644) and the owner and group of its
+//! directory.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use crate::config::LiveFile;
 
 use crate::store::state::fsync_dir;
 
@@ -92,10 +100,61 @@ impl Candidate {
     }
 }
 
-/// Writes `content` to a temp file in the live file's directory with the target's mode.
-pub fn stage(live: &Path, content: &[u8], mode: u32) -> Result<Candidate, InstallError> {
+/// The mode, owner and group a file at `live` gets: what `want` names, else what the file
+/// there now has, else (a new file) 0644 and the directory's owner and group.
+fn effective(live: &Path, want: &LiveFile) -> Result<(u32, u32, u32), InstallError> {
+    let (mode, uid, gid) = match std::fs::symlink_metadata(live) {
+        Ok(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = dir_of(live);
+            let d = std::fs::metadata(dir).map_err(ierr("cannot read the owner of", dir))?;
+            (0o644, d.uid(), d.gid())
+        }
+        Err(e) => return Err(ierr("cannot read the owner and mode of", live)(e)),
+    };
+    Ok((
+        want.mode.unwrap_or(mode),
+        want.uid.unwrap_or(uid),
+        want.gid.unwrap_or(gid),
+    ))
+}
+
+/// Creates the live file's directory when it is missing: only the last level, unless
+/// `create_dirs` (a typo in `path` must not grow a tree the service never reads).
+fn ensure_dir(live: &Path, create_dirs: bool) -> Result<(), InstallError> {
     let dir = dir_of(live);
-    std::fs::create_dir_all(dir).map_err(ierr("cannot create directory", dir))?;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if create_dirs {
+        return std::fs::create_dir_all(dir).map_err(ierr("cannot create directory", dir));
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(InstallError::Io {
+            what: "cannot create directory (its parent does not exist either; create it, or set `create_dirs: true`)",
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ierr("cannot create directory", dir)(e)),
+    }
+}
+
+/// Writes `content` to a temp file in the live file's directory, with the mode, owner and
+/// group the live file is to have ([`effective`]).
+pub fn stage(live: &Path, content: &[u8], want: &LiveFile) -> Result<Candidate, InstallError> {
+    ensure_dir(live, want.create_dirs)?;
+    let perms = effective(live, want)?;
+    stage_as(live, content, perms)
+}
+
+fn stage_as(
+    live: &Path,
+    content: &[u8],
+    (mode, uid, gid): (u32, u32, u32),
+) -> Result<Candidate, InstallError> {
+    let dir = dir_of(live);
     let mut tmp = tempfile::Builder::new()
         .prefix(&temp_prefix(live))
         .tempfile_in(dir)
@@ -107,6 +166,18 @@ pub fn stage(live: &Path, content: &[u8], mode: u32) -> Result<Candidate, Instal
         live,
     ))?;
     let f = tmp.as_file();
+    let m = f.metadata().map_err(ierr(
+        "cannot read the new content's owner (a temp file, removed) for",
+        live,
+    ))?;
+    if (m.uid(), m.gid()) != (uid, gid) {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid)).map_err(|e| InstallError::Io {
+            what: "cannot give the new content the owner and group of the file it replaces (or the configured `owner`/`group`); rulekeeper needs to run as root, or as that owner, for",
+            path: live.to_path_buf(),
+            source: e,
+        })?;
+    }
+    // After the chown, which clears set-id bits.
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(ierr(
             "cannot set the mode of the new content (a temp file, removed) for",
@@ -119,12 +190,25 @@ pub fn stage(live: &Path, content: &[u8], mode: u32) -> Result<Candidate, Instal
     Ok(Candidate { tmp })
 }
 
+/// What `.prev` gets: the mode, owner and group the live file has now (the file it was).
+fn current(live: &Path, want: &LiveFile) -> Result<(u32, u32, u32), InstallError> {
+    effective(
+        live,
+        &LiveFile {
+            mode: None,
+            uid: None,
+            gid: None,
+            create_dirs: want.create_dirs,
+        },
+    )
+}
+
 /// Installs `candidate` at `live`. When `prev` is given it becomes `<live>.prev` first.
 pub fn install(
     candidate: Candidate,
     live: &Path,
     prev: Option<&[u8]>,
-    mode: u32,
+    want: &LiveFile,
 ) -> Result<(), InstallError> {
     let p = prev_path(live);
     // Last-good must survive any single failure: if the live rename fails after `.prev` was
@@ -133,7 +217,7 @@ pub fn install(
     let mut replaced: Option<Option<Vec<u8>>> = None;
     if let Some(old) = prev {
         let before = read(&p).ok().flatten();
-        let staged = stage(live, old, mode)?;
+        let staged = stage_as(live, old, current(live, want)?)?;
         staged
             .tmp
             .persist(&p)
@@ -142,7 +226,7 @@ pub fn install(
     }
     if let Err(e) = candidate.tmp.persist(live) {
         if let Some(before) = replaced {
-            restore_prev(live, &p, before.as_deref(), mode);
+            restore_prev(live, &p, before.as_deref(), want);
         }
         return Err(ierr("cannot rename into place", live)(e.error));
     }
@@ -159,9 +243,9 @@ pub fn sync_live_dir(live: &Path) -> Result<(), InstallError> {
 
 /// Puts back the `.prev` an install replaced before its live rename failed (none: removes
 /// the new one). Best effort: this runs after a failure, and its own failure is logged.
-fn restore_prev(live: &Path, p: &Path, before: Option<&[u8]>, mode: u32) {
+fn restore_prev(live: &Path, p: &Path, before: Option<&[u8]>, want: &LiveFile) {
     let undone = match before {
-        Some(bytes) => stage(live, bytes, mode).and_then(|c| {
+        Some(bytes) => stage(live, bytes, want).and_then(|c| {
             c.tmp
                 .persist(p)
                 .map(|_| ())
@@ -195,6 +279,50 @@ pub fn remove_stale_temps(live: &Path) {
 mod tests {
     use super::*;
 
+    fn mode(m: u32) -> LiveFile {
+        LiveFile {
+            mode: Some(m),
+            ..LiveFile::default()
+        }
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_mode_and_prev_keeps_the_old_one() {
+        let d = tempfile::tempdir().unwrap();
+        let live = d.path().join("rules.yaml");
+        std::fs::write(&live, b"old").unwrap();
+        std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let keep = LiveFile::default();
+        let c = stage(&live, b"new", &keep).unwrap();
+        let m = std::fs::metadata(c.path()).unwrap().mode() & 0o7777;
+        assert_eq!(m, 0o600, "the candidate the validators read is no wider");
+        install(c, &live, Some(b"old"), &keep).unwrap();
+        let mode_of = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode_of(&live), 0o600);
+        assert_eq!(mode_of(&prev_path(&live)), 0o600);
+        // A new file: 0644 unless configured.
+        let fresh = d.path().join("new.yaml");
+        install(stage(&fresh, b"x", &keep).unwrap(), &fresh, None, &keep).unwrap();
+        assert_eq!(mode_of(&fresh), 0o644);
+    }
+
+    #[test]
+    fn only_the_last_missing_directory_is_created_unless_asked() {
+        let d = tempfile::tempdir().unwrap();
+        let keep = LiveFile::default();
+        let one = d.path().join("a").join("rules.yaml");
+        assert!(stage(&one, b"x", &keep).is_ok());
+        let deep = d.path().join("typo").join("b").join("rules.yaml");
+        let e = stage(&deep, b"x", &keep).unwrap_err().to_string();
+        assert!(e.contains("create_dirs"), "{e}");
+        assert!(!d.path().join("typo").exists());
+        let asked = LiveFile {
+            create_dirs: true,
+            ..LiveFile::default()
+        };
+        assert!(stage(&deep, b"x", &asked).is_ok());
+    }
+
     /// A live rename that fails (here: the live path is a directory, EISDIR; on hosts, an
     /// immutable or bind-mounted file) leaves the `.prev` that was there: last-good survives.
     #[test]
@@ -204,8 +332,8 @@ mod tests {
         std::fs::create_dir(&live).unwrap();
         std::fs::write(live.join("x"), b"x").unwrap();
         std::fs::write(prev_path(&live), b"v1").unwrap();
-        let c = stage(&live, b"v3", 0o644).unwrap();
-        let e = install(c, &live, Some(b"v2"), 0o644).unwrap_err();
+        let c = stage(&live, b"v3", &mode(0o644)).unwrap();
+        let e = install(c, &live, Some(b"v2"), &mode(0o644)).unwrap_err();
         assert!(e.to_string().contains("cannot rename into place"), "{e}");
         assert_eq!(std::fs::read(prev_path(&live)).unwrap(), b"v1");
         // no temp file left
@@ -216,8 +344,8 @@ mod tests {
         assert_eq!(names.len(), 2, "{names:?}");
         // with no .prev before, none after
         std::fs::remove_file(prev_path(&live)).unwrap();
-        let c = stage(&live, b"v3", 0o644).unwrap();
-        assert!(install(c, &live, Some(b"v2"), 0o644).is_err());
+        let c = stage(&live, b"v3", &mode(0o644)).unwrap();
+        assert!(install(c, &live, Some(b"v2"), &mode(0o644)).is_err());
         assert!(!prev_path(&live).exists());
     }
 
@@ -226,8 +354,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let live = d.path().join("rules.yaml");
         std::fs::write(&live, b"old").unwrap();
-        let c = stage(&live, b"new", 0o640).unwrap();
-        install(c, &live, Some(b"old"), 0o640).unwrap();
+        let c = stage(&live, b"new", &mode(0o640)).unwrap();
+        install(c, &live, Some(b"old"), &mode(0o640)).unwrap();
         assert_eq!(std::fs::read(&live).unwrap(), b"new");
         assert_eq!(std::fs::read(prev_path(&live)).unwrap(), b"old");
         let m = std::fs::metadata(&live).unwrap().permissions().mode() & 0o7777;
@@ -241,7 +369,7 @@ mod tests {
     fn dropped_candidate_leaves_nothing() {
         let d = tempfile::tempdir().unwrap();
         let live = d.path().join("rules.yaml");
-        drop(stage(&live, b"x", 0o644).unwrap());
+        drop(stage(&live, b"x", &mode(0o644)).unwrap());
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 }

@@ -5,6 +5,7 @@
 pub(crate) mod digest;
 pub(crate) mod exec;
 pub(crate) mod http;
+pub(crate) mod ids;
 pub(crate) mod memory;
 pub(crate) mod mutex;
 pub(crate) mod redact;

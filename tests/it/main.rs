@@ -27,6 +27,7 @@ mod commit_status;
 mod cycle;
 mod history;
 mod operator;
+mod ownership;
 mod sources;
 mod untrusted;
 
