@@ -264,3 +264,25 @@ fn an_unusable_state_directory_gives_the_same_code_from_every_command() {
     }
     assert_eq!(env.live(), rules("v1", "good"), "nothing was applied");
 }
+
+/// Two targets with one name: refused by `check` (and every command), at the second one.
+#[test]
+fn a_target_name_given_twice_is_refused_at_its_line() {
+    let (env, _up) = file_env();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let first = text.lines().position(|l| l == "  ps:").unwrap() + 1;
+    let block: String = text.lines().skip(first - 1).collect::<Vec<_>>().join("\n");
+    std::fs::write(&env.config, format!("{text}{block}\n")).unwrap();
+    let second = text.lines().count() + 1;
+    for args in [vec!["check"], vec!["once"]] {
+        let o = env.rk(&args);
+        assert_eq!(o.code, 2, "{}", o.all());
+        assert!(
+            o.stderr.contains(&format!(
+                "duplicate target name `ps` at line {second} column 3"
+            )),
+            "{}",
+            o.all()
+        );
+    }
+}
