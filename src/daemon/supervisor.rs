@@ -3,7 +3,7 @@
 //! coalescing triggers), the watchdog, STATUS=, signals, and recording each cycle's report
 //! into metrics. The cycle itself lives in `cycle`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -168,8 +168,8 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
     tokio::spawn(signals(secrets, stop.clone(), shutdown_tx));
 
     notify::status("starting: first fetch of every target");
-    match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
-        Boot::Ready => {}
+    let fetch_failing = match boot(&shared, &sources, &stop, shutdown_rx.clone()).await {
+        Boot::Ready { fetch_failing } => fetch_failing,
         Boot::ShutDown => {
             flush_posts(&shared).await;
             return Ok(Ended::Stopped);
@@ -184,7 +184,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
             notify::status(&format!("failed: {msg}"));
             return Ok(Ended::StartupFailed);
         }
-    }
+    };
     // From here, every loop counts as alive until its first deadline passes.
     for (name, t) in &shared.cfg.targets {
         shared.loop_waiting(name, Instant::now() + t.interval.mul_f64(1.1));
@@ -202,6 +202,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
             name.clone(),
             stop.clone(),
             shutdown_rx.clone(),
+            fetch_failing.contains(name),
         )));
     }
     if let Some(period) = notify::watchdog_period() {
@@ -216,7 +217,10 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
 }
 
 enum Boot {
-    Ready,
+    /// Every target has a usable file; these could not fetch upstream on their first try.
+    Ready {
+        fetch_failing: BTreeSet<String>,
+    },
     ShutDown,
     Failed(Vec<String>),
 }
@@ -239,21 +243,24 @@ async fn boot(
             let mut failures = 0u32;
             loop {
                 match run_one(&shared, &sources, t, &stop, true).await {
-                    Ok(rep) if rep.usable => return (name, true),
+                    Ok(rep) if rep.usable => {
+                        let failing = rep.outcome == Outcome::FetchFailed;
+                        return (name, true, failing);
+                    }
                     Err(cycle::CycleError::Deferred) if crate::service::validate::live_file_usable(t) => {
                         // Ready on the current file; the loop applies right after READY=1.
                         shared.trigger(&name);
-                        return (name, true);
+                        return (name, true, false);
                     }
                     _ => {}
                 }
                 if stop.requested() {
-                    return (name, false);
+                    return (name, false, false);
                 }
                 let wait = Duration::from_secs(1 << failures.min(3));
                 failures += 1;
                 if Instant::now() + wait >= deadline {
-                    return (name, false);
+                    return (name, false, false);
                 }
                 tracing::warn!(target_name = %name, retry_in = ?wait, "no usable rules file yet; retrying");
                 tokio::time::sleep(wait).await;
@@ -261,6 +268,7 @@ async fn boot(
         });
     }
     let mut failed = Vec::new();
+    let mut fetch_failing = BTreeSet::new();
     let mut tick = tokio::time::interval_at(
         Instant::now() + Duration::from_secs(5),
         Duration::from_secs(5),
@@ -269,8 +277,12 @@ async fn boot(
         tokio::select! {
             r = set.join_next() => match r {
                 None => break,
-                Some(Ok((_, true))) => {}
-                Some(Ok((name, false))) => failed.push(name),
+                Some(Ok((name, true, failing))) => {
+                    if failing {
+                        fetch_failing.insert(name);
+                    }
+                }
+                Some(Ok((name, false, _))) => failed.push(name),
                 Some(Err(e)) => failed.push(format!("(task failed: {e})")),
             },
             _ = tick.tick() => {
@@ -286,7 +298,7 @@ async fn boot(
         return Boot::ShutDown;
     }
     if failed.is_empty() {
-        Boot::Ready
+        Boot::Ready { fetch_failing }
     } else {
         failed.sort();
         Boot::Failed(failed)
@@ -359,13 +371,20 @@ async fn target_loop(
     name: String,
     stop: Stop,
     mut shutdown: watch::Receiver<bool>,
+    fetch_failing: bool,
 ) {
     let t = &shared.cfg.targets[&name];
     let Some(handle) = shared.loop_handle(&name) else {
         return;
     };
-    let mut failures = 0u32;
-    let mut next_poll = Instant::now() + jittered(t.interval);
+    // A forge down at boot is retried on the backoff's few seconds, not after a whole
+    // interval: the boot cycle's failure counts as the first.
+    let (mut failures, first) = if fetch_failing {
+        (1, backoff(t.interval, 0))
+    } else {
+        (0, jittered(t.interval))
+    };
+    let mut next_poll = Instant::now() + first;
     let mut last_start: Option<Instant> = None;
     loop {
         shared.loop_waiting(&name, next_poll);

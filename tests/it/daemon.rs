@@ -399,3 +399,31 @@ fn quarantine_is_published_before_the_rollback_counts() {
     );
     assert_eq!(env.live(), rules("good", "good"));
 }
+
+/// A forge that is down when the daemon starts is asked again within the backoff's seconds,
+/// not after a whole `interval` (here an hour): the boot cycle's failure counts as the first.
+#[test]
+fn a_fetch_failing_at_boot_is_retried_within_seconds() {
+    let (env, forge) = crate::forge::forge_env(
+        "{ kind: forgejo, base_url: \"BASE\", repo: owner/app, path: rules.yaml, token_file: \"TOKENFILE\" }",
+        TOKEN,
+        false,
+    );
+    env.edit_config("    restart:", "    interval: 1h\n    restart:");
+    std::fs::write(&env.live, rules("persisted", "good")).unwrap();
+    forge.set(&rules("v2", "good"));
+    forge.fail_with(Some(503));
+    let d = env.daemon(None);
+    d.wait_ready();
+    assert!(cycles(&d.metrics(), "fetch_failed") >= 1.0);
+    forge.fail_with(None);
+    let t = std::time::Instant::now();
+    wait_until(20, "v2 applied after the forge came back", || {
+        env.live() == rules("v2", "good")
+    });
+    eprintln!(
+        "retried and applied {:?} after the forge came back",
+        t.elapsed()
+    );
+    assert_eq!(d.terminate(), 0);
+}
