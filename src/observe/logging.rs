@@ -66,8 +66,12 @@ pub fn init(format: LogFormat) {
             Err(e) => eprintln!("rulekeeper: journald unavailable ({e}); logging to stderr"),
         }
     }
+    // Colour only for a person at a terminal: a file, a pipe or a container log gets plain
+    // text, never escape codes.
+    use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let reg = tracing_subscriber::registry().with(filter());
     let _ = if format == LogFormat::Json {

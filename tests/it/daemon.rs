@@ -427,3 +427,31 @@ fn a_fetch_failing_at_boot_is_retried_within_seconds() {
     );
     assert_eq!(d.terminate(), 0);
 }
+
+/// Logs written to a file or a pipe (not a terminal) carry no ANSI escape codes.
+#[test]
+fn logs_to_a_pipe_or_file_are_plain_text() {
+    let (env, up) = Env::with_file_source();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    let o = env.rk_env(&["once"], &[("RULEKEEPER_LOG", "debug")]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stderr.contains("cycle"),
+        "logs were written: {}",
+        o.stderr
+    );
+    assert!(
+        !o.stderr.contains('\u{1b}'),
+        "escape codes in: {:?}",
+        o.stderr
+    );
+    let d = env.daemon(None);
+    d.wait_ready();
+    assert_eq!(d.terminate(), 0);
+    let log = env.daemon_log();
+    assert!(log.contains("ready"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in the daemon's log file: {log:?}"
+    );
+}
