@@ -399,6 +399,22 @@ fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// A command's cycle as the operator at the terminal follows it: its posts go to the
+/// command's poster, and a wait for the target's lock is said on stderr.
+struct Operator<'a> {
+    poster: &'a Poster,
+}
+
+impl cycle::Observer for Operator<'_> {
+    fn post(&self, target: &Target, post: crate::cycle::commit_status::Post) {
+        self.poster.send(target, post);
+    }
+
+    fn waiting(&self, target: &Target, what: &str) {
+        eprintln!("rulekeeper: target `{}`: {what}", target.name);
+    }
+}
+
 /// Runs one cycle for one target, prints a one-line result and logs it; returns its exit
 /// status.
 pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
@@ -415,7 +431,8 @@ pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
         }
     };
     let poster = Poster::new(crate::observe::metrics::commit_status_counter());
-    let ctx = Ctx::new(t, &source, &cfg.state_dir, &poster);
+    let operator = Operator { poster: &poster };
+    let ctx = Ctx::new(t, &source, &cfg.state_dir, &operator);
     let exit = match cycle::run(&ctx, trigger).await {
         Ok(rep) => {
             rep.log();
@@ -473,7 +490,12 @@ fn history(cfg: &Config, t: &Target, json: bool) -> Result<Exit, CliError> {
 fn set_hold(cfg: &Config, t: &Target, hold: bool) -> Result<Exit, CliError> {
     let store = Store::new(&cfg.state_dir, &t.name);
     let in_target = |e| CliError::State(t.name.clone(), e);
-    let _lock = store.lock().map_err(in_target)?;
+    let name = t.name.clone();
+    let _lock = store
+        .lock_noting(std::time::Duration::from_secs(1), move |what| {
+            eprintln!("rulekeeper: target `{name}`: {what}")
+        })
+        .map_err(in_target)?;
     let mut st = store.load().map_err(in_target)?;
     st.hold = hold;
     store.save(&st).map_err(in_target)?;

@@ -123,6 +123,8 @@ pub trait Observer: Sync {
     /// A commit status the cycle wants posted (`pending` as content enters the pipeline, the
     /// verdict at the end): the caller's poster delivers it.
     fn post(&self, _target: &Target, _post: crate::cycle::commit_status::Post) {}
+    /// The cycle has waited over a second for its target's lock; `what` says for what.
+    fn waiting(&self, _target: &Target, _what: &str) {}
 }
 
 /// What one target's cycle needs.
@@ -172,8 +174,7 @@ impl<'a> Ctx<'a> {
 /// Runs one cycle under the target's lock.
 pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> {
     let started = Instant::now();
-    let store = ctx.store.clone();
-    let _lock = match blocking_lock(move || store.lock()).await? {
+    let _lock = match target_lock(ctx).await? {
         Ok(l) => l,
         // No lock, no state: nothing may run, but the failure is an outcome all the same
         // (a read-only or vanished state directory), so monitoring sees it.
@@ -356,6 +357,28 @@ fn describe_live(t: &Target, rep: &mut Report) {
     let live = install::read(&t.path).ok().flatten();
     rep.live_sha256 = live.as_deref().map(sha256_hex);
     rep.usable = validate::usable_builtin(&t.validate, live.as_deref());
+}
+
+/// How long a cycle waits for its target's lock before it says it is waiting.
+const SAY_WAITING: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The target's lock, taken off the async threads; a wait of over a second is told to the
+/// observer (an operator's command prints it) with what the holder is doing.
+async fn target_lock(ctx: &Ctx<'_>) -> Result<Result<state::LockGuard, StateError>, CycleError> {
+    let store = ctx.store.clone();
+    let mut task = tokio::task::spawn_blocking(move || store.lock());
+    let taken = tokio::select! {
+        r = &mut task => Some(r),
+        _ = tokio::time::sleep(SAY_WAITING) => None,
+    };
+    let r = match taken {
+        Some(r) => r,
+        None => {
+            ctx.observer.waiting(ctx.target, &ctx.store.holder());
+            task.await
+        }
+    };
+    r.map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))
 }
 
 /// Takes a lock (which blocks) off the async threads.

@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 
 use crate::config::Target;
 use crate::cycle::commit_status::{context, Post};
-use crate::cycle::Observer;
 use crate::source::forge::status::{self, Status};
 
 const ATTEMPTS: u32 = 3;
@@ -79,13 +78,6 @@ impl Poster {
             }
         }
         left
-    }
-}
-
-/// A one-shot command's cycle: its posts go straight to the poster.
-impl Observer for Poster {
-    fn post(&self, target: &Target, post: Post) {
-        self.send(target, post);
     }
 }
 

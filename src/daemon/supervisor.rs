@@ -314,6 +314,10 @@ impl cycle::Observer for Shared {
     fn post(&self, target: &Target, post: crate::cycle::commit_status::Post) {
         self.poster.send(target, post);
     }
+
+    fn waiting(&self, target: &Target, what: &str) {
+        tracing::info!(target_name = %target.name, "{what}");
+    }
 }
 
 /// How long a stopping daemon waits for commit statuses still in flight: within systemd's

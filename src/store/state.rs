@@ -351,6 +351,52 @@ impl Store {
         Ok(g)
     }
 
+    /// [`Store::lock`], and when another holder keeps it longer than `after`, `note` is called
+    /// once (from another thread) with what that holder is doing, as the state says: an
+    /// operator whose command waits is told so instead of looking at a silent terminal.
+    pub fn lock_noting(
+        &self,
+        after: std::time::Duration,
+        note: impl FnOnce(String) + Send,
+    ) -> Result<LockGuard, StateError> {
+        if !self.is_locked() {
+            return self.lock();
+        }
+        let (taken, wake) = (std::sync::Mutex::new(false), std::sync::Condvar::new());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let g = crate::util::mutex::lock(&taken);
+                let (_g, waited) = wake
+                    .wait_timeout_while(g, after, |taken| !*taken)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if waited.timed_out() {
+                    note(self.holder());
+                }
+            });
+            let r = self.lock();
+            *crate::util::mutex::lock(&taken) = true;
+            wake.notify_all();
+            r
+        })
+    }
+
+    /// What the holder of this target's lock is doing, as its state file says (read without
+    /// the lock: the file is only ever replaced whole).
+    pub fn holder(&self) -> String {
+        let pending = fs::read(self.file())
+            .ok()
+            .and_then(|b| parse(&b).ok())
+            .and_then(|st| st.pending);
+        match pending {
+            Some(p) => format!(
+                "waiting for the apply in progress (started {}, {}s ago)",
+                p.started_at.format("%H:%M:%S UTC"),
+                (Utc::now() - p.started_at).num_seconds().max(0)
+            ),
+            None => "waiting for the cycle or command in progress on this target".into(),
+        }
+    }
+
     /// Err(LockLost) when this store's lock file is no longer at its path.
     fn check_lock(&self) -> Result<(), StateError> {
         let Some(id) = *crate::util::mutex::lock(&self.locked) else {

@@ -286,3 +286,53 @@ fn a_target_name_given_twice_is_refused_at_its_line() {
         );
     }
 }
+
+/// A command that waits behind an apply in progress says so on stderr after a second, with
+/// when that apply started, and then does its work.
+#[test]
+fn a_command_waiting_for_an_apply_in_progress_says_so() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let gate = env.dir.path().join("gate");
+    env.edit_config(
+        &env.restart_command(),
+        &format!(
+            "{{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+            gate.display()
+        ),
+    );
+    for (round, args) in [vec!["hold", "-t", "ps"], vec!["once"]].iter().enumerate() {
+        // An apply held open in its restart, until the gate file appears.
+        let _ = std::fs::remove_file(&gate);
+        let _ = env.rk(&["release", "-t", "ps"]);
+        std::fs::write(&up, rules(&format!("round{round}"), "good")).unwrap();
+        let mut apply = env
+            .command(&["once"], &[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::util::wait_until(30, "the apply in progress", || {
+            !env.state_json()["pending"].is_null()
+        });
+        let err = env.dir.path().join(format!("{round}.err"));
+        let cmd = env
+            .command(args, &[])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        crate::util::wait_until(30, "the waiting notice", || {
+            std::fs::read_to_string(&err)
+                .unwrap_or_default()
+                .contains("target `ps`: waiting for the apply in progress (started ")
+        });
+        std::fs::write(&gate, "").unwrap();
+        assert_eq!(apply.wait().unwrap().code(), Some(0));
+        let o = cmd.wait_with_output().unwrap();
+        let said = std::fs::read_to_string(&err).unwrap();
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {said}");
+    }
+}
