@@ -290,11 +290,17 @@ fn status(cfg: &Config, json: bool) -> Result<Exit, CliError> {
             status
         })
         .collect();
+    let daemon = crate::observe::status::daemon(cfg);
     if json {
+        let mut all = all;
+        for s in &mut all {
+            s.daemon_running = Some(daemon.running());
+        }
         let text = serde_json::to_string_pretty(&all)
             .map_err(|e| CliError::Io(format!("cannot print the status: {e}")))?;
         println!("{text}");
     } else {
+        println!("{}", daemon.line(cfg));
         print!("{}", crate::observe::status::table(&all));
     }
     Ok(worst)

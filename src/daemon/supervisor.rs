@@ -137,6 +137,20 @@ fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<Stri
 }
 
 async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
+    // Held until the process exits: `status` reads it as "a daemon runs on this directory".
+    let _running = match crate::store::state::daemon_lock(&cfg.state_dir) {
+        Ok(Some(g)) => Some(g),
+        Ok(None) => {
+            tracing::warn!(state_dir = %cfg.state_dir.display(), "another rulekeeper daemon holds this state directory; both will work on its targets");
+            None
+        }
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "{}: key `state_dir`: {e}",
+                cfg.file.display()
+            ))
+        }
+    };
     let metrics = Metrics::new()?;
     let sources = init_targets(&cfg, &metrics)?;
     let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {

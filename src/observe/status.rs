@@ -39,6 +39,70 @@ pub struct TargetStatus {
     pub deploying_since: Option<DateTime<Utc>>,
     /// The daemon's last cycle of this target could not save its state (`/status` only).
     pub state_unsaved: bool,
+    /// `rulekeeper status --json` only: whether a daemon runs on this state directory (if
+    /// not, nothing polls, and the times are from its last run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_running: Option<bool>,
+}
+
+/// Whether a daemon runs for this config, as `rulekeeper status` can tell from outside.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DaemonSeen {
+    /// A process holds `state_dir/daemon.lock`.
+    pub holds_state_dir: bool,
+    /// Something answers `GET /healthz` on `listen`.
+    pub answers: bool,
+}
+
+impl DaemonSeen {
+    pub fn running(&self) -> bool {
+        self.holds_state_dir
+    }
+
+    /// The line above the table.
+    pub fn line(&self, cfg: &Config) -> String {
+        let dir = cfg.state_dir.display();
+        match (self.holds_state_dir, self.answers) {
+            (true, true) => format!("daemon: running (holds {dir}, answers on {})", cfg.listen),
+            (true, false) => format!(
+                "daemon: running (holds {dir}) but NOT answering on {}: starting, or stuck",
+                cfg.listen
+            ),
+            (false, answers) => format!(
+                "daemon: NOT RUNNING: no rulekeeper daemon holds {dir}{}; what follows is what the last cycles left, nothing is polling",
+                if answers {
+                    format!(" (something else answers on {})", cfg.listen)
+                } else {
+                    format!(" and nothing answers on {}", cfg.listen)
+                }
+            ),
+        }
+    }
+}
+
+/// Looks for a daemon on `cfg`: its lock on the state directory, and an answer on `listen`
+/// within half a second.
+pub fn daemon(cfg: &Config) -> DaemonSeen {
+    DaemonSeen {
+        holds_state_dir: crate::store::state::daemon_holds(&cfg.state_dir),
+        answers: healthz(cfg.listen),
+    }
+}
+
+fn healthz(addr: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let limit = std::time::Duration::from_millis(500);
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, limit) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(limit));
+    let _ = s.set_write_timeout(Some(limit));
+    let req = format!("GET /healthz HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
 }
 
 pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
@@ -102,6 +166,7 @@ pub fn of(
         deploying_sha256: st.deploying.as_ref().map(|d| d.sha256.clone()),
         deploying_since: st.deploying.as_ref().map(|d| d.since),
         state_unsaved: false,
+        daemon_running: None,
     }
 }
 

@@ -459,6 +459,36 @@ pub fn lock_dir(dir: &Path) -> Result<LockGuard, StateError> {
     Ok(LockGuard { _file: file, id })
 }
 
+/// `state_dir/daemon.lock`, held by a running daemon for its whole life, so `status` can tell
+/// a live daemon's state from a stopped one's. None when another process holds it already
+/// (a second daemon on the same state directory; it is logged, not fatal).
+pub fn daemon_lock(state_dir: &Path) -> Result<Option<LockGuard>, StateError> {
+    fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
+    let path = state_dir.join("daemon.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => {
+            let id = id_of(&file.metadata().map_err(io_err(&path))?);
+            Ok(Some(LockGuard { _file: file, id }))
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Whether a daemon holds `state_dir/daemon.lock` now.
+pub fn daemon_holds(state_dir: &Path) -> bool {
+    let Ok(f) = File::open(state_dir.join("daemon.lock")) else {
+        return false;
+    };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 /// The lock that serialises restart + verify of one systemd unit across targets.
 pub fn unit_lock(state_dir: &Path, unit: &str) -> Result<LockGuard, StateError> {
     let dir = state_dir.join("units");

@@ -119,7 +119,8 @@ fn status_table_completions_and_man_page() {
     assert_eq!(env.once().code, 0);
     let o = env.rk(&["status"]);
     assert_eq!(o.code, 0);
-    let header = o.stdout.lines().next().unwrap();
+    // The first line says whether a daemon runs; the table's header follows.
+    let header = o.stdout.lines().nth(1).unwrap();
     for col in [
         "TARGET",
         "SHA256",
@@ -335,4 +336,51 @@ fn a_command_waiting_for_an_apply_in_progress_says_so() {
         let said = std::fs::read_to_string(&err).unwrap();
         assert_eq!(o.status.code(), Some(0), "{args:?}: {said}");
     }
+}
+
+/// `status` says whether a daemon runs: above the table, and per target in `--json`.
+#[test]
+fn status_says_whether_the_daemon_runs() {
+    let (env, up) = file_env();
+    std::fs::write(&up, rules("v1", "good")).unwrap();
+    env.start_service();
+    assert_eq!(env.once().code, 0);
+    let stopped = env.rk(&["status"]);
+    assert_eq!(stopped.code, 0, "{}", stopped.all());
+    assert!(
+        stopped
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("daemon: NOT RUNNING"),
+        "{}",
+        stopped.stdout
+    );
+    let j: serde_json::Value = serde_json::from_str(&env.rk(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(j[0]["daemon_running"], false, "{j}");
+
+    let d = env.daemon(None);
+    d.wait_ready();
+    let running = env.rk(&["status"]);
+    assert!(
+        running
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("daemon: running (holds "),
+        "{}",
+        running.stdout
+    );
+    assert!(running.stdout.contains("answers on"), "{}", running.stdout);
+    let j: serde_json::Value = serde_json::from_str(&env.rk(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(j[0]["daemon_running"], true, "{j}");
+    assert_eq!(d.terminate(), 0);
+    let after = env.rk(&["status"]);
+    assert!(
+        after.stdout.starts_with("daemon: NOT RUNNING"),
+        "{}",
+        after.stdout
+    );
 }
