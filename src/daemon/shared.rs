@@ -157,10 +157,16 @@ impl Shared {
     }
 
     /// Asks for an earlier cycle; triggers during a cycle coalesce into one more.
-    pub fn trigger(&self, target: &str) {
-        if let Some(l) = self.loops.get(target) {
-            l.pending.store(true, Ordering::SeqCst);
-            l.trigger.notify_one();
+    /// Asks `target`'s loop for a cycle. Returns false when one was already asked for and
+    /// not yet started: this trigger joins it (coalesced).
+    pub fn trigger(&self, target: &str) -> bool {
+        match self.loops.get(target) {
+            Some(l) => {
+                let was = l.pending.swap(true, Ordering::SeqCst);
+                l.trigger.notify_one();
+                !was
+            }
+            None => false,
         }
     }
 

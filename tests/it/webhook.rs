@@ -237,6 +237,24 @@ fn burst_of_50_pushes_runs_at_most_2_cycles() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let ran = cycles_total(&w) - before;
     assert!((1.0..=2.0).contains(&ran), "burst ran {ran} cycles");
+    // One log line per trigger that asked for a cycle; the rest are summed up (the summary
+    // is written at the latest when the daemon stops).
+    let World {
+        env,
+        forge: _forge,
+        d,
+    } = w;
+    assert_eq!(d.terminate(), 0);
+    let log = env.daemon_log();
+    let lines = log.matches("webhook triggered a cycle").count();
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} trigger lines for 50 pushes:\n{log}"
+    );
+    assert!(
+        log.contains("more webhook trigger(s) in the last 60s joined a cycle already asked for"),
+        "{log}"
+    );
 }
 
 #[test]

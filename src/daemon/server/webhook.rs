@@ -11,7 +11,8 @@
 //! ([`BODY_BUDGET`]; over it, 503), and must arrive within [`BODY_TIMEOUT`]. Every early
 //! answer (401, 413, 503) is sent first, then the rest of the body is read and discarded (up
 //! to [`DRAIN_MAX`] bytes or [`DRAIN_TIME`]) so the client sees the answer, not a reset.
-//! Wrong credentials are counted per target and logged as one summary line per minute.
+//! Wrong credentials, and valid triggers that join a cycle already asked for, are counted per
+//! target and logged as one summary line per minute.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub struct Guard {
     drains: std::sync::Arc<tokio::sync::Semaphore>,
     /// Wrong-credential requests per target since the last summary line.
     auth_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Valid triggers per target that joined a cycle already asked for, since the last line.
+    coalesced: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Default for Guard {
@@ -68,6 +71,7 @@ impl Guard {
             budget: std::sync::Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
             drains: std::sync::Arc::new(tokio::sync::Semaphore::new(DRAINS)),
             auth_failures: Mutex::new(Default::default()),
+            coalesced: Mutex::new(Default::default()),
         }
     }
 
@@ -78,6 +82,16 @@ impl Guard {
 
     fn take_auth_failures(&self) -> std::collections::BTreeMap<String, u64> {
         let mut m = crate::util::mutex::lock(&self.auth_failures);
+        std::mem::take(&mut *m)
+    }
+
+    fn joined(&self, target: &str) {
+        let mut m = crate::util::mutex::lock(&self.coalesced);
+        *m.entry(target.to_string()).or_default() += 1;
+    }
+
+    fn take_coalesced(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut m = crate::util::mutex::lock(&self.coalesced);
         std::mem::take(&mut *m)
     }
 }
@@ -100,6 +114,14 @@ pub async fn report_auth_failures(
                 target_name = %target,
                 count = n,
                 "{n} webhook request(s) with wrong credentials in the last {}s",
+                AUTH_LOG_EVERY.as_secs()
+            );
+        }
+        for (target, n) in guard.take_coalesced() {
+            tracing::info!(
+                target_name = %target,
+                count = n,
+                "{n} more webhook trigger(s) in the last {}s joined a cycle already asked for",
                 AUTH_LOG_EVERY.as_secs()
             );
         }
@@ -508,8 +530,13 @@ async fn decide(
             ));
         }
     }
-    shared.trigger(name);
-    tracing::info!(target_name = name, "webhook triggered a cycle");
+    // One line for the trigger that asks for a cycle; those that join it are summed up in
+    // the summary line, so a flood of valid pushes does not flood the journal.
+    if shared.trigger(name) {
+        tracing::info!(target_name = name, "webhook triggered a cycle");
+    } else {
+        guard.joined(name);
+    }
     Ok(Answer::new(
         StatusCode::ACCEPTED,
         WebhookResult::Triggered,
