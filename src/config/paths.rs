@@ -1,6 +1,7 @@
 //! Where live files are: resolving paths through links and `..`, and refusing targets whose
 //! files would overwrite each other's (or rulekeeper's own state).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Config, ConfigError, SourceKind};
@@ -59,6 +60,13 @@ pub(super) fn check_overlaps(cfg: &Config) -> Result<(), ConfigError> {
             (n.as_str(), live, PathBuf::from(prev))
         })
         .collect();
+    // Looked up, not compared pairwise: `check` stays linear in the number of targets.
+    let mut lives: HashMap<&Path, Vec<&str>> = HashMap::new();
+    let mut prevs: HashMap<&Path, Vec<&str>> = HashMap::new();
+    for (n, live, prev) in &files {
+        lives.entry(live.as_path()).or_default().push(n);
+        prevs.entry(prev.as_path()).or_default().push(n);
+    }
     let err = |target: &str, key: &str, message: String| ConfigError {
         file: cfg.file.clone(),
         target: Some(target.to_string()),
@@ -77,38 +85,23 @@ pub(super) fn check_overlaps(cfg: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
-        for (b, live_b, prev_b) in &files {
-            if a == b {
-                continue;
-            }
-            let clash = if live_a == live_b {
-                Some(format!("the same live file as target `{b}`"))
-            } else if live_a == prev_b {
-                Some(format!("target `{b}`'s `.prev` file"))
-            } else if prev_a == live_b {
-                Some(format!("its `.prev` is target `{b}`'s live file"))
-            } else if live_a.parent() == live_b.parent() && is_temp_of(live_a, live_b) {
-                Some(format!("named like target `{b}`'s temp files"))
-            } else {
-                None
-            };
-            if let Some(c) = clash {
-                return Err(err(
-                    a,
-                    "path",
-                    format!(
-                        "{} is {c} (paths compared after resolving links and `..`)",
-                        live_a.display()
-                    ),
-                ));
-            }
+        if let Some(c) = clash(a, live_a, prev_a, &lives, &prevs) {
+            return Err(err(
+                a,
+                "path",
+                format!(
+                    "{} is {c} (paths compared after resolving links and `..`)",
+                    live_a.display()
+                ),
+            ));
         }
         let t = &cfg.targets[*a];
         if t.source.kind == SourceKind::File {
             let src = resolve(Path::new(t.source.path.as_deref().unwrap_or_default()));
-            if let Some((b, _, _)) = files
-                .iter()
-                .find(|(_, live, prev)| *live == src || *prev == src)
+            if let Some(b) = lives
+                .get(src.as_path())
+                .or_else(|| prevs.get(src.as_path()))
+                .and_then(|names| names.first())
             {
                 return Err(err(
                     a,
@@ -124,12 +117,34 @@ pub(super) fn check_overlaps(cfg: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Whether `a`'s file name is one of the temp names written beside `b` (`.<b>.rk-*`).
-fn is_temp_of(a: &Path, b: &Path) -> bool {
-    match (a.file_name(), b.file_name()) {
-        (Some(a), Some(b)) => a
-            .to_string_lossy()
-            .starts_with(&format!(".{}.rk-", b.to_string_lossy())),
-        _ => false,
+/// What target `a`'s live file clashes with among the others, if anything: another's live
+/// file, another's `.prev` (or its `.prev` is another's live file), or a temp name written
+/// beside another's live file (`.<name>.rk-*`).
+fn clash(
+    a: &str,
+    live_a: &Path,
+    prev_a: &Path,
+    lives: &HashMap<&Path, Vec<&str>>,
+    prevs: &HashMap<&Path, Vec<&str>>,
+) -> Option<String> {
+    let other = |m: &HashMap<&Path, Vec<&str>>, p: &Path| -> Option<String> {
+        m.get(p)?.iter().find(|b| **b != a).map(|b| b.to_string())
+    };
+    if let Some(b) = other(lives, live_a) {
+        return Some(format!("the same live file as target `{b}`"));
     }
+    if let Some(b) = other(prevs, live_a) {
+        return Some(format!("target `{b}`'s `.prev` file"));
+    }
+    if let Some(b) = other(lives, prev_a) {
+        return Some(format!("its `.prev` is target `{b}`'s live file"));
+    }
+    // `.<name>.rk-XXXX`: every `<name>` the file name could be a temp name of.
+    let name = live_a.file_name()?.to_string_lossy();
+    let rest = name.strip_prefix('.')?;
+    let dir = live_a.parent()?;
+    rest.match_indices(".rk-").find_map(|(i, _)| {
+        other(lives, &dir.join(&rest[..i]))
+            .map(|b| format!("named like target `{b}`'s temp files"))
+    })
 }
