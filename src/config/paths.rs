@@ -144,7 +144,6 @@ fn clash(
     let rest = name.strip_prefix('.')?;
     let dir = live_a.parent()?;
     rest.match_indices(".rk-").find_map(|(i, _)| {
-        other(lives, &dir.join(&rest[..i]))
-            .map(|b| format!("named like target `{b}`'s temp files"))
+        other(lives, &dir.join(&rest[..i])).map(|b| format!("named like target `{b}`'s temp files"))
     })
 }

@@ -67,6 +67,7 @@ impl Runner<'_, '_> {
 
     async fn fetch_failed(&mut self, e: FetchError, live: Option<&[u8]>) -> Result<(), CycleError> {
         self.rep.fetch_reason = Some(e.reason);
+        self.rep.retry_at = e.retry_at;
         self.leave(Outcome::FetchFailed, Some(Reason::Stopped(e.message)), live)
             .await?;
         // Upstream being down is no reason for PowerSync not to run the live file.

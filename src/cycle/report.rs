@@ -42,6 +42,8 @@ pub struct Report {
     pub reason: Option<Reason>,
     /// `rulekeeper_fetch_failures_total{reason}` when the fetch failed.
     pub fetch_reason: Option<FetchReason>,
+    /// When upstream may be asked again, when it named a time (a forge's rate limit).
+    pub retry_at: Option<std::time::SystemTime>,
     /// The live file exists and passes validation.
     pub usable: bool,
     /// The live file is usable and equal to upstream (or to what an operator pushed).
@@ -77,6 +79,7 @@ impl Report {
             outcome: Outcome::Unchanged,
             reason: None,
             fetch_reason: None,
+            retry_at: None,
             usable: false,
             success: false,
             live_sha256: None,

@@ -444,7 +444,12 @@ async fn target_loop(
         } else if fetch_failed {
             let d = backoff(t.interval, failures);
             failures = failures.saturating_add(1);
-            d
+            // A forge that named a time is not asked before it (nor polled in vain till then).
+            let named = rep
+                .as_ref()
+                .and_then(|r| r.retry_at)
+                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
+            named.map_or(d, |n| d.max(n))
         } else {
             failures = 0;
             jittered(t.interval)

@@ -110,6 +110,8 @@ label_set! {
         Protocol => "protocol",
         /// The bytes differ from the forge's own blob id or digest.
         Integrity => "integrity",
+        /// The forge asked to slow down (429 `Retry-After`, GitHub's rate limit).
+        RateLimited => "rate_limited",
     }
 }
 
@@ -141,7 +143,7 @@ mod tests {
             assert_eq!(Outcome::parse(o.as_str()), Some(*o));
         }
         assert_eq!(Outcome::parse("nope"), None);
-        assert_eq!(FetchReason::ALL.len(), 15);
+        assert_eq!(FetchReason::ALL.len(), 16);
         assert_eq!(WebhookResult::ALL.len(), 9);
     }
 }

@@ -33,6 +33,8 @@ pub struct FetchError {
     /// `rulekeeper_fetch_failures_total{reason}`.
     pub reason: FetchReason,
     pub message: String,
+    /// When the source may be asked again (a forge's rate limit); None: on the usual backoff.
+    pub retry_at: Option<std::time::SystemTime>,
 }
 
 impl FetchError {
@@ -40,7 +42,13 @@ impl FetchError {
         FetchError {
             reason,
             message: message.into(),
+            retry_at: None,
         }
+    }
+
+    pub fn retry_at(mut self, t: std::time::SystemTime) -> Self {
+        self.retry_at = Some(t);
+        self
     }
 }
 

@@ -455,3 +455,69 @@ fn logs_to_a_pipe_or_file_are_plain_text() {
         "escape codes in the daemon's log file: {log:?}"
     );
 }
+
+/// A forge that says "slow down" is not asked again before the time it names, whatever the
+/// interval: a 429 with `Retry-After`, and GitHub's 403 with `X-RateLimit-Remaining: 0` (a rate
+/// limit, not a bad token). Counted as `rate_limited`; `status` says when the next try is due.
+#[test]
+fn a_forge_that_says_slow_down_is_not_asked_before_the_time_it_names() {
+    for (kind, status, headers) in [
+        ("forgejo", 429, vec![("Retry-After", "30".to_string())]),
+        (
+            "github",
+            403,
+            vec![
+                ("X-RateLimit-Remaining", "0".to_string()),
+                (
+                    "X-RateLimit-Reset",
+                    (chrono::Utc::now().timestamp() + 30).to_string(),
+                ),
+            ],
+        ),
+    ] {
+        let (env, forge) = crate::forge::forge_env(
+            &format!("{{ kind: {kind}, base_url: \"BASE\", repo: owner/app, path: rules.yaml, token_file: \"TOKENFILE\" }}"),
+            TOKEN,
+            false,
+        );
+        env.edit_config("    restart:", "    interval: 1s\n    restart:");
+        std::fs::write(&env.live, rules("persisted", "good")).unwrap();
+        forge.set(&rules("v2", "good"));
+        forge.fail_with_headers(Some(status), &headers);
+        forge.clear_log();
+        let d = env.daemon(None);
+        d.wait_ready();
+        let limited = || {
+            metric(
+                &d.metrics(),
+                "rulekeeper_fetch_failures_total",
+                &[("target", "ps"), ("reason", "rate_limited")],
+            )
+            .unwrap_or(0.0)
+        };
+        assert!(limited() >= 1.0, "{kind}: counted as rate_limited");
+        let auth = metric(
+            &d.metrics(),
+            "rulekeeper_fetch_failures_total",
+            &[("target", "ps"), ("reason", "auth")],
+        );
+        assert_eq!(auth, Some(0.0), "{kind}: not an auth failure");
+        let asked = forge.log().len();
+        // A negative can only be checked over a window: five intervals, in which a poll each
+        // second would have asked five more times.
+        let t = std::time::Instant::now();
+        wait_until(10, "five intervals", || t.elapsed().as_secs() >= 5);
+        assert_eq!(
+            forge.log().len(),
+            asked,
+            "{kind}: no request before the named time"
+        );
+        let s = env.rk(&["status"]);
+        assert!(
+            s.stdout.contains("no request to it before"),
+            "{kind}: {}",
+            s.stdout
+        );
+        assert_eq!(d.terminate(), 0);
+    }
+}

@@ -44,6 +44,8 @@ pub struct State {
     pub token: String,
     /// When set, every request gets this status (e.g. 503: forge down).
     pub fail_with: Option<u16>,
+    /// Headers sent with `fail_with` (a rate limit's `Retry-After`, GitHub's `X-RateLimit-*`).
+    pub fail_headers: Vec<(String, String)>,
     pub log: Vec<Req>,
     /// PowerSync: what `validate` reports, as (level, message).
     pub ps_validate: Vec<(String, String)>,
@@ -155,6 +157,7 @@ impl FakeForge {
             status_token: STATUS_TOKEN.to_string(),
             status_fail_with: None,
             status_delay: None,
+            fail_headers: Vec::new(),
             commits: std::collections::HashMap::new(),
             move_after_next: None,
         }));
@@ -209,6 +212,16 @@ impl FakeForge {
 
     pub fn fail_with(&self, status: Option<u16>) {
         self.state.lock().unwrap().fail_with = status;
+    }
+
+    /// Every request gets `status` with these headers (None: answers again as usual).
+    pub fn fail_with_headers(&self, status: Option<u16>, headers: &[(&str, String)]) {
+        let mut s = self.state.lock().unwrap();
+        s.fail_with = status;
+        s.fail_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
     }
 
     pub fn tamper(&self, t: Option<Tamper>) {
@@ -321,7 +334,12 @@ async fn handle(
 
 fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
     if let Some(code) = s.fail_with {
-        return resp(code, b"down".to_vec(), &[]);
+        let headers: Vec<(&str, String)> = s
+            .fail_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        return resp(code, b"down".to_vec(), &headers);
     }
     let p = &r.path;
     if p.starts_with("/api/admin/v1/") {

@@ -57,6 +57,9 @@ pub async fn post(
     } else {
         serde_json::json!({"state": state, "context": status.context, "description": status.description})
     };
+    if let Some(until) = super::limit::blocked(&u) {
+        return Err(super::limit::refusal(&u, until).message);
+    }
     let client = client(timeout, s.ca_file.as_deref()).map_err(|e| e.message)?;
     let mut req = client
         .post(u.clone())
@@ -73,6 +76,9 @@ pub async fn post(
         .await
         .map_err(|e| format!("POST {shown}: {}", e.without_url()))?;
     let code = resp.status();
+    if let Some(until) = super::limit::note(&u, code, resp.headers()) {
+        return Err(super::limit::refusal(&u, until).message);
+    }
     if code.is_success() {
         Ok(())
     } else {
