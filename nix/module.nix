@@ -326,7 +326,14 @@ let
         '';
       };
       interval = nullOrStr "Poll interval (humantime, e.g. \"5m\"); rulekeeper's default when null.";
-      mode = nullOrStr "File mode of the live file, e.g. \"0644\".";
+      mode = nullOrStr "File mode of the live file, e.g. \"0640\"; when null the replaced file keeps its mode (a new file gets 0644).";
+      owner = nullOrStr "Owner of the live file (a user name or uid); when null the replaced file keeps its owner (a new file gets its directory's).";
+      group = nullOrStr "Group of the live file (a group name or gid); when null the replaced file keeps its group (a new file gets its directory's).";
+      create_dirs = mkOption {
+        type = types.nullOr types.bool;
+        default = null;
+        description = "Create every missing parent of the live file's directory (rulekeeper creates only the last one by default).";
+      };
       max_bytes = mkOption {
         type = types.nullOr types.int;
         default = null;
@@ -617,7 +624,8 @@ in
               StateDirectoryMode = "0750";
               LoadCredential = lib.mapAttrsToList (name: path: "${name}:${path}") cfg.credentials;
               ReadWritePaths = readWritePaths;
-              # The live file's mode is set explicitly by rulekeeper; keep new files readable.
+              # rulekeeper sets the live file's mode itself (kept from the file it replaces, or
+              # `mode`); the umask only shapes directories it creates.
               UMask = mkDefault "0022";
 
               # Hardening, after the nixpkgs prometheus exporters baseline.
