@@ -25,11 +25,7 @@ impl Runner<'_, '_> {
     async fn fetch(&mut self, conditional: bool) -> Result<Upstream, FetchError> {
         let t0 = Instant::now();
         let memo = self.st.source.clone().filter(|_| conditional);
-        let r = self
-            .ctx
-            .source
-            .fetch(memo.as_ref().map(|m| m.token.as_str()))
-            .await;
+        let r = self.ctx.source.fetch(memo.as_ref().map(|m| &m.token)).await;
         self.timed(Phase::Fetch, t0);
         match r? {
             Fetched::NotModified => {

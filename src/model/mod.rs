@@ -2,5 +2,6 @@
 //! journal fields and state, and the reason a cycle ended as it did). Leaves: they import only
 //! `util`.
 
+pub(crate) mod conditional;
 pub(crate) mod labels;
 pub(crate) mod reason;

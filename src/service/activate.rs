@@ -51,10 +51,55 @@ pub enum RestartError {
     },
 }
 
+/// A unit's `ActiveState`, as systemd spells it (an unknown word is kept as it came).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ActiveState {
+    Active,
+    Reloading,
+    #[default]
+    Inactive,
+    Failed,
+    Activating,
+    Deactivating,
+    Other(String),
+}
+
+impl ActiveState {
+    fn parse(s: &str) -> ActiveState {
+        match s {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            other => ActiveState::Other(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Other(s) => s,
+        })
+    }
+}
+
+/// systemd's `SubState` while it waits to restart a unit that died (`Restart=`).
+const AUTO_RESTART: &str = "auto-restart";
+
 /// Properties of a unit as `systemctl show` reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitState {
-    pub active_state: String,
+    pub active_state: ActiveState,
+    /// systemd's open set of sub-states (type-specific): kept as reported, for messages.
     pub sub_state: String,
     pub invocation: String,
 }
@@ -62,14 +107,17 @@ pub struct UnitState {
 impl UnitState {
     /// Running as far as verification is concerned (`reloading` keeps the same process).
     pub fn is_up(&self) -> bool {
-        matches!(self.active_state.as_str(), "active" | "reloading")
+        matches!(
+            self.active_state,
+            ActiveState::Active | ActiveState::Reloading
+        )
     }
 
     /// The unit ran and died, or is cycling through systemd's automatic restarts: what a
     /// crash on bad rules looks like, as opposed to `inactive` (stopped, or never started).
     pub fn crashed(&self) -> bool {
-        self.active_state == "failed"
-            || (self.active_state == "activating" && self.sub_state == "auto-restart")
+        self.active_state == ActiveState::Failed
+            || (self.active_state == ActiveState::Activating && self.sub_state == AUTO_RESTART)
     }
 }
 
@@ -137,7 +185,7 @@ pub async fn unit_state(unit: &str, timeout: Duration) -> Result<UnitState, Rest
     let mut st = UnitState::default();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some(v) = line.strip_prefix("ActiveState=") {
-            st.active_state = v.trim().to_string();
+            st.active_state = ActiveState::parse(v.trim());
         } else if let Some(v) = line.strip_prefix("SubState=") {
             st.sub_state = v.trim().to_string();
         } else if let Some(v) = line.strip_prefix("InvocationID=") {
@@ -198,7 +246,7 @@ pub async fn restart(
         must(out, &format!("systemctl try-restart {unit}"))?;
     } else {
         // A crash loop may have tripped the start limit; `restart` would then be refused.
-        if st.active_state == "failed" || st.crashed() {
+        if st.crashed() {
             let out = systemctl(&["reset-failed", "--", &unit], cfg.timeout).await?;
             if !out.success {
                 tracing::warn!(unit = %unit, output = %out.summary(), "systemctl reset-failed failed; trying restart anyway");

@@ -2,6 +2,7 @@
 //! https, git://). `git ls-remote` says where the ref points; only when that moved does a
 //! shallow fetch into a cache under `state_dir` run, and the file is read from that commit.
 
+use crate::model::conditional::Conditional;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -120,9 +121,9 @@ impl GitSource {
         })
     }
 
-    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, cond: Option<&Conditional>) -> Result<Fetched, FetchError> {
         let commit = self.remote_commit().await?;
-        if cond == Some(format!("rev:{commit}").as_str()) {
+        if cond == Some(&Conditional::Commit(commit.clone())) {
             return Ok(Fetched::NotModified);
         }
         if !self.cache.join("HEAD").exists() {
@@ -189,7 +190,7 @@ impl GitSource {
             .await?;
         Ok(Fetched::Content {
             body: blob.stdout,
-            token: Some(format!("rev:{fetched}")),
+            token: Some(Conditional::Commit(fetched.clone())),
             revision: Some(fetched),
         })
     }

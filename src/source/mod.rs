@@ -7,6 +7,7 @@ pub mod forge;
 mod git;
 pub mod integrity;
 
+use crate::model::conditional::Conditional;
 use std::path::{Path, PathBuf};
 
 use crate::config::{SourceKind, Target};
@@ -21,7 +22,7 @@ pub enum Fetched {
     Content {
         body: Vec<u8>,
         /// Validator to send next time (see `state::SourceMemo::token`).
-        token: Option<String>,
+        token: Option<crate::model::conditional::Conditional>,
         /// The commit (or other revision) upstream reports for this content.
         revision: Option<String>,
     },
@@ -85,7 +86,7 @@ impl Source {
     }
 
     /// Fetches; `cond` is the remembered validator (None: fetch unconditionally).
-    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, cond: Option<&Conditional>) -> Result<Fetched, FetchError> {
         match &self.inner {
             Inner::Forge(f) => f.fetch(cond).await,
             Inner::Git(g) => g.fetch(cond).await,

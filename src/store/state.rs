@@ -123,8 +123,8 @@ pub struct GateWait {
 /// What the source said last time, so the next fetch can be conditional.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SourceMemo {
-    /// Opaque validator: `etag:<v>`, `lm:<date>`, or `rev:<commit>`.
-    pub token: String,
+    /// What the next fetch sends back to be answered "not modified".
+    pub token: crate::model::conditional::Conditional,
     /// sha256 of the content the token stands for.
     pub sha256: String,
     #[serde(default)]

@@ -13,6 +13,7 @@ pub mod limit;
 pub mod status;
 mod wire;
 
+use crate::model::conditional::Conditional;
 use std::path::PathBuf;
 
 use reqwest::header::HeaderMap;
@@ -157,7 +158,7 @@ impl ForgeSource {
     /// agree: once the file at `ref` has changed, the commit that last touched it is resolved
     /// and the file is fetched again *at that commit*, so a branch that moves between two
     /// requests cannot pair one commit's id with another commit's bytes.
-    pub async fn fetch(&self, cond: Option<&str>) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, cond: Option<&Conditional>) -> Result<Fetched, FetchError> {
         let Some(first) = self.get(&self.url, self.meta_url.as_ref(), cond).await? else {
             return Ok(Fetched::NotModified);
         };
@@ -199,7 +200,7 @@ impl ForgeSource {
         &self,
         url: &url::Url,
         meta: Option<&url::Url>,
-        cond: Option<&str>,
+        cond: Option<&Conditional>,
     ) -> Result<Option<Got>, FetchError> {
         let mut req = self.client.get(url.clone()).headers(self.auth_headers()?);
         if self.kind == SourceKind::Github {
@@ -208,12 +209,14 @@ impl ForgeSource {
                 .header("Accept", "application/vnd.github+json")
                 .header("X-GitHub-Api-Version", "2022-11-28");
         }
-        if let Some(c) = cond {
-            if let Some(etag) = c.strip_prefix("etag:") {
-                req = req.header(reqwest::header::IF_NONE_MATCH, etag);
-            } else if let Some(lm) = c.strip_prefix("lm:") {
-                req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+        match cond {
+            Some(Conditional::ETag(etag)) => {
+                req = req.header(reqwest::header::IF_NONE_MATCH, etag.as_str())
             }
+            Some(Conditional::LastModified(lm)) => {
+                req = req.header(reqwest::header::IF_MODIFIED_SINCE, lm.as_str())
+            }
+            Some(Conditional::Commit(_)) | None => {}
         }
         if let Some(until) = limit::blocked(url) {
             return Err(limit::refusal(url, until));
@@ -242,8 +245,8 @@ impl ForgeSource {
             ));
         }
         let token = header_str(resp.headers(), "etag")
-            .map(|e| format!("etag:{e}"))
-            .or_else(|| header_str(resp.headers(), "last-modified").map(|l| format!("lm:{l}")));
+            .map(Conditional::ETag)
+            .or_else(|| header_str(resp.headers(), "last-modified").map(Conditional::LastModified));
         let revision = header_str(resp.headers(), "x-gitlab-last-commit-id")
             .or_else(|| header_str(resp.headers(), "x-gitlab-commit-id"));
         let headers = resp.headers().clone();
@@ -408,7 +411,7 @@ impl ForgeSource {
 /// One answer with the file.
 struct Got {
     body: Vec<u8>,
-    token: Option<String>,
+    token: Option<Conditional>,
     /// GitLab names the commit in a header.
     revision: Option<String>,
 }
