@@ -73,7 +73,7 @@ impl Exit {
     pub fn of(rep: &Report) -> Exit {
         match rep.outcome {
             Outcome::RollbackFailed => Exit::RollbackFailed,
-            _ if !rep.usable => Exit::NoUsableFile,
+            _ if !rep.live.usable => Exit::NoUsableFile,
             Outcome::Failed => Exit::Io,
             // A manual rollback that left the service healthy did what was asked.
             Outcome::RolledBack if rep.asked == Asked::Rollback => Exit::Ok,
@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn report_mapping() {
         let mut r = Report::new("t", Asked::Poll);
-        r.usable = true;
+        r.live.usable = true;
         r.outcome = Outcome::RolledBack;
         assert_eq!(Exit::of(&r), Exit::Rejected);
         r.asked = Asked::Rollback;
@@ -149,7 +149,7 @@ mod tests {
         r.outcome = Outcome::RollbackFailed;
         assert_eq!(Exit::of(&r), Exit::RollbackFailed);
         r.outcome = Outcome::Applied;
-        r.usable = false;
+        r.live.usable = false;
         assert_eq!(Exit::of(&r), Exit::NoUsableFile);
     }
 }

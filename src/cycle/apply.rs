@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use super::report::{Live, Verdict};
 use super::{CycleError, Mode, Runner};
 use crate::config::RestartKind;
 use crate::model::labels::{Outcome, Phase};
@@ -71,12 +72,12 @@ impl Runner<'_, '_> {
         let live = self.read_live()?;
         let sha = sha256_hex(&body);
         if live.as_deref().map(sha256_hex).as_deref() == Some(sha.as_str()) {
-            self.rep.outcome = Outcome::Unchanged;
-            self.rep.usable = true;
-            self.rep.success = true;
-            self.rep.live_sha256 = Some(sha);
-            self.rep.reason = Some(Reason::Note(
-                "the live file already has this content".into(),
+            self.rep.end(Verdict::success(
+                Outcome::Unchanged,
+                Some(Reason::Note(
+                    "the live file already has this content".into(),
+                )),
+                Live::good(sha, None),
             ));
             return Ok(());
         }
@@ -142,7 +143,7 @@ impl Runner<'_, '_> {
         )
         .await?;
         if self.rep.outcome == Outcome::RolledBack
-            && self.rep.live_sha256.as_deref() == Some(entry.sha256.as_str())
+            && self.rep.live.sha256.as_deref() == Some(entry.sha256.as_str())
         {
             // Held there: the next poll would otherwise bring upstream's content back.
             self.st.hold = true;
@@ -203,21 +204,26 @@ impl Runner<'_, '_> {
         let unit_running = self.swap(&a, candidate).await?;
         match self.restart_and_verify(&a.body, mode.forward()).await {
             Ok(checked) => {
-                self.commit_applied(&a.sha, a.revision);
-                self.rep.outcome = mode.verified();
-                self.rep.reason = checked.note().map(Reason::Note);
+                let live = self.commit_applied(&a.sha, a.revision);
+                let note = checked.note().map(Reason::Note);
+                self.rep.end(if mode.success() {
+                    Verdict::success(mode.verified(), note, live)
+                } else {
+                    Verdict::new(mode.verified(), note, live)
+                });
                 self.rep.drift_corrected = mode.drift();
-                self.rep.success = mode.success();
                 Ok(())
             }
             Err(e) if mode == Mode::ManualRollback => {
                 self.st.pending = None;
-                self.commit_applied(&a.sha, a.revision);
-                self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(Reason::Unhealthy(format!(
-                    "unhealthy after rolling back: {e}"
-                )));
-                self.rep.usable = true;
+                let live = self.commit_applied(&a.sha, a.revision);
+                self.rep.end(Verdict::new(
+                    Outcome::RollbackFailed,
+                    Some(Reason::Unhealthy(format!(
+                        "unhealthy after rolling back: {e}"
+                    ))),
+                    live,
+                ));
                 Ok(())
             }
             Err(CheckFailed::Restart(RestartError::Deploy(e)))
@@ -346,7 +352,8 @@ impl Runner<'_, '_> {
         }
     }
 
-    pub(super) fn commit_applied(&mut self, sha: &str, revision: Option<String>) {
+    /// Records `sha` as applied (verified) and returns the live file it now is.
+    pub(super) fn commit_applied(&mut self, sha: &str, revision: Option<String>) -> Live {
         // Content that passed verification now is no longer known-bad (an operator pushed it
         // again after fixing what made it fail).
         if self.st.quarantine.as_ref().is_some_and(|q| q.sha256 == sha) {
@@ -359,9 +366,7 @@ impl Runner<'_, '_> {
             at: Utc::now(),
         });
         self.st.pending = None;
-        self.rep.usable = true;
-        self.rep.live_sha256 = Some(sha.to_string());
-        self.rep.revision = revision;
+        Live::good(sha.to_string(), revision)
     }
 
     pub(super) async fn unit_lock(&self) -> Result<Option<state::LockGuard>, CycleError> {

@@ -106,7 +106,7 @@ pub fn finished(t: &Target, rep: &Report, st: &mut TargetState) -> Option<Post> 
         _ => return None,
     };
     let sha = match rep.outcome {
-        Outcome::Applied => rep.revision.clone(),
+        Outcome::Applied => rep.live.revision.clone(),
         _ => st.upstream_revision.clone(),
     }?;
     remember(

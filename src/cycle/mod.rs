@@ -33,7 +33,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use crate::config::Target;
-use crate::cycle::report::{Asked, Report};
+use crate::cycle::report::{Asked, Live, Report, Verdict};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::validate;
@@ -238,8 +238,8 @@ fn finish(
 ) -> Result<Report, CycleError> {
     rep.held = st.hold;
     rep.quarantined = st.upstream_quarantined();
-    if rep.live_sha256.is_none() {
-        rep.live_sha256 = st.applied.as_ref().map(|a| a.sha256.clone());
+    if rep.live.sha256.is_none() {
+        rep.live.sha256 = st.applied.as_ref().map(|a| a.sha256.clone());
     }
     // An I/O failure (or our own) is a cycle that ran and failed: an outcome, counted and
     // shown like any other, naming the stage. Refusals, shutdown and boot deferral are not.
@@ -247,13 +247,14 @@ fn finish(
         Err(e) => match e.stage() {
             Some(stage) => {
                 tracing::error!(target_name = %ctx.target.name, stage, error = %e, "cycle failed");
-                rep.outcome = Outcome::Failed;
-                rep.reason = Some(Reason::Failed {
-                    stage,
-                    error: e.to_string(),
-                });
-                rep.success = false;
-                describe_live(ctx.target, &mut rep);
+                rep.end(Verdict::new(
+                    Outcome::Failed,
+                    Some(Reason::Failed {
+                        stage,
+                        error: e.to_string(),
+                    }),
+                    describe_live(ctx.target),
+                ));
                 Ok(())
             }
             None => Err(e),
@@ -283,21 +284,26 @@ fn finish(
         // A lost lock means the directory is no longer ours: what this cycle knew is not
         // carried into the next one.
         rep.state_unknown = matches!(e, StateError::LockLost { .. });
-        rep.outcome = Outcome::Failed;
-        rep.success = false;
-        rep.reason = Some(Reason::Failed {
-            stage: "state",
-            error: match rep.reason.take() {
-                Some(r) => format!("{e} (after: {r})"),
-                None => e.to_string(),
-            },
-        });
+        // The live file is what the cycle left; only the outcome and reason change.
+        let error = match rep.reason.take() {
+            Some(r) => format!("{e} (after: {r})"),
+            None => e.to_string(),
+        };
+        let live = rep.live.clone();
+        rep.end(Verdict::new(
+            Outcome::Failed,
+            Some(Reason::Failed {
+                stage: "state",
+                error,
+            }),
+            live,
+        ));
     }
     if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
         let live = install::read(&ctx.target.path).ok().flatten();
         let done = crate::store::history::Done {
             outcome: rep.outcome,
-            revision: rep.revision.clone(),
+            revision: rep.live.revision.clone(),
             restarts: rep.restarts,
             duration: rep.total(),
         };
@@ -339,24 +345,29 @@ fn note_outcome(st: &mut TargetState, rep: &Report, res: &Result<(), CycleError>
 fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Report {
     tracing::error!(target_name = %ctx.target.name, error = %e, "cannot take the target's lock");
     let mut rep = Report::new(&ctx.target.name, asked);
-    rep.outcome = Outcome::Failed;
-    rep.reason = Some(Reason::Failed {
-        stage: "state",
-        error: e.to_string(),
-    });
+    rep.end(Verdict::new(
+        Outcome::Failed,
+        Some(Reason::Failed {
+            stage: "state",
+            error: e.to_string(),
+        }),
+        describe_live(ctx.target),
+    ));
     rep.unsaved = Some(e.to_string());
     rep.state_unknown = true;
-    describe_live(ctx.target, &mut rep);
     rep.phases.push((Phase::Total, started.elapsed()));
     rep
 }
 
-/// The report of a cycle that ended without a verdict on the live file: whether it is
-/// usable and which content it holds, as the disk says now.
-fn describe_live(t: &Target, rep: &mut Report) {
+/// The live file of a cycle that ended without a verdict on it: whether it is usable and
+/// which content it holds, as the disk says now.
+fn describe_live(t: &Target) -> Live {
     let live = install::read(&t.path).ok().flatten();
-    rep.live_sha256 = live.as_deref().map(sha256_hex);
-    rep.usable = validate::usable_builtin(&t.validate, live.as_deref());
+    Live {
+        sha256: live.as_deref().map(sha256_hex),
+        usable: validate::usable_builtin(&t.validate, live.as_deref()),
+        revision: None,
+    }
 }
 
 /// How long a cycle waits for its target's lock before it says it is waiting.
@@ -393,11 +404,13 @@ pub(super) async fn blocking_lock<T: Send + 'static>(
 /// The state file holds the quarantine and any pending apply: never reset it silently, and
 /// touch nothing of this target until an operator has looked.
 fn state_error(t: &Target, rep: &mut Report, e: &StateError) {
-    rep.outcome = Outcome::StateError;
-    rep.reason = Some(Reason::Stopped(format!(
-        "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
-    )));
-    describe_live(t, rep);
+    rep.end(Verdict::new(
+        Outcome::StateError,
+        Some(Reason::Stopped(format!(
+            "{e}; nothing is applied to this target until the file is fixed or moved aside (its quarantine and pending records are then lost)"
+        ))),
+        describe_live(t),
+    ));
 }
 
 /// One cycle in progress: the context, the state as it will be saved, the report so far.
@@ -534,6 +547,18 @@ impl Runner<'_, '_> {
         self.st.applied.as_ref().and_then(|a| a.revision.clone())
     }
 
+    /// A new outcome and reason for a cycle whose live file is already described (PowerSync's
+    /// follow-up of an in-sync file): the live file, and whether that is success, stay.
+    fn rerule(&mut self, outcome: Outcome, reason: Option<Reason>) {
+        let v = Verdict {
+            outcome,
+            reason,
+            live: self.rep.live.clone(),
+            success: self.rep.success,
+        };
+        self.rep.end(v);
+    }
+
     /// Ends the cycle with `outcome`, leaving the live file as it is: the report describes
     /// the live file (usable? which content, which revision) and says why.
     async fn leave(
@@ -542,11 +567,12 @@ impl Runner<'_, '_> {
         reason: Option<Reason>,
         live: Option<&[u8]>,
     ) -> Result<(), CycleError> {
-        self.rep.outcome = outcome;
-        self.rep.reason = reason;
-        self.rep.usable = validate::usable_full(self.t(), live).await;
-        self.rep.live_sha256 = live.map(sha256_hex);
-        self.rep.revision = self.applied_revision();
+        let described = Live {
+            sha256: live.map(sha256_hex),
+            usable: validate::usable_full(self.t(), live).await,
+            revision: self.applied_revision(),
+        };
+        self.rep.end(Verdict::new(outcome, reason, described));
         Ok(())
     }
 }

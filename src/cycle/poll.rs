@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 
+use super::report::{Live, Verdict};
 use super::{CycleError, Mode, Runner};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
@@ -161,12 +162,17 @@ impl Runner<'_, '_> {
         // In sync there is nothing left to keep out, whatever the hash.
         self.st.quarantine = None;
         self.st.gate = None;
-        self.rep.outcome = Outcome::Unchanged;
         // Content we applied was validated then; this also covers a file found in place.
-        self.rep.usable = validate::usable_builtin(&self.t().validate, live);
-        self.rep.success = self.rep.usable;
-        self.rep.live_sha256 = Some(up.sha.clone());
-        self.rep.revision = up.revision.clone();
+        let usable = validate::usable_builtin(&self.t().validate, live);
+        self.rep.end(Verdict::success(
+            Outcome::Unchanged,
+            None,
+            Live {
+                sha256: Some(up.sha.clone()),
+                usable,
+                revision: up.revision.clone(),
+            },
+        ));
         self.converge_service(live).await
     }
 }

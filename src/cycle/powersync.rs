@@ -30,7 +30,7 @@ impl Runner<'_, '_> {
         let Some(api) = t.restart.deploy() else {
             return Ok(());
         };
-        let Some(live) = live.filter(|_| self.rep.usable && !self.st.hold) else {
+        let Some(live) = live.filter(|_| self.rep.live.usable && !self.st.hold) else {
             return Ok(());
         };
         let ep = Endpoint::deploy(api, t.restart.timeout);
@@ -84,11 +84,13 @@ impl Runner<'_, '_> {
                 let prev = install::read(&install::prev_path(&t.path))?;
                 if prev.as_deref().is_none_or(|p| sha256_hex(p) == sha) {
                     // Last-good itself fails: nothing to go back to.
-                    self.rep.outcome = Outcome::RollbackFailed;
-                    self.rep.reason = Some(Reason::RollbackFailed {
-                        cause: Box::new(Reason::Rejected(why)),
-                        after: "and there is nothing else to roll back to".into(),
-                    });
+                    self.rerule(
+                        Outcome::RollbackFailed,
+                        Some(Reason::RollbackFailed {
+                            cause: Box::new(Reason::Rejected(why)),
+                            after: "and there is nothing else to roll back to".into(),
+                        }),
+                    );
                     return Ok(());
                 }
                 self.roll_back(&sha, Reason::Rejected(why), WasRunning::Unknown)
@@ -116,35 +118,40 @@ impl Runner<'_, '_> {
         tracing::warn!(target_name = %t.name, sha256 = %sha, "PowerSync runs {runs}; deploying the live file");
         let drift = format!("PowerSync ran {runs}");
         if let Err(e) = validate::full(&t.validate, &t.path, &t.path, live).await {
-            self.rep.outcome = Outcome::Rejected;
-            self.rep.reason = Some(Reason::Rejected(format!(
-                "{drift}, and the live file does not validate: {e}"
-            )));
+            self.rerule(
+                Outcome::Rejected,
+                Some(Reason::Rejected(format!(
+                    "{drift}, and the live file does not validate: {e}"
+                ))),
+            );
             return Ok(());
         }
         self.st.deploying = None;
         match self.restart_and_verify(live, WasRunning::Unknown).await {
             Ok(checked) => {
-                self.rep.outcome = Outcome::Applied;
-                self.rep.drift_corrected = true;
                 let mut why = format!("{drift}; deployed the live file");
                 if let Some(n) = checked.note() {
                     why = format!("{why}; {n}");
                 }
-                self.rep.reason = Some(Reason::Note(why));
+                self.rerule(Outcome::Applied, Some(Reason::Note(why)));
+                self.rep.drift_corrected = true;
             }
             Err(super::apply::CheckFailed::Restart(RestartError::Deploy(e))) => {
-                self.rep.outcome = Outcome::Rejected;
-                self.rep.reason = Some(Reason::Rejected(format!(
-                    "{drift}, and deploying the live file failed: {e}"
-                )));
+                self.rerule(
+                    Outcome::Rejected,
+                    Some(Reason::Rejected(format!(
+                        "{drift}, and deploying the live file failed: {e}"
+                    ))),
+                );
             }
             Err(e) => {
                 // The live file is last-good: there is nothing better to go back to.
-                self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(Reason::Unhealthy(format!(
-                    "{drift}, and the live file failed once deployed: {e}"
-                )));
+                self.rerule(
+                    Outcome::RollbackFailed,
+                    Some(Reason::Unhealthy(format!(
+                        "{drift}, and the live file failed once deployed: {e}"
+                    ))),
+                );
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! the boot rule that goes with it: before READY=1 the daemon never asks systemd to restart
 //! or start a unit (its job would wait behind our own start job), so such work is deferred.
 
+use super::report::Verdict;
 use super::{CycleError, Runner};
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
@@ -36,13 +37,16 @@ impl Runner<'_, '_> {
                 let body = live.unwrap_or_default();
                 match self.restart_and_verify(&body, was).await {
                     Ok(checked) => {
-                        self.commit_applied(&p.new_sha256, p.revision.clone());
-                        self.rep.outcome = Outcome::Applied;
-                        self.rep.success = true;
-                        self.rep.reason = Some(Reason::Note(match checked.note() {
+                        let live = self.commit_applied(&p.new_sha256, p.revision.clone());
+                        let note = match checked.note() {
                             Some(n) => format!("interrupted apply completed; {n}"),
                             None => "interrupted apply verified".into(),
-                        }));
+                        };
+                        self.rep.end(Verdict::success(
+                            Outcome::Applied,
+                            Some(Reason::Note(note)),
+                            live,
+                        ));
                     }
                     Err(e) => {
                         self.roll_back(

@@ -32,6 +32,61 @@ impl Asked {
     }
 }
 
+/// The live file as a cycle leaves it: which content, whether it is usable, and the revision
+/// that content came from. One value, so the three cannot disagree.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    pub sha256: Option<String>,
+    /// The live file exists and passes validation.
+    pub usable: bool,
+    pub revision: Option<String>,
+}
+
+impl Live {
+    /// Content that was just verified (or found in place and usable).
+    pub fn good(sha256: String, revision: Option<String>) -> Live {
+        Live {
+            sha256: Some(sha256),
+            usable: true,
+            revision,
+        }
+    }
+}
+
+/// How a cycle ended: its outcome and why, the live file, and whether that is success (usable
+/// and equal to upstream). Every way out of a cycle ends with one; the report takes its
+/// outcome, reason, live file and success from it, in one place.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub outcome: Outcome,
+    pub reason: Option<Reason>,
+    pub live: Live,
+    pub success: bool,
+}
+
+impl Verdict {
+    /// Ended with `outcome`; not success.
+    pub fn new(outcome: Outcome, reason: Option<Reason>, live: Live) -> Verdict {
+        Verdict {
+            outcome,
+            reason,
+            live,
+            success: false,
+        }
+    }
+
+    /// Ended with the live file usable and what upstream serves (or what was asked for).
+    pub fn success(outcome: Outcome, reason: Option<Reason>, live: Live) -> Verdict {
+        let success = live.usable;
+        Verdict {
+            outcome,
+            reason,
+            live,
+            success,
+        }
+    }
+}
+
 /// Everything the caller needs to record a cycle.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -40,16 +95,14 @@ pub struct Report {
     pub outcome: Outcome,
     /// Why: an error, or a note such as "verification skipped" ([`Reason::is_note`]).
     pub reason: Option<Reason>,
+    /// The live file at the end of the cycle: set with the outcome, from one [`Verdict`].
+    pub live: Live,
     /// `rulekeeper_fetch_failures_total{reason}` when the fetch failed.
     pub fetch_reason: Option<FetchReason>,
     /// When upstream may be asked again, when it named a time (a forge's rate limit).
     pub retry_at: Option<std::time::SystemTime>,
-    /// The live file exists and passes validation.
-    pub usable: bool,
     /// The live file is usable and equal to upstream (or to what an operator pushed).
     pub success: bool,
-    pub live_sha256: Option<String>,
-    pub revision: Option<String>,
     /// How many times the managed service was restarted.
     pub restarts: u32,
     pub drift_corrected: bool,
@@ -80,10 +133,8 @@ impl Report {
             reason: None,
             fetch_reason: None,
             retry_at: None,
-            usable: false,
+            live: Live::default(),
             success: false,
-            live_sha256: None,
-            revision: None,
             restarts: 0,
             drift_corrected: false,
             unverified: false,
@@ -95,6 +146,14 @@ impl Report {
             phases: Vec::new(),
             state: TargetState::default(),
         }
+    }
+
+    /// Takes the cycle's verdict: the one writer of outcome, reason, live file and success.
+    pub fn end(&mut self, v: Verdict) {
+        self.outcome = v.outcome;
+        self.reason = v.reason;
+        self.live = v.live;
+        self.success = v.success;
     }
 
     /// A fresh report for a second piece of work in the same cycle (an operator's command
@@ -126,8 +185,8 @@ impl Report {
             .map(Reason::to_string)
             .unwrap_or_default();
         let reason = reason.as_str();
-        let sha256 = self.live_sha256.as_deref().unwrap_or("");
-        let revision = self.revision.as_deref().unwrap_or("");
+        let sha256 = self.live.sha256.as_deref().unwrap_or("");
+        let revision = self.live.revision.as_deref().unwrap_or("");
         let (target_name, outcome, restarts) =
             (self.target.as_str(), self.outcome.as_str(), self.restarts);
         macro_rules! entry {
@@ -159,16 +218,16 @@ impl Report {
 
     /// The CLI's one line: `target: outcome (live SHA, revision R): reason`.
     pub fn summary(&self) -> String {
-        let sha = self.live_sha256.as_deref().map(short).unwrap_or("-");
+        let sha = self.live.sha256.as_deref().map(short).unwrap_or("-");
         let mut line = format!("{}: {} (live {sha}", self.target, self.outcome);
-        if let Some(r) = &self.revision {
+        if let Some(r) = &self.live.revision {
             line.push_str(&format!(", revision {r}"));
         }
         line.push(')');
         if let Some(r) = &self.reason {
             line.push_str(&format!(": {r}"));
         }
-        if !self.usable {
+        if !self.live.usable {
             line.push_str(" [no usable live file]");
         }
         line

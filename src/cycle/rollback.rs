@@ -5,6 +5,7 @@
 
 use chrono::Utc;
 
+use super::report::{Live, Verdict};
 use super::{CycleError, Runner};
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
@@ -58,20 +59,21 @@ impl Runner<'_, '_> {
             self.quarantine(bad_sha, &format!("validation failed: {why}"));
         }
         self.st.pending = None;
-        self.rep.outcome = Outcome::Rejected;
-        self.rep.reason = Some(Reason::Rejected(why.to_string()));
-        self.rep.revision = self.applied_revision();
-        match self.put_prev_back(bad_sha)? {
-            PrevBack::Restored(prev) => {
-                self.rep.usable = true;
-                self.rep.live_sha256 = Some(sha256_hex(&prev));
-            }
-            PrevBack::Nothing { live_sha } => {
-                // A first apply: there is no last-good, and the service runs none of ours.
-                self.rep.usable = false;
-                self.rep.live_sha256 = live_sha;
-            }
-        }
+        let revision = self.applied_revision();
+        let live = match self.put_prev_back(bad_sha)? {
+            PrevBack::Restored(prev) => Live::good(sha256_hex(&prev), revision),
+            // A first apply: there is no last-good, and the service runs none of ours.
+            PrevBack::Nothing { live_sha } => Live {
+                sha256: live_sha,
+                usable: false,
+                revision,
+            },
+        };
+        self.rep.end(Verdict::new(
+            Outcome::Rejected,
+            Some(Reason::Rejected(why.to_string())),
+            live,
+        ));
         Ok(())
     }
 
@@ -101,29 +103,34 @@ impl Runner<'_, '_> {
         was: WasRunning,
     ) -> Result<(), CycleError> {
         let t = self.ctx.target;
-        self.rep.revision = self.applied_revision();
+        let revision = self.applied_revision();
         let prev = match self.put_prev_back(bad_sha)? {
             PrevBack::Restored(prev) => prev,
             PrevBack::Nothing { live_sha } => {
                 self.st.pending = None;
-                self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.usable = false;
-                self.rep.live_sha256 = live_sha;
-                self.rep.reason = Some(Reason::RollbackFailed {
-                    cause: Box::new(why),
-                    after: format!(
-                        "and there is no usable {} to roll back to",
-                        install::prev_path(&t.path).display()
-                    ),
-                });
+                let after = format!(
+                    "and there is no usable {} to roll back to",
+                    install::prev_path(&t.path).display()
+                );
+                self.rep.end(Verdict::new(
+                    Outcome::RollbackFailed,
+                    Some(Reason::RollbackFailed {
+                        cause: Box::new(why),
+                        after,
+                    }),
+                    Live {
+                        sha256: live_sha,
+                        usable: false,
+                        revision,
+                    },
+                ));
                 return Ok(());
             }
         };
         let prev_sha = sha256_hex(&prev);
         let checked = self.restart_and_verify(&prev, was).await;
         self.st.pending = None;
-        self.rep.usable = true;
-        self.rep.live_sha256 = Some(prev_sha.clone());
+        let live = Live::good(prev_sha.clone(), revision);
         if self
             .st
             .applied
@@ -136,20 +143,24 @@ impl Runner<'_, '_> {
                 at: Utc::now(),
             });
         }
-        match checked {
-            Ok(_) => {
-                self.rep.outcome = Outcome::RolledBack;
-                self.rep.reason = Some(Reason::RolledBack(Box::new(why)));
-            }
+        self.rep.end(match checked {
+            Ok(_) => Verdict::new(
+                Outcome::RolledBack,
+                Some(Reason::RolledBack(Box::new(why))),
+                live,
+            ),
             Err(e) => {
                 tracing::error!(target_name = %t.name, error = %e, "service unhealthy on the last-good file too");
-                self.rep.outcome = Outcome::RollbackFailed;
-                self.rep.reason = Some(Reason::RollbackFailed {
-                    cause: Box::new(why),
-                    after: format!("after rolling back: {e}"),
-                });
+                Verdict::new(
+                    Outcome::RollbackFailed,
+                    Some(Reason::RollbackFailed {
+                        cause: Box::new(why),
+                        after: format!("after rolling back: {e}"),
+                    }),
+                    live,
+                )
             }
-        }
+        });
         Ok(())
     }
 }

@@ -101,7 +101,7 @@ async fn in_sync_is_unchanged_and_a_success() {
     w.put_live(GOOD_1);
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::Unchanged, "{r:?}");
-    assert!(r.usable && r.success);
+    assert!(r.live.usable && r.success);
     assert_eq!(r.restarts, 0);
     assert_eq!(
         r.state.applied.unwrap().sha256,
@@ -130,7 +130,7 @@ async fn invalid_content_is_rejected_then_quarantined() {
     w.publish("other_key: 1\n");
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::Rejected, "{r:?}");
-    assert!(r.usable, "the live file is still good");
+    assert!(r.live.usable, "the live file is still good");
     assert!(r.quarantined);
     assert!(
         matches!(&r.reason, Some(crate::model::reason::Reason::Rejected(w)) if w.contains("require_keys"))
@@ -160,7 +160,7 @@ async fn content_that_fails_verification_is_rolled_back() {
     w.publish(BAD);
     let r = w.poll().await;
     assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
-    assert!(r.usable);
+    assert!(r.live.usable);
     assert!(!r.success, "upstream is not what is live");
     assert_eq!(w.live(), GOOD_2);
     let q = r.state.quarantine.clone().unwrap();

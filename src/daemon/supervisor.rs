@@ -257,7 +257,7 @@ async fn boot(
             let mut failures = 0u32;
             loop {
                 match run_one(&shared, &sources, t, &stop, true).await {
-                    Ok(rep) if rep.usable => {
+                    Ok(rep) if rep.live.usable => {
                         let failing = rep.outcome == Outcome::FetchFailed;
                         return (name, true, failing);
                     }

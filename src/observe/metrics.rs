@@ -331,7 +331,7 @@ impl Metrics {
         }
         // Without a readable state the gauges keep what they last knew.
         if rep.outcome != Outcome::StateError && !rep.state_unknown {
-            self.set_gauges(t, &rep.state, rep.live_sha256.as_deref());
+            self.set_gauges(t, &rep.state, rep.live.sha256.as_deref());
         }
     }
 
