@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, Config, Target};
-use crate::cycle::{self, Ctx, Trigger};
+use crate::cycle::{self, Ctx, Request};
 use crate::daemon::poster::Poster;
 use crate::exit::Exit;
 use crate::observe::logging::LogFormat;
@@ -246,8 +246,8 @@ fn run(command: Command) -> Result<Exit, CliError> {
         }
         Command::Rollback { c, target, to } => with_target(&c, &target, |cfg, t| {
             let trigger = match to {
-                Some(key) => Trigger::RollbackTo(key),
-                None => Trigger::Rollback,
+                Some(key) => Request::RollbackTo(key),
+                None => Request::Rollback,
             };
             Ok(runtime()?.block_on(one(cfg, t, trigger)))
         }),
@@ -332,7 +332,7 @@ fn once(cfg: &Config, only: Option<&str>) -> Result<Exit, CliError> {
     let rt = runtime()?;
     let mut worst = Exit::Ok;
     for t in targets {
-        worst = worst.worse(rt.block_on(one(cfg, t, Trigger::Poll)));
+        worst = worst.worse(rt.block_on(one(cfg, t, Request::Poll)));
     }
     Ok(worst)
 }
@@ -381,7 +381,7 @@ fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> Result<Exit, CliError>
             "rulekeeper: note: target `{name}` is not held, so the next poll converges it back to upstream; run `rulekeeper hold -t {name}` first to keep a pushed file"
         );
     }
-    Ok(runtime()?.block_on(one(cfg, t, Trigger::Push(body))))
+    Ok(runtime()?.block_on(one(cfg, t, Request::Push(body))))
 }
 
 fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {
@@ -423,7 +423,7 @@ impl cycle::Observer for Operator<'_> {
 
 /// Runs one cycle for one target, prints a one-line result and logs it; returns its exit
 /// status.
-pub async fn one(cfg: &Config, t: &Target, trigger: Trigger) -> Exit {
+pub async fn one(cfg: &Config, t: &Target, trigger: Request) -> Exit {
     let store = Store::new(&cfg.state_dir, &t.name);
     let source = match Source::new(t, store.git_cache()) {
         Ok(s) => s,

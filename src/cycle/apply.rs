@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::report::{Live, Verdict};
-use super::{CycleError, Mode, Runner};
+use super::{CycleError, Origin, Runner};
 use crate::config::RestartKind;
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
@@ -64,7 +64,7 @@ struct Apply {
     sha: String,
     revision: Option<String>,
     live: Option<Vec<u8>>,
-    mode: Mode,
+    mode: Origin,
 }
 
 impl Runner<'_, '_> {
@@ -81,7 +81,7 @@ impl Runner<'_, '_> {
             ));
             return Ok(());
         }
-        self.apply(body, sha, Some("push".into()), live, Mode::Push)
+        self.apply(body, sha, Some("push".into()), live, Origin::Push)
             .await
     }
 
@@ -110,7 +110,7 @@ impl Runner<'_, '_> {
         }
         self.rep.rolled_back_from = live_sha.as_deref().and_then(|l| self.st.revision_of(l));
         let revision = self.st.applied.as_ref().map(|_| "rollback".to_string());
-        self.apply(prev, prev_sha, revision, live, Mode::ManualRollback)
+        self.apply(prev, prev_sha, revision, live, Origin::ManualRollback)
             .await
     }
 
@@ -139,7 +139,7 @@ impl Runner<'_, '_> {
             entry.sha256.clone(),
             entry.revision.clone(),
             live,
-            Mode::RollbackTo,
+            Origin::RollbackTo,
         )
         .await?;
         if self.rep.outcome == Outcome::RolledBack
@@ -176,7 +176,7 @@ impl Runner<'_, '_> {
         sha: String,
         revision: Option<String>,
         live: Option<Vec<u8>>,
-        mode: Mode,
+        mode: Origin,
     ) -> Result<(), CycleError> {
         let a = Apply {
             body,
@@ -214,7 +214,7 @@ impl Runner<'_, '_> {
                 self.rep.drift_corrected = mode.drift();
                 Ok(())
             }
-            Err(e) if mode == Mode::ManualRollback => {
+            Err(e) if mode == Origin::ManualRollback => {
                 self.st.pending = None;
                 let live = self.commit_applied(&a.sha, a.revision);
                 self.rep.end(Verdict::new(

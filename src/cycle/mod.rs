@@ -74,9 +74,11 @@ impl CycleError {
     }
 }
 
-/// What triggered the cycle.
+/// What a cycle is asked to do, with what it needs (the pushed bytes, the version to go back
+/// to). Who asked is its [`Asked`] (kept in the report); where applied content comes from is
+/// the cycle's own [`Origin`].
 #[derive(Debug, Clone)]
-pub enum Trigger {
+pub enum Request {
     /// Poll upstream (timer, webhook, `once`).
     Poll,
     /// Apply this content (operator's `push`).
@@ -88,12 +90,12 @@ pub enum Trigger {
     RollbackTo(String),
 }
 
-impl Trigger {
+impl Request {
     fn asked(&self) -> Asked {
         match self {
-            Trigger::Poll => Asked::Poll,
-            Trigger::Push(_) => Asked::Push,
-            Trigger::Rollback | Trigger::RollbackTo(_) => Asked::Rollback,
+            Request::Poll => Asked::Poll,
+            Request::Push(_) => Asked::Push,
+            Request::Rollback | Request::RollbackTo(_) => Asked::Rollback,
         }
     }
 }
@@ -172,7 +174,7 @@ impl<'a> Ctx<'a> {
 }
 
 /// Runs one cycle under the target's lock.
-pub async fn run(ctx: &Ctx<'_>, trigger: Trigger) -> Result<Report, CycleError> {
+pub async fn run(ctx: &Ctx<'_>, trigger: Request) -> Result<Report, CycleError> {
     let started = Instant::now();
     let _lock = match target_lock(ctx).await? {
         Ok(l) => l,
@@ -420,10 +422,10 @@ struct Runner<'a, 'b> {
     rep: &'a mut Report,
 }
 
-/// How a cycle came to apply content; it decides what validation, the gate, a failure and
-/// success mean.
+/// Where content a cycle applies comes from (upstream, a push, last-good, the history); it
+/// decides what validation, the gate, a failure and success mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+enum Origin {
     /// New upstream content (`drift`: the live file had been edited by hand).
     Upstream { drift: bool },
     /// An operator's `push`.
@@ -435,29 +437,29 @@ enum Mode {
     RollbackTo,
 }
 
-impl Mode {
+impl Origin {
     /// Last-good was validated when it was applied, and must go back in even if a validator
     /// changed its mind since.
     fn validates(self) -> bool {
-        self != Mode::ManualRollback
+        self != Origin::ManualRollback
     }
 
     /// A rejected candidate is quarantined unless an operator pushed it: the operator sees
     /// the rejection, and upstream's content is not the pushed one.
     fn quarantines_rejects(self) -> bool {
-        !matches!(self, Mode::Push | Mode::RollbackTo)
+        !matches!(self, Origin::Push | Origin::RollbackTo)
     }
 
     /// Only upstream content waits on a fleet gate; operators bypass it.
     fn gated(self) -> bool {
-        matches!(self, Mode::Upstream { .. })
+        matches!(self, Origin::Upstream { .. })
     }
 
     /// What the restart of the new content may assume about the unit: new content never
     /// starts a unit that is not running; putting last-good back by hand brings back one
     /// the bad content killed.
     fn forward(self) -> crate::service::activate::WasRunning {
-        if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
+        if matches!(self, Origin::ManualRollback | Origin::RollbackTo) {
             crate::service::activate::WasRunning::Unknown
         } else {
             crate::service::activate::WasRunning::No
@@ -470,12 +472,12 @@ impl Mode {
     }
 
     fn drift(self) -> bool {
-        matches!(self, Mode::Upstream { drift: true })
+        matches!(self, Origin::Upstream { drift: true })
     }
 
     /// The outcome of a verified apply.
     fn verified(self) -> Outcome {
-        if matches!(self, Mode::ManualRollback | Mode::RollbackTo) {
+        if matches!(self, Origin::ManualRollback | Origin::RollbackTo) {
             Outcome::RolledBack
         } else {
             Outcome::Applied
@@ -492,11 +494,11 @@ impl Runner<'_, '_> {
         self.rep.phases.push((phase, since.elapsed()));
     }
 
-    async fn go(&mut self, trigger: Trigger) -> Result<(), CycleError> {
+    async fn go(&mut self, trigger: Request) -> Result<(), CycleError> {
         let mut recovered = None;
         if let Some(p) = self.st.pending.clone() {
             if self.recover(p).await? {
-                if matches!(trigger, Trigger::Poll) {
+                if matches!(trigger, Request::Poll) {
                     return Ok(());
                 }
                 // An operator's command waited behind an apply another process died in. That
@@ -516,10 +518,10 @@ impl Runner<'_, '_> {
             }
         }
         let res = match trigger {
-            Trigger::Poll => self.poll().await,
-            Trigger::Push(body) => self.push(body).await,
-            Trigger::Rollback => self.manual_rollback().await,
-            Trigger::RollbackTo(key) => self.rollback_to(&key).await,
+            Request::Poll => self.poll().await,
+            Request::Push(body) => self.push(body).await,
+            Request::Rollback => self.manual_rollback().await,
+            Request::RollbackTo(key) => self.rollback_to(&key).await,
         };
         let Some(first) = recovered else {
             return res;

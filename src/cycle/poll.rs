@@ -7,7 +7,7 @@ use std::time::Instant;
 use chrono::Utc;
 
 use super::report::{Live, Verdict};
-use super::{CycleError, Mode, Runner};
+use super::{CycleError, Origin, Runner};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::validate;
@@ -125,7 +125,7 @@ impl Runner<'_, '_> {
             (Some(a), Some(l)) => &a.sha256 != l,
             _ => false,
         };
-        self.apply(body, up.sha, up.revision, live, Mode::Upstream { drift })
+        self.apply(body, up.sha, up.revision, live, Origin::Upstream { drift })
             .await
     }
 

@@ -10,7 +10,8 @@ use crate::model::reason::Reason;
 use crate::store::state::TargetState;
 use crate::util::digest::short;
 
-/// What asked for the cycle, without its payload (the cycle's `Trigger` carries that).
+/// Who asked for the cycle: a poll, or an operator's push or rollback. The report keeps it
+/// (exit codes and commit statuses depend on it); the `Request` it came with is the cycle's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Asked {
     /// A poll of upstream (timer, webhook, `once`, boot).

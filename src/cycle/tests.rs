@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{run, Ctx, Trigger};
+use super::{run, Ctx, Request};
 use crate::config::{self, Config};
 use crate::cycle::report::Report;
 use crate::model::labels::Outcome;
@@ -63,7 +63,7 @@ impl World {
         std::fs::read_to_string(&self.live).unwrap()
     }
 
-    async fn cycle(&self, trigger: Trigger) -> Report {
+    async fn cycle(&self, trigger: Request) -> Report {
         let t = &self.cfg.targets["t"];
         let source = Source::new(t, self.store().git_cache()).unwrap();
         struct Nobody;
@@ -90,7 +90,7 @@ impl World {
     }
 
     async fn poll(&self) -> Report {
-        self.cycle(Trigger::Poll).await
+        self.cycle(Request::Poll).await
     }
 }
 
@@ -214,7 +214,7 @@ async fn an_operator_rollback_quarantines_what_it_left() {
     w.put_live(GOOD_1);
     w.publish(GOOD_2);
     assert_eq!(w.poll().await.outcome, Outcome::Applied);
-    let r = w.cycle(Trigger::Rollback).await;
+    let r = w.cycle(Request::Rollback).await;
     assert_eq!(r.outcome, Outcome::RolledBack, "{r:?}");
     assert_eq!(w.live(), GOOD_1);
     assert_eq!(crate::exit::Exit::of(&r), crate::exit::Exit::Ok);

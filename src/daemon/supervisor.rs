@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Target};
 use crate::cycle::report::Report;
-use crate::cycle::{self, Ctx, Stop, Trigger};
+use crate::cycle::{self, Ctx, Request, Stop};
 use crate::daemon::notify;
 use crate::daemon::server::webhook::Secrets;
 use crate::daemon::shared::Shared;
@@ -365,7 +365,7 @@ async fn run_one(
     ctx.carry = shared.take_carry(&t.name);
     shared.loop_cycling(&t.name);
     // Boxed: the cycle future is large, and an idle loop should not carry it inline.
-    let r = Box::pin(cycle::run(&ctx, Trigger::Poll)).await;
+    let r = Box::pin(cycle::run(&ctx, Request::Poll)).await;
     match &r {
         Ok(rep) => record(shared, rep),
         Err(cycle::CycleError::Aborted) => {

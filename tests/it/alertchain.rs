@@ -26,11 +26,10 @@ impl Host {
             TOKEN,
             true,
         );
-        let text = std::fs::read_to_string(&env.config)
-            .unwrap()
-            .replace("\n  ps:\n", &format!("\n  {target}:\n"))
-            + "    interval: 1s\n";
-        std::fs::write(&env.config, text).unwrap();
+        env.edit_cfg(|mut c| {
+            let (_, t) = c.targets.pop().expect("target ps");
+            c.target(target, t.set("interval", "1s"))
+        });
         forge.set(first);
         env.start_service();
         Host {

@@ -29,12 +29,8 @@ fn add_status(env: &Env, context: Option<&str>) {
     let ctx = context
         .map(|c| format!(", context: \"{c}\""))
         .unwrap_or_default();
-    let text = std::fs::read_to_string(&env.config).unwrap()
-        + &format!(
-            "    commit_status: {{ token_file: \"{}\"{ctx} }}\n",
-            tf.display()
-        );
-    std::fs::write(&env.config, text).unwrap();
+    let status = format!("{{ token_file: \"{}\"{ctx} }}", tf.display());
+    env.edit(|t| t.set("commit_status", crate::util::yaml(&status)));
 }
 
 fn hostname() -> String {

@@ -356,7 +356,10 @@ fn validate_command_sees_the_candidate_and_its_output_is_reported() {
     std::fs::write(&script, format!("#!/bin/sh\necho \"$1\" >> {}\ngrep -q forbidden \"$1\" && {{ echo \"found forbidden in $1\" >&2; exit 1; }}\nexit 0\n", seen.display())).unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // add a validate command
-    env.set_validate(&format!("validate: {{ require_keys: [bucket_definitions], command: [\"{}\", \"{{file}}\"], timeout: 5s }}", script.display()));
+    env.set_validate(&format!(
+        "{{ require_keys: [bucket_definitions], command: [\"{}\", \"{{file}}\"], timeout: 5s }}",
+        script.display()
+    ));
     std::fs::write(&up, rules("ok", "good")).unwrap();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, format!("{}# forbidden\n", rules("no", "good"))).unwrap();

@@ -81,7 +81,7 @@ fn watchdog_stops_while_a_loop_is_stuck() {
         "{ none: true, timeout: 1s }",
         "    interval: 1s\n",
     );
-    env.set_validate("validate: { timeout: 1s }");
+    env.set_validate("{ timeout: 1s }");
     let d = env.daemon(Some(400_000));
     d.wait_ready();
     // Hold the target's lock from outside, as a hung process would.
@@ -183,8 +183,7 @@ fn one_bad_revision_costs_one_rollback_and_two_restarts() {
     let forge = FakeForge::start(TOKEN);
     let tf = env.write_token(TOKEN);
     env.forgejo_config(&forge.base_url(), &tf);
-    let text = std::fs::read_to_string(&env.config).unwrap() + "    interval: 1s\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| t.set("interval", "1s"));
     forge.set(&rules("good", "good"));
     env.start_service();
     let d = env.daemon(None);
@@ -257,10 +256,7 @@ fn boot_with_forge_down_and_no_file_fails_without_ready() {
     let env = Env::new();
     let tf = env.write_token(TOKEN);
     env.forgejo_config(&format!("http://127.0.0.1:{}", util::free_port()), &tf);
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("targets:", "startup_timeout: 2s\ntargets:");
-    std::fs::write(&env.config, text).unwrap();
+    env.edit_cfg(|c| c.top("startup_timeout", "2s"));
     let mut d = env.daemon(None);
     let status = d.child.wait().unwrap();
     assert_ne!(status.code(), Some(0), "{}", env.daemon_log());
@@ -293,7 +289,7 @@ fn sigterm_mid_cycle_stops_before_the_swap() {
     std::fs::write(&up, rules("v1", "good")).unwrap();
     let marker = env.dir.path().join("validating");
     env.set_validate(&format!(
-            "validate: {{ command: [sh, -c, \"grep -q v2 \\\"$0\\\" || exit 0; touch {}; sleep 2\", \"{{file}}\"], timeout: 10s }}",
+            "{{ command: [sh, -c, \"grep -q v2 \\\"$0\\\" || exit 0; touch {}; sleep 2\", \"{{file}}\"], timeout: 10s }}",
             marker.display()
         ));
     env.start_service();
@@ -358,7 +354,7 @@ fn quarantine_is_published_before_the_rollback_counts() {
         env.live.display(),
         gate.display()
     );
-    env.edit_config(&env.restart_command(), &restart);
+    env.edit(|t| t.set("restart", crate::util::yaml(&restart)));
     std::fs::write(&up, rules("good", "good")).unwrap();
     env.start_service();
     let d = env.daemon(None);
@@ -409,7 +405,7 @@ fn a_fetch_failing_at_boot_is_retried_within_seconds() {
         TOKEN,
         false,
     );
-    env.edit_config("    restart:", "    interval: 1h\n    restart:");
+    env.edit(|t| t.set("interval", "1h"));
     std::fs::write(&env.live, rules("persisted", "good")).unwrap();
     forge.set(&rules("v2", "good"));
     forge.fail_with(Some(503));
@@ -480,7 +476,7 @@ fn a_forge_that_says_slow_down_is_not_asked_before_the_time_it_names() {
             TOKEN,
             false,
         );
-        env.edit_config("    restart:", "    interval: 1s\n    restart:");
+        env.edit(|t| t.set("interval", "1s"));
         std::fs::write(&env.live, rules("persisted", "good")).unwrap();
         forge.set(&rules("v2", "good"));
         forge.fail_with_headers(Some(status), &headers);

@@ -132,9 +132,12 @@ fn an_unreadable_history_is_moved_aside_not_lost() {
 #[test]
 fn history_limits_come_from_the_config() {
     let (env, up) = crate::util::Env::with_file_source();
-    let text = std::fs::read_to_string(&env.config).unwrap()
-        + "    history: { keep: 3, max_bytes: 1048576 }\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| {
+        t.set(
+            "history",
+            crate::util::yaml("{ keep: 3, max_bytes: 1048576 }"),
+        )
+    });
     for v in ["v1", "v2", "v3", "v4"] {
         std::fs::write(&up, rules(v, "good")).unwrap();
         assert_eq!(env.once().code, 0);
@@ -154,7 +157,7 @@ fn history_limits_come_from_the_config() {
         .collect();
     assert_eq!(shas, want);
     // Below the target's own max_bytes: refused, naming the key.
-    env.edit_config("max_bytes: 1048576 }", "max_bytes: 1000 }");
+    env.edit(|t| t.set_in("history", "max_bytes", 1000));
     let o = env.rk(&["check"]);
     assert_eq!(o.code, 2, "{}", o.all());
     assert!(

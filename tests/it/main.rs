@@ -3,7 +3,9 @@
 //!
 //! A guide for the newcomer:
 //! - start from `util.rs`: `Env::new()` gives a temp world (state dir, live path, a managed
-//!   service from `tests/support/fakesvc.py`); `env.write_config(...)`, `env.once()`,
+//!   service from `tests/support/fakesvc.py`); configs are built, never edited as text:
+//!   `env.write_config(...)` (or `util::Cfg` and `util::Target` for several targets), then
+//!   `env.edit(|t| t.set("interval", "1h"))` changes a key; `env.once()`,
 //!   `env.daemon(...)` run the binary; `util::wait_until` waits on a condition (never sleep);
 //!   `util::require_tool` skips loudly when a tool is missing and fails under
 //!   `RULEKEEPER_REQUIRE_TOOLS=1`.

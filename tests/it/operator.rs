@@ -240,10 +240,10 @@ fn an_unusable_state_directory_gives_the_same_code_from_every_command() {
     assert_eq!(env.once().code, 0);
     let blocker = env.dir.path().join("not-a-dir");
     std::fs::write(&blocker, "").unwrap();
-    env.edit_config(
-        &format!("state_dir: {}", env.state.display()),
-        &format!("state_dir: {}", blocker.join("state").display()),
-    );
+    env.edit_cfg(|mut c| {
+        c.state_dir = blocker.join("state");
+        c
+    });
     let v2 = env.dir.path().join("v2.yaml");
     std::fs::write(&v2, rules("v2", "good")).unwrap();
     for args in [
@@ -297,13 +297,11 @@ fn a_command_waiting_for_an_apply_in_progress_says_so() {
     env.start_service();
     assert_eq!(env.once().code, 0);
     let gate = env.dir.path().join("gate");
-    env.edit_config(
-        &env.restart_command(),
-        &format!(
-            "{{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
-            gate.display()
-        ),
+    let restart = format!(
+        "{{ command: [sh, -c, \"while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+        gate.display()
     );
+    env.edit(|t| t.set("restart", crate::util::yaml(&restart)));
     for (round, args) in [vec!["hold", "-t", "ps"], vec!["once"]].iter().enumerate() {
         // An apply held open in its restart, until the gate file appears.
         let _ = std::fs::remove_file(&gate);

@@ -116,7 +116,7 @@ fn owner_group_and_mode_survive_apply_rollback_push_and_recovery() {
     assert_kept(&env, "recovery");
 
     // `mode:` alone changes the mode, never the owner.
-    env.edit_config("    restart:", "    mode: \"0600\"\n    restart:");
+    env.edit(|t| t.set("mode", "0600"));
     std::fs::write(&up, rules("v5", "good")).unwrap();
     let o = env.once();
     assert_eq!(o.code, 0, "{}", o.all());
@@ -138,7 +138,7 @@ fn a_new_file_gets_its_directorys_owner_and_owner_keys_are_checked() {
     assert_eq!(owner(&env.live), (NOBODY, NOBODY, 0o644));
 
     // Named owner and group, checked when the config is read.
-    env.edit_config("    restart:", "    owner: no-such-user-rk\n    restart:");
+    env.edit(|t| t.set("owner", "no-such-user-rk"));
     let o = env.rk(&["check"]);
     assert_eq!(o.code, 2, "{}", o.all());
     assert!(
@@ -147,10 +147,7 @@ fn a_new_file_gets_its_directorys_owner_and_owner_keys_are_checked() {
         o.all()
     );
     assert!(o.all().contains("no-such-user-rk"), "{}", o.all());
-    env.edit_config(
-        "    owner: no-such-user-rk\n",
-        "    owner: root\n    group: \"0\"\n",
-    );
+    env.edit(|t| t.set("owner", "root").set("group", "0"));
     std::fs::write(&up, rules("v2", "good")).unwrap();
     let o = env.once();
     assert_eq!(o.code, 0, "{}", o.all());

@@ -44,7 +44,7 @@ fn setup(
         "",
     );
     env.set_validate(&format!(
-            "validate: {{ require_keys: [bucket_definitions], powersync_api: {{ url: \"{url}\", token_file: \"{}\", timeout: 2s{validate_extra} }} }}",
+            "{{ require_keys: [bucket_definitions], powersync_api: {{ url: \"{url}\", token_file: \"{}\", timeout: 2s{validate_extra} }} }}",
             tf.display()
         ));
     api.state.lock().unwrap().ps_live = Some(env.live.clone());

@@ -47,16 +47,17 @@ impl World {
 
     /// The target's config: deploy restarter; `verify` extra keys (timeout, interval).
     fn config(&self, verify: &str, extra: &str) {
-        let text = format!(
-            "state_dir: {state}\nlisten: 127.0.0.1:{listen}\ntargets:\n  ps:\n    source: {{ kind: file, path: \"{up}\" }}\n    path: {live}\n    interval: 1s\n    restart: {{ powersync_deploy: {{ url: \"{url}\", token_file: \"{token}\" }}, timeout: 20s }}\n    verify: {verify}\n    validate: {{ require_keys: [bucket_definitions, streams] }}\n{extra}",
-            state = self.env.state.display(),
-            listen = self.env.listen,
-            up = self.up.display(),
-            live = self.env.live.display(),
-            url = self.ps.url(),
-            token = self.ps.token_file().display(),
+        let restart = format!(
+            "{{ powersync_deploy: {{ url: \"{}\", token_file: \"{}\" }}, timeout: 20s }}",
+            self.ps.url(),
+            self.ps.token_file().display()
         );
-        std::fs::write(&self.env.config, text).unwrap();
+        self.env.write_config(
+            &crate::util::file_source(&self.up),
+            &restart,
+            verify,
+            &format!("    interval: 1s\n{extra}"),
+        );
     }
 
     fn default_config(&self) {
@@ -253,10 +254,7 @@ fn webhook_triggers_a_deploy_through_the_daemon() {
         &format!("    webhook: {{ secret_file: \"{}\" }}\n", secret.display()),
     );
     // A long interval: only the webhook can make the second change happen soon.
-    let text = std::fs::read_to_string(&w.env.config)
-        .unwrap()
-        .replace("interval: 1s", "interval: 1h");
-    std::fs::write(&w.env.config, text).unwrap();
+    w.env.edit(|t| t.set("interval", "1h"));
     let d = w.env.daemon(None);
     d.wait_ready();
     wait_until(60, "v1 active after the daemon's first cycle", || {

@@ -282,7 +282,7 @@ fn rejection_reason_names_the_live_path_line_and_message() {
     let Some(validate) = validator() else { return };
     let (env, up) = util::Env::with_file_source();
     env.set_validate(&format!(
-            "validate: {{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"], timeout: 60s }}",
+            "{{ require_keys: [bucket_definitions, streams], command: [\"{}\", \"{{file}}\"], timeout: 60s }}",
             validate.display()
         ));
     let good = "bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n";

@@ -134,10 +134,11 @@ fn git_source_over_git_daemon() {
     assert_eq!(env.state_json()["applied"]["revision"], c2.as_str());
 
     // a missing path is a fetch failure that keeps the live file
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("path: powersync/sync-rules.yaml", "path: nope.yaml");
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| {
+        let mut source = t.get("source").cloned().expect("source");
+        source["path"] = "nope.yaml".into();
+        t.set("source", source)
+    });
     let c3 = commit(&rules("v3", "good"));
     assert_ne!(c3, c2);
     let o = env.once();
@@ -217,8 +218,7 @@ fn http_source_with_bearer_and_size_cap() {
         Some(format!("Bearer {TOKEN}").as_str())
     );
     // over max_bytes: refused, live file untouched
-    let text = std::fs::read_to_string(&env.config).unwrap() + "    max_bytes: 100\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| t.set("max_bytes", 100));
     forge.set(&format!("{}# {}\n", rules("h2", "good"), "x".repeat(200)));
     let o = env.once();
     assert_eq!(o.code, 0, "{}", o.all());

@@ -45,11 +45,11 @@ fn in_ns(env: &Env, setup: &str, args: &str) -> Out {
 
 /// `restart:` that runs `first` (shell), then returns only once `gate` exists: a restart the
 /// test holds open.
-fn restart_waiting_for(gate: &std::path::Path, first: &str) -> String {
-    format!(
-        "restart: {{ command: [sh, -c, \"{first}while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
+fn restart_waiting_for(gate: &std::path::Path, first: &str) -> serde_yaml::Value {
+    crate::util::yaml(&format!(
+        "{{ command: [sh, -c, \"{first}while [ ! -e '{}' ]; do sleep 0.05; done\"], timeout: 60s }}",
         gate.display()
-    )
+    ))
 }
 
 fn prev(env: &Env) -> String {
@@ -134,8 +134,7 @@ fn full_file_system_leaves_nothing_partial() {
     // The big revision does not fit in 64 KiB; a small one does.
     let big = format!("{}# {}\n", rules("big", "good"), "x".repeat(200_000));
     std::fs::write(&up, &big).unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap() + "    max_bytes: 1048576\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| t.set("max_bytes", 1_048_576));
     let small = rules("small", "good");
     let o = in_ns(
         &env,
@@ -188,7 +187,7 @@ fn unwritable_state_directory_is_a_failed_outcome() {
 fn state_directory_removed_under_a_running_cycle_fails_it_cleanly() {
     let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
-    env.edit_config("restart: { none: true }", &restart_waiting_for(&gate, ""));
+    env.edit(|t| t.set("restart", restart_waiting_for(&gate, "")));
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     assert_eq!(env.once().code, 0);
@@ -286,13 +285,13 @@ fn failed_final_save_costs_no_second_restart() {
     let gate = env.dir.path().join("restart-may-finish");
     let switch = env.dir.path().join("disk-broken");
     let restarts = env.dir.path().join("restarts.log");
-    env.edit_config(
-        "restart: { none: true }",
-        &format!(
-            "{}\n    interval: 1s",
-            restart_waiting_for(&gate, &format!("echo x >> '{}'; ", restarts.display()))
-        ),
-    );
+    env.edit(|t| {
+        t.set(
+            "restart",
+            restart_waiting_for(&gate, &format!("echo x >> '{}'; ", restarts.display())),
+        )
+        .set("interval", "1s")
+    });
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     let prefix = env
@@ -363,14 +362,14 @@ fn a_cycle_on_a_fresh_state_directory_waits_for_the_one_still_restarting() {
     let (env, up) = Env::with_file_source();
     let gate = env.dir.path().join("restart-may-finish");
     let ok = env.dir.path().join("healthy");
-    env.edit_config("restart: { none: true }", &restart_waiting_for(&gate, ""));
-    env.edit_config(
-        "verify: { none: true }",
-        &format!(
-            "verify: {{ command: [test, -e, \"{}\"], timeout: 1s, interval: 100ms, successes: 1 }}",
-            ok.display()
-        ),
+    let verify = format!(
+        "{{ command: [test, -e, \"{}\"], timeout: 1s, interval: 100ms, successes: 1 }}",
+        ok.display()
     );
+    env.edit(|t| {
+        t.set("restart", restart_waiting_for(&gate, ""))
+            .set("verify", crate::util::yaml(&verify))
+    });
     std::fs::write(&up, rules("v1", "good")).unwrap();
     std::fs::write(&gate, "").unwrap();
     std::fs::write(&ok, "").unwrap();

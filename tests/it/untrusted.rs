@@ -45,7 +45,7 @@ fn only_one_yaml_mapping_is_a_rules_file_even_without_required_keys() {
         "{ kind: forgejo, base_url: \"BASE\", repo: owner/app, path: sync-rules.yaml, token_file: \"TOKENFILE\" }",
     );
     // Only the built-in checks: no require_keys.
-    env.set_validate("validate: {}");
+    env.set_validate("{}");
     forge.set(&rules("v1", "good"));
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -192,8 +192,7 @@ fn integrity_failures_are_counted_with_their_reason() {
     let (env, forge) = forge_env(
         "{ kind: forgejo, base_url: \"BASE\", repo: owner/app, path: sync-rules.yaml, token_file: \"TOKENFILE\" }",
     );
-    let text = std::fs::read_to_string(&env.config).unwrap() + "    interval: 1h\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| t.set("interval", "1h"));
     forge.set(&rules("v1", "good"));
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -238,8 +237,7 @@ fn content_that_failed_verification_is_never_adopted_on_a_fresh_host() {
     assert_eq!(s[0]["last_outcome"], "quarantined");
     assert!(s[0]["quarantined_sha256"].is_string());
     // The daemon reports it too, so the alert fires.
-    let text = std::fs::read_to_string(&env.config).unwrap() + "    interval: 1h\n";
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| t.set("interval", "1h"));
     {
         let d = env.daemon(None);
         d.wait_ready();
@@ -274,8 +272,7 @@ fn special_files_are_refused_without_blocking() {
     // A FIFO at the live path.
     let (env, up) = Env::with_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
-    let text = std::fs::read_to_string(&env.config).unwrap();
-    std::fs::write(&env.config, format!("startup_timeout: 2s\n{text}")).unwrap();
+    env.edit_cfg(|c| c.top("startup_timeout", "2s"));
     mkfifo(&env.live);
     let o = rk_within(&env, &["once"], 20);
     assert_ne!(o.code, 0, "{}", o.all());
@@ -337,10 +334,12 @@ fn a_symlinked_live_file_is_refused_and_left_alone() {
     std::fs::remove_file(&env.live).unwrap();
     let link = env.dir.path().join("upstream-link.yaml");
     std::os::unix::fs::symlink(&up, &link).unwrap();
-    let text = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace(up.to_str().unwrap(), link.to_str().unwrap());
-    std::fs::write(&env.config, text).unwrap();
+    env.edit(|t| {
+        t.set(
+            "source",
+            crate::util::yaml(&crate::util::file_source(&link)),
+        )
+    });
     let o = env.once();
     assert_eq!(o.code, 0, "{}", o.all());
     assert_eq!(env.live(), rules("v2", "good"));

@@ -91,6 +91,20 @@ pub fn skip<T>(need: Need, why: &str) -> Option<T> {
     None
 }
 
+/// Lines of YAML with their common indentation removed.
+fn dedent(text: &str) -> String {
+    let indent = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    text.lines()
+        .map(|l| l.get(indent..).unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Finds an external tool on PATH. When it is missing the test is skipped with a loud
 /// message, unless `RULEKEEPER_REQUIRE_TOOLS=1`, in which case the test fails.
 /// Usage: `let Some(promtool) = util::require_tool("promtool") else { return };`
@@ -185,6 +199,110 @@ pub fn rules(tag: &str, health: &str) -> String {
     format!("# {tag}\n{h}bucket_definitions:\n  global:\n    data:\n      - SELECT * FROM lists\n")
 }
 
+/// A YAML value from a flow-style fragment (`{ none: true }`, `[a, b]`, `5s`): how tests
+/// spell the parts of a config they build. A fragment that does not parse fails the test.
+pub fn yaml(fragment: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(fragment)
+        .unwrap_or_else(|e| panic!("test config fragment {fragment:?}: {e}"))
+}
+
+/// A rulekeeper config built from parts and written as YAML: tests change a key of a target
+/// ([`Target::set`]), never the text of a config file.
+#[derive(Clone, Debug)]
+pub struct Cfg {
+    pub state_dir: PathBuf,
+    pub listen: u16,
+    /// Other top-level keys (`startup_timeout`, ...).
+    pub top: serde_yaml::Mapping,
+    pub targets: Vec<(String, Target)>,
+}
+
+/// One target of a [`Cfg`]: its keys, in the order they were set.
+#[derive(Clone, Debug, Default)]
+pub struct Target(serde_yaml::Mapping);
+
+impl Target {
+    /// A target with its required keys.
+    pub fn new(
+        source: serde_yaml::Value,
+        path: &Path,
+        restart: serde_yaml::Value,
+        verify: serde_yaml::Value,
+    ) -> Target {
+        Target::default()
+            .set("source", source)
+            .set("path", path.display().to_string())
+            .set("restart", restart)
+            .set("verify", verify)
+    }
+
+    /// Sets (or replaces) `key`.
+    pub fn set(mut self, key: &str, value: impl Into<serde_yaml::Value>) -> Target {
+        self.0.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets `key` inside the mapping at `outer` (e.g. `history.max_bytes`).
+    pub fn set_in(mut self, outer: &str, key: &str, value: impl Into<serde_yaml::Value>) -> Target {
+        let entry = self
+            .0
+            .entry(outer.into())
+            .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+        if let serde_yaml::Value::Mapping(m) = entry {
+            m.insert(key.into(), value.into());
+        }
+        self
+    }
+
+    pub fn get(&self, key: &str) -> Option<&serde_yaml::Value> {
+        self.0.get(key)
+    }
+}
+
+impl Cfg {
+    pub fn new(state_dir: &Path, listen: u16) -> Cfg {
+        Cfg {
+            state_dir: state_dir.to_path_buf(),
+            listen,
+            top: Default::default(),
+            targets: Vec::new(),
+        }
+    }
+
+    pub fn target(mut self, name: &str, t: Target) -> Cfg {
+        self.targets.retain(|(n, _)| n != name);
+        self.targets.push((name.to_string(), t));
+        self
+    }
+
+    pub fn top(mut self, key: &str, value: impl Into<serde_yaml::Value>) -> Cfg {
+        self.top.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn yaml(&self) -> String {
+        let mut root = serde_yaml::Mapping::new();
+        root.insert(
+            "state_dir".into(),
+            self.state_dir.display().to_string().into(),
+        );
+        root.insert("listen".into(), format!("127.0.0.1:{}", self.listen).into());
+        for (k, v) in &self.top {
+            root.insert(k.clone(), v.clone());
+        }
+        let mut targets = serde_yaml::Mapping::new();
+        for (n, t) in &self.targets {
+            targets.insert(n.as_str().into(), serde_yaml::Value::Mapping(t.0.clone()));
+        }
+        root.insert("targets".into(), serde_yaml::Value::Mapping(targets));
+        serde_yaml::to_string(&root).expect("config as YAML")
+    }
+
+    pub fn write(&self, file: &Path) {
+        std::fs::write(file, self.yaml()).expect("write the config");
+    }
+}
+
 /// One test's world: a temp dir with the live file, state dir, a fake managed service
 /// (tests/support/fakesvc.py) and a config file.
 pub struct Env {
@@ -198,6 +316,8 @@ pub struct Env {
     pub services: PathBuf,
     /// The daemon's `listen` port.
     pub listen: u16,
+    /// The config as last written (see [`Env::edit`]).
+    pub cfg: std::cell::RefCell<Option<Cfg>>,
 }
 
 impl Env {
@@ -223,6 +343,7 @@ impl Env {
             port,
             services,
             listen: free_port(),
+            cfg: std::cell::RefCell::new(None),
             dir,
         }
     }
@@ -260,34 +381,55 @@ impl Env {
         )
     }
 
-    /// Writes the config with the given YAML fragments (flow style) for one target `ps`.
+    /// Writes the config for one target `ps` from the given parts (flow-style YAML) and
+    /// `extra` keys of the target (YAML lines, e.g. `"    webhook: { ... }\n"`).
     pub fn write_config(&self, source: &str, restart: &str, verify: &str, extra: &str) {
-        let text = format!(
-            "state_dir: {}\nlisten: 127.0.0.1:{}\ntargets:\n  ps:\n    source: {source}\n    path: {}\n    restart: {restart}\n    verify: {verify}\n    validate: {{ require_keys: [bucket_definitions, streams] }}\n{extra}",
-            self.state.display(),
-            self.listen,
-            self.live.display(),
+        let mut t = Target::new(yaml(source), &self.live, yaml(restart), yaml(verify)).set(
+            "validate",
+            yaml("{ require_keys: [bucket_definitions, streams] }"),
         );
-        std::fs::write(&self.config, text).unwrap();
+        if !extra.trim().is_empty() {
+            let keys: serde_yaml::Mapping = serde_yaml::from_str(&dedent(extra))
+                .unwrap_or_else(|e| panic!("extra target keys {extra:?}: {e}"));
+            for (k, v) in keys {
+                t = t.set(k.as_str().expect("a key"), v);
+            }
+        }
+        self.write_cfg(Cfg::new(&self.state, self.listen).target("ps", t));
     }
 
-    /// Replaces the `validate:` written by [`Env::write_config`] with `validate` (a YAML flow
-    /// mapping, e.g. `validate: { command: [...] }`).
+    /// Writes `cfg` as this world's config.
+    pub fn write_cfg(&self, cfg: Cfg) {
+        cfg.write(&self.config);
+        *self.cfg.borrow_mut() = Some(cfg);
+    }
+
+    /// Changes target `ps` of the config written last, and writes it again.
+    pub fn edit(&self, f: impl FnOnce(Target) -> Target) {
+        self.edit_cfg(|c| {
+            let (name, t) = c
+                .targets
+                .iter()
+                .find(|(n, _)| n == "ps")
+                .cloned()
+                .expect("target ps");
+            c.target(&name, f(t))
+        });
+    }
+
+    /// Changes the config written last, and writes it again.
+    pub fn edit_cfg(&self, f: impl FnOnce(Cfg) -> Cfg) {
+        let cfg = self
+            .cfg
+            .borrow()
+            .clone()
+            .expect("a config was written first");
+        self.write_cfg(f(cfg));
+    }
+
+    /// Sets target `ps`'s `validate:` (a flow-style mapping).
     pub fn set_validate(&self, validate: &str) {
-        self.edit_config(
-            "validate: { require_keys: [bucket_definitions, streams] }",
-            validate,
-        );
-    }
-
-    /// Replaces `from` with `to` in the config file (a fragment [`Env::write_config`] wrote).
-    pub fn edit_config(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        assert!(
-            text.contains(from),
-            "{from:?} is not in the config:\n{text}"
-        );
-        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+        self.edit(|t| t.set("validate", yaml(validate)));
     }
 
     /// Config for a Forgejo source on `forge`, command restarter, HTTP verify.
