@@ -10,6 +10,7 @@ use chrono::Utc;
 use super::report::{Live, Verdict};
 use super::{CycleError, Origin, Runner};
 use crate::config::RestartKind;
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::activate::{self, RestartError, Restarted, WasRunning};
@@ -19,7 +20,7 @@ use crate::service::validate;
 use crate::service::verify::{self, VerifyError};
 use crate::store::install::{self, Candidate};
 use crate::store::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
-use crate::util::digest::{sha256_hex, short};
+use crate::util::digest::short;
 
 /// A restart + verify that did not fail.
 #[derive(Debug)]
@@ -61,8 +62,8 @@ pub(super) enum CheckFailed {
 /// Content to apply and where it comes from.
 struct Apply {
     body: Vec<u8>,
-    sha: String,
-    revision: Option<String>,
+    sha: Sha256,
+    revision: Option<Revision>,
     live: Option<Vec<u8>>,
     mode: Origin,
 }
@@ -70,8 +71,8 @@ struct Apply {
 impl Runner<'_, '_> {
     pub(super) async fn push(&mut self, body: Vec<u8>) -> Result<(), CycleError> {
         let live = self.read_live()?;
-        let sha = sha256_hex(&body);
-        if live.as_deref().map(sha256_hex).as_deref() == Some(sha.as_str()) {
+        let sha = Sha256::of(&body);
+        if live.as_deref().map(Sha256::of).as_deref() == Some(sha.as_str()) {
             self.rep.end(Verdict::success(
                 Outcome::Unchanged,
                 Some(Reason::Note(
@@ -81,7 +82,7 @@ impl Runner<'_, '_> {
             ));
             return Ok(());
         }
-        self.apply(body, sha, Some("push".into()), live, Origin::Push)
+        self.apply(body, sha, Some(Revision::from("push")), live, Origin::Push)
             .await
     }
 
@@ -94,8 +95,8 @@ impl Runner<'_, '_> {
                 prev_path.display()
             ))
         })?;
-        let prev_sha = sha256_hex(&prev);
-        let live_sha = live.as_deref().map(sha256_hex);
+        let prev_sha = Sha256::of(&prev);
+        let live_sha = live.as_deref().map(Sha256::of);
         if live_sha.as_deref() == Some(prev_sha.as_str()) {
             return Err(CycleError::Refused(format!(
                 "nothing to roll back to: {} equals the live file",
@@ -109,7 +110,7 @@ impl Runner<'_, '_> {
             self.quarantine(l, "rolled back by an operator");
         }
         self.rep.rolled_back_from = live_sha.as_deref().and_then(|l| self.st.revision_of(l));
-        let revision = self.st.applied.as_ref().map(|_| "rollback".to_string());
+        let revision = self.st.applied.as_ref().map(|_| Revision::from("rollback"));
         self.apply(prev, prev_sha, revision, live, Origin::ManualRollback)
             .await
     }
@@ -120,7 +121,7 @@ impl Runner<'_, '_> {
             .find(key)
             .map_err(|e| CycleError::Refused(format!("cannot roll back to `{key}`: {e}")))?;
         let live = self.read_live()?;
-        let live_sha = live.as_deref().map(sha256_hex);
+        let live_sha = live.as_deref().map(Sha256::of);
         if live_sha.as_deref() == Some(entry.sha256.as_str()) {
             return Err(CycleError::Refused(format!(
                 "nothing to roll back to: {} is the live file already",
@@ -161,7 +162,7 @@ impl Runner<'_, '_> {
     pub(super) fn quarantine(&mut self, sha: &str, reason: &str) {
         tracing::warn!(target_name = %self.t().name, sha256 = %sha, reason, "quarantining content");
         let q = Quarantine {
-            sha256: sha.to_string(),
+            sha256: sha.into(),
             reason: reason.to_string(),
             at: Utc::now(),
         };
@@ -173,8 +174,8 @@ impl Runner<'_, '_> {
     pub(super) async fn apply(
         &mut self,
         body: Vec<u8>,
-        sha: String,
-        revision: Option<String>,
+        sha: Sha256,
+        revision: Option<Revision>,
         live: Option<Vec<u8>>,
         mode: Origin,
     ) -> Result<(), CycleError> {
@@ -303,7 +304,7 @@ impl Runner<'_, '_> {
         };
         self.st.pending = Some(Pending {
             new_sha256: a.sha.clone(),
-            prev_sha256: a.live.as_deref().map(sha256_hex),
+            prev_sha256: a.live.as_deref().map(Sha256::of),
             revision: a.revision.clone(),
             stage: PendingStage::Applying,
             started_at: Utc::now(),
@@ -343,7 +344,7 @@ impl Runner<'_, '_> {
                     humantime::format_duration(g.interval)
                 );
                 self.st.gate = Some(GateWait {
-                    sha256: sha.to_string(),
+                    sha256: sha.into(),
                     since,
                     reason,
                 });
@@ -353,20 +354,25 @@ impl Runner<'_, '_> {
     }
 
     /// Records `sha` as applied (verified) and returns the live file it now is.
-    pub(super) fn commit_applied(&mut self, sha: &str, revision: Option<String>) -> Live {
+    pub(super) fn commit_applied(&mut self, sha: &Sha256, revision: Option<Revision>) -> Live {
         // Content that passed verification now is no longer known-bad (an operator pushed it
         // again after fixing what made it fail).
-        if self.st.quarantine.as_ref().is_some_and(|q| q.sha256 == sha) {
+        if self
+            .st
+            .quarantine
+            .as_ref()
+            .is_some_and(|q| q.sha256 == *sha)
+        {
             self.st.quarantine = None;
         }
         self.st.gate = None;
         self.st.applied = Some(Applied {
-            sha256: sha.to_string(),
+            sha256: sha.into(),
             revision: revision.clone(),
             at: Utc::now(),
         });
         self.st.pending = None;
-        Live::good(sha.to_string(), revision)
+        Live::good(sha.clone(), revision)
     }
 
     pub(super) async fn unit_lock(&self) -> Result<Option<state::LockGuard>, CycleError> {
@@ -417,7 +423,7 @@ impl Runner<'_, '_> {
             verify::Healthy::Yes => Ok(Checked::Verified),
             verify::Healthy::Deploying => {
                 self.st.deploying = Some(state::Deploying {
-                    sha256: sha256_hex(content),
+                    sha256: Sha256::of(content),
                     since: Utc::now(),
                 });
                 Ok(Checked::Deploying)

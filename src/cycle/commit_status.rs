@@ -9,6 +9,7 @@
 
 use crate::config::{CommitStatus, Target};
 use crate::cycle::report::{Asked, Report};
+use crate::model::ids::Revision;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::source::integrity;
@@ -20,7 +21,8 @@ const DESCRIPTION_CHARS: usize = 140;
 /// One status to post.
 #[derive(Debug, Clone)]
 pub struct Post {
-    pub sha: String,
+    /// The commit the status is for.
+    pub sha: Revision,
     pub state: State,
     pub description: String,
 }
@@ -50,7 +52,7 @@ pub fn entering(t: &Target, st: &mut TargetState, sha: Option<&str>) -> Option<P
     remember(
         st,
         Post {
-            sha: sha.to_string(),
+            sha: sha.into(),
             state: State::Pending,
             description: bounded(&format!("applying on {}", hostname())),
         },

@@ -34,13 +34,13 @@ use chrono::Utc;
 
 use crate::config::Target;
 use crate::cycle::report::{Asked, Live, Report, Verdict};
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::validate;
 use crate::source::Source;
 use crate::store::install;
 use crate::store::state::{self, StateError, Store, TargetState};
-use crate::util::digest::sha256_hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CycleError {
@@ -366,7 +366,7 @@ fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Re
 fn describe_live(t: &Target) -> Live {
     let live = install::read(&t.path).ok().flatten();
     Live {
-        sha256: live.as_deref().map(sha256_hex),
+        sha256: live.as_deref().map(Sha256::of),
         usable: validate::usable_builtin(&t.validate, live.as_deref()),
         revision: None,
     }
@@ -545,7 +545,7 @@ impl Runner<'_, '_> {
     }
 
     /// The revision of the content last applied (what the live file is, as far as we know).
-    fn applied_revision(&self) -> Option<String> {
+    fn applied_revision(&self) -> Option<Revision> {
         self.st.applied.as_ref().and_then(|a| a.revision.clone())
     }
 
@@ -570,7 +570,7 @@ impl Runner<'_, '_> {
         live: Option<&[u8]>,
     ) -> Result<(), CycleError> {
         let described = Live {
-            sha256: live.map(sha256_hex),
+            sha256: live.map(Sha256::of),
             usable: validate::usable_full(self.t(), live).await,
             revision: self.applied_revision(),
         };

@@ -8,18 +8,19 @@ use chrono::Utc;
 
 use super::report::{Live, Verdict};
 use super::{CycleError, Origin, Runner};
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::validate;
 use crate::source::{FetchError, Fetched};
 use crate::store::state::{Applied, SourceMemo};
-use crate::util::digest::{sha256_hex, short};
+use crate::util::digest::short;
 
 /// Upstream as one fetch saw it.
 pub(super) struct Upstream {
-    sha: String,
+    sha: Sha256,
     body: Option<Vec<u8>>,
-    revision: Option<String>,
+    revision: Option<Revision>,
 }
 
 impl Runner<'_, '_> {
@@ -47,7 +48,8 @@ impl Runner<'_, '_> {
                 token,
                 revision,
             } => {
-                let sha = sha256_hex(&body);
+                let revision = revision.map(Revision::from);
+                let sha = Sha256::of(&body);
                 self.st.source = token.map(|token| SourceMemo {
                     token,
                     sha256: sha.clone(),
@@ -73,7 +75,7 @@ impl Runner<'_, '_> {
 
     pub(super) async fn poll(&mut self) -> Result<(), CycleError> {
         let live = self.read_live()?;
-        let live_sha = live.as_deref().map(sha256_hex);
+        let live_sha = live.as_deref().map(Sha256::of);
         let mut up = match self.fetch(true).await {
             Ok(u) => u,
             Err(e) => return self.fetch_failed(e, live.as_deref()).await,
@@ -122,7 +124,7 @@ impl Runner<'_, '_> {
         }
         let body = up.body.take().unwrap_or_default();
         let drift = match (&self.st.applied, &live_sha) {
-            (Some(a), Some(l)) => &a.sha256 != l,
+            (Some(a), Some(l)) => a.sha256 != *l,
             _ => false,
         };
         self.apply(body, up.sha, up.revision, live, Origin::Upstream { drift })

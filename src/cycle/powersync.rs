@@ -12,6 +12,7 @@
 use chrono::Utc;
 
 use super::{CycleError, Runner};
+use crate::model::ids::Sha256;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::service::activate::{RestartError, WasRunning};
@@ -19,7 +20,7 @@ use crate::service::powersync::{self, Deployed, Endpoint};
 use crate::service::validate;
 use crate::store::install;
 use crate::store::state::Deploying;
-use crate::util::digest::{sha256_hex, short};
+use crate::util::digest::short;
 
 impl Runner<'_, '_> {
     /// Called when the cycle leaves the live file as it is (in sync with upstream, or
@@ -44,7 +45,7 @@ impl Runner<'_, '_> {
                 return Ok(());
             }
         };
-        let sha = sha256_hex(live);
+        let sha = Sha256::of(live);
         match d.holding(live) {
             Deployed::Active => {
                 if self.st.deploying.take().is_some() {
@@ -82,7 +83,7 @@ impl Runner<'_, '_> {
                 );
                 tracing::error!(target_name = %t.name, sha256 = %sha, error = %why, "deployed content failed; rolling back");
                 let prev = install::read(&install::prev_path(&t.path))?;
-                if prev.as_deref().is_none_or(|p| sha256_hex(p) == sha) {
+                if prev.as_deref().is_none_or(|p| Sha256::of(p) == sha) {
                     // Last-good itself fails: nothing to go back to.
                     self.rerule(
                         Outcome::RollbackFailed,
@@ -110,7 +111,7 @@ impl Runner<'_, '_> {
         let t = self.ctx.target;
         let runs = match &d.active {
             Some(v) => match &v.content {
-                Some(c) => format!("other rules (sha256 {})", short(&sha256_hex(c.as_bytes()))),
+                Some(c) => format!("other rules (sha256 {})", short(&Sha256::of(c.as_bytes()))),
                 None => "other rules".into(),
             },
             None => "no rules".into(),

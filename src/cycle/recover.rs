@@ -4,19 +4,19 @@
 
 use super::report::Verdict;
 use super::{CycleError, Runner};
+use crate::model::ids::Sha256;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::service::activate::{self, WasRunning};
 use crate::store::install;
 use crate::store::state::{self, Pending, PendingStage};
-use crate::util::digest::sha256_hex;
 
 impl Runner<'_, '_> {
     /// Finishes an apply a previous run died in. Returns true when that was the cycle.
     pub(super) async fn recover(&mut self, p: Pending) -> Result<bool, CycleError> {
         let t = self.ctx.target;
         let live = self.read_live()?;
-        let live_sha = live.as_deref().map(sha256_hex);
+        let live_sha = live.as_deref().map(Sha256::of);
         let is_new = live_sha.as_deref() == Some(p.new_sha256.as_str());
         tracing::warn!(target_name = %t.name, stage = ?p.stage, live_is_new = is_new, "found an interrupted apply");
         match p.stage {

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::{FetchReason, Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::store::state::TargetState;
@@ -37,15 +38,15 @@ impl Asked {
 /// that content came from. One value, so the three cannot disagree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Live {
-    pub sha256: Option<String>,
+    pub sha256: Option<Sha256>,
     /// The live file exists and passes validation.
     pub usable: bool,
-    pub revision: Option<String>,
+    pub revision: Option<Revision>,
 }
 
 impl Live {
     /// Content that was just verified (or found in place and usable).
-    pub fn good(sha256: String, revision: Option<String>) -> Live {
+    pub fn good(sha256: Sha256, revision: Option<Revision>) -> Live {
         Live {
             sha256: Some(sha256),
             usable: true,
@@ -119,7 +120,7 @@ pub struct Report {
     pub quarantined: bool,
     pub held: bool,
     /// An operator's rollback took this revision (the live content's) off the host.
-    pub rolled_back_from: Option<String>,
+    pub rolled_back_from: Option<Revision>,
     pub phases: Vec<(Phase, Duration)>,
     /// The target's persisted state after the cycle (for gauges).
     pub state: TargetState,

@@ -7,20 +7,20 @@ use chrono::Utc;
 
 use super::report::{Live, Verdict};
 use super::{CycleError, Runner};
+use crate::model::ids::Sha256;
 use crate::model::labels::Outcome;
 use crate::model::reason::Reason;
 use crate::service::activate::WasRunning;
 use crate::service::validate;
 use crate::store::install;
 use crate::store::state::{Applied, PendingStage};
-use crate::util::digest::sha256_hex;
 
 /// What going back to `.prev` found.
 enum PrevBack {
     /// Last-good, now the live file.
     Restored(Vec<u8>),
     /// No usable `.prev`: the live file (its sha256) stays as it is.
-    Nothing { live_sha: Option<String> },
+    Nothing { live_sha: Option<Sha256> },
 }
 
 impl Runner<'_, '_> {
@@ -61,7 +61,7 @@ impl Runner<'_, '_> {
         self.st.pending = None;
         let revision = self.applied_revision();
         let live = match self.put_prev_back(bad_sha)? {
-            PrevBack::Restored(prev) => Live::good(sha256_hex(&prev), revision),
+            PrevBack::Restored(prev) => Live::good(Sha256::of(&prev), revision),
             // A first apply: there is no last-good, and the service runs none of ours.
             PrevBack::Nothing { live_sha } => Live {
                 sha256: live_sha,
@@ -81,14 +81,14 @@ impl Runner<'_, '_> {
     fn put_prev_back(&self, bad_sha: &str) -> Result<PrevBack, CycleError> {
         let t = self.ctx.target;
         let prev = install::read(&install::prev_path(&t.path))?;
-        let live_sha = self.read_live()?.as_deref().map(sha256_hex);
+        let live_sha = self.read_live()?.as_deref().map(Sha256::of);
         let Some(prev) = prev.filter(|p| validate::usable_builtin(&t.validate, Some(p))) else {
             return Ok(PrevBack::Nothing { live_sha });
         };
         if live_sha.as_deref() == Some(bad_sha) {
             let c = install::stage(&t.path, &prev, &t.file)?;
             install::install(c, &t.path, None, &t.file)?;
-            tracing::warn!(target_name = %t.name, sha256 = %sha256_hex(&prev), "restored .prev");
+            tracing::warn!(target_name = %t.name, sha256 = %Sha256::of(&prev), "restored .prev");
         }
         Ok(PrevBack::Restored(prev))
     }
@@ -127,7 +127,7 @@ impl Runner<'_, '_> {
                 return Ok(());
             }
         };
-        let prev_sha = sha256_hex(&prev);
+        let prev_sha = Sha256::of(&prev);
         let checked = self.restart_and_verify(&prev, was).await;
         self.st.pending = None;
         let live = Live::good(prev_sha.clone(), revision);

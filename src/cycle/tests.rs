@@ -76,8 +76,8 @@ impl World {
     fn interrupted(&self, new: &str, prev: &str) {
         let st = crate::store::state::TargetState {
             pending: Some(Pending {
-                new_sha256: sha256_hex(new.as_bytes()),
-                prev_sha256: Some(sha256_hex(prev.as_bytes())),
+                new_sha256: crate::model::ids::Sha256::of(new.as_bytes()),
+                prev_sha256: Some(crate::model::ids::Sha256::of(prev.as_bytes())),
                 revision: None,
                 stage: PendingStage::Applying,
                 started_at: chrono::Utc::now(),
@@ -204,7 +204,7 @@ async fn an_interrupted_bad_apply_is_rolled_back() {
     assert!(r.state.pending.is_none());
     assert_eq!(
         r.state.quarantine.map(|q| q.sha256),
-        Some(sha256_hex(BAD.as_bytes()))
+        Some(crate::model::ids::Sha256::of(BAD.as_bytes()))
     );
 }
 

@@ -171,7 +171,7 @@ impl Shared {
     }
 
     /// The revision of the content applied to `target`, from its persisted state.
-    pub fn applied_revision(&self, target: &str) -> Option<String> {
+    pub fn applied_revision(&self, target: &str) -> Option<crate::model::ids::Revision> {
         Store::new(&self.cfg.state_dir, target)
             .load()
             .ok()

@@ -3,5 +3,6 @@
 //! `util`.
 
 pub(crate) mod conditional;
+pub(crate) mod ids;
 pub(crate) mod labels;
 pub(crate) mod reason;

@@ -21,7 +21,10 @@ pub enum Reason {
     /// A rollback that did not leave a healthy service: the cause, then what happened after.
     RollbackFailed { cause: Box<Reason>, after: String },
     /// Upstream serves content this host quarantined, and why it was.
-    Quarantined { sha256: String, why: String },
+    Quarantined {
+        sha256: crate::model::ids::Sha256,
+        why: String,
+    },
     /// Nothing applied for a reason of the host's or the operator's: fetch failed, held,
     /// gated, an unreadable state, a refused deploy path.
     Stopped(String),
@@ -67,11 +70,9 @@ impl fmt::Display for Reason {
             }
             Reason::RolledBack(cause) => write!(f, "rolled back: {cause}"),
             Reason::RollbackFailed { cause, after } => write!(f, "{cause}; {after}"),
-            Reason::Quarantined { sha256, why } => write!(
-                f,
-                "upstream {} is quarantined: {why}",
-                crate::util::digest::short(sha256)
-            ),
+            Reason::Quarantined { sha256, why } => {
+                write!(f, "upstream {} is quarantined: {why}", sha256.short())
+            }
             Reason::Failed { stage, error } => write!(f, "{stage}: {error}"),
         }
     }

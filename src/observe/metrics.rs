@@ -259,7 +259,7 @@ impl Metrics {
         self.set_quarantined_info(target, st.quarantine.as_ref().map(quarantine_labels));
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st.revision_of(&sha).unwrap_or_default();
-        self.set_info(target, sha, revision);
+        self.set_info(target, sha, revision.to_string());
     }
 
     /// Publishes a quarantine decided mid-cycle, ahead of the cycle's record.
@@ -356,5 +356,5 @@ impl Metrics {
 
 /// The `(sha256, reason)` labels of a quarantine's `rulekeeper_quarantined_info` series.
 fn quarantine_labels(q: &crate::store::state::Quarantine) -> (String, String) {
-    (q.sha256.clone(), crate::model::reason::label(&q.reason))
+    (q.sha256.to_string(), crate::model::reason::label(&q.reason))
 }

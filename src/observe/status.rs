@@ -5,25 +5,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::{Config, Target};
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::Outcome;
 use crate::store::state::{StateError, StateTrouble, Store, TargetState};
-use crate::util::digest::{sha256_hex, short};
+use crate::util::digest::short;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStatus {
     pub target: String,
     pub path: String,
-    pub live_sha256: Option<String>,
-    pub applied_sha256: Option<String>,
-    pub revision: Option<String>,
-    pub upstream_revision: Option<String>,
+    pub live_sha256: Option<Sha256>,
+    pub applied_sha256: Option<Sha256>,
+    pub revision: Option<Revision>,
+    pub upstream_revision: Option<Revision>,
     pub applied_at: Option<DateTime<Utc>>,
     pub last_success: Option<DateTime<Utc>>,
     pub last_outcome: Option<Outcome>,
     pub last_outcome_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_note: Option<String>,
-    pub quarantined_sha256: Option<String>,
+    pub quarantined_sha256: Option<Sha256>,
     pub held: bool,
     pub pending: bool,
     /// A cycle or CLI command holds the target's lock right now.
@@ -31,11 +32,11 @@ pub struct TargetStatus {
     /// The state file cannot be read or parsed (the target is left alone until fixed).
     pub state_error: Option<String>,
     /// New upstream content waiting on the gate: its sha256, since when, and why.
-    pub gated_sha256: Option<String>,
+    pub gated_sha256: Option<Sha256>,
     pub gated_since: Option<DateTime<Utc>>,
     pub gate_reason: Option<String>,
     /// Live content PowerSync is still deploying (initial replication), and since when.
-    pub deploying_sha256: Option<String>,
+    pub deploying_sha256: Option<Sha256>,
     pub deploying_since: Option<DateTime<Utc>>,
     /// The daemon's last cycle of this target could not save its state (`/status` only).
     pub state_unsaved: bool,
@@ -120,7 +121,7 @@ pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
             let live = crate::store::install::read(&t.path)
                 .ok()
                 .flatten()
-                .map(|b| sha256_hex(&b));
+                .map(|b| Sha256::of(&b));
             (of(t, state, live, store.is_locked()), error)
         })
         .collect()
@@ -131,7 +132,7 @@ pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
 pub fn of(
     t: &Target,
     state: Result<TargetState, StateError>,
-    live_sha256: Option<String>,
+    live_sha256: Option<Sha256>,
     busy: bool,
 ) -> TargetStatus {
     let (st, state_error) = match state {
@@ -184,7 +185,7 @@ fn ago(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// A hash or revision in the table: its short form, or `-`.
-fn cell(s: &Option<String>) -> String {
+fn cell<T: std::ops::Deref<Target = str>>(s: &Option<T>) -> String {
     s.as_deref().map(short).unwrap_or("-").to_string()
 }
 

@@ -11,13 +11,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::HistoryLimits;
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::Outcome;
 use crate::util::digest::sha256_hex;
 
 /// What a finished cycle did, as the history records it.
 pub struct Done {
     pub outcome: Outcome,
-    pub revision: Option<String>,
+    pub revision: Option<Revision>,
     pub restarts: u32,
     pub duration: std::time::Duration,
 }
@@ -48,8 +49,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
 pub struct Entry {
     pub at: DateTime<Utc>,
     /// What the cycle tried to make live (for a rollback: the content rolled back from).
-    pub sha256: String,
-    pub revision: Option<String>,
+    pub sha256: Sha256,
+    pub revision: Option<Revision>,
     pub outcome: Outcome,
     pub restarts: u32,
     pub duration_ms: u64,
@@ -134,7 +135,7 @@ impl History {
         };
         list.push(Entry {
             at: Utc::now(),
-            sha256: sha,
+            sha256: sha.into(),
             revision: rep.revision.clone(),
             outcome: rep.outcome,
             restarts: rep.restarts,
@@ -169,7 +170,7 @@ impl History {
                 let at = e.metadata().ok()?.modified().ok()?;
                 Some(Entry {
                     at: at.into(),
-                    sha256: sha,
+                    sha256: sha.into(),
                     revision: None,
                     outcome: Outcome::Applied,
                     restarts: 0,
@@ -187,7 +188,7 @@ impl History {
     /// entries share counts once.
     fn within_bytes(&self, list: &mut [Entry], max: u64) {
         let mut used = 0u64;
-        let mut counted: Vec<String> = Vec::new();
+        let mut counted: Vec<Sha256> = Vec::new();
         for e in list.iter_mut().rev().filter(|e| e.kept) {
             if counted.contains(&e.sha256) {
                 continue;
@@ -250,7 +251,7 @@ impl History {
             [one] => {
                 let p = self.content_path(&one.sha256);
                 let body = std::fs::read(&p).map_err(io(&p))?;
-                if sha256_hex(&body) != one.sha256 {
+                if one.sha256 != sha256_hex(&body) {
                     return Err(HistoryError::Corrupt {
                         path: p,
                         message: "content does not match its sha256".into(),

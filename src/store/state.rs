@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::Outcome;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,9 +58,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 /// The content that was last applied and verified (or found already in place).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Applied {
-    pub sha256: String,
+    pub sha256: Sha256,
     #[serde(default)]
-    pub revision: Option<String>,
+    pub revision: Option<Revision>,
     pub at: DateTime<Utc>,
 }
 
@@ -68,11 +69,11 @@ pub struct Applied {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {
     /// sha256 of the content being installed.
-    pub new_sha256: String,
+    pub new_sha256: Sha256,
     /// sha256 of the live file before the swap (None: there was no live file).
-    pub prev_sha256: Option<String>,
+    pub prev_sha256: Option<Sha256>,
     #[serde(default)]
-    pub revision: Option<String>,
+    pub revision: Option<Revision>,
     pub stage: PendingStage,
     pub started_at: DateTime<Utc>,
     /// Whether the managed systemd unit was running before the swap (None: not a systemd
@@ -105,7 +106,7 @@ pub enum PendingStage {
 /// A content hash that must not be applied again while upstream still serves it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Quarantine {
-    pub sha256: String,
+    pub sha256: Sha256,
     pub reason: String,
     pub at: DateTime<Utc>,
 }
@@ -113,7 +114,7 @@ pub struct Quarantine {
 /// New upstream content waiting on the target's gate (fleets).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GateWait {
-    pub sha256: String,
+    pub sha256: Sha256,
     /// When this content started waiting.
     pub since: DateTime<Utc>,
     /// Why the gate is closed, as of the last time it was asked.
@@ -126,9 +127,9 @@ pub struct SourceMemo {
     /// What the next fetch sends back to be answered "not modified".
     pub token: crate::model::conditional::Conditional,
     /// sha256 of the content the token stands for.
-    pub sha256: String,
+    pub sha256: Sha256,
     #[serde(default)]
-    pub revision: Option<String>,
+    pub revision: Option<Revision>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -158,10 +159,10 @@ pub struct TargetState {
     pub last_note: Option<String>,
     /// The revision upstream reported last (may differ from applied when held/quarantined).
     #[serde(default)]
-    pub upstream_revision: Option<String>,
+    pub upstream_revision: Option<Revision>,
     /// sha256 of the content upstream served last time it was asked.
     #[serde(default)]
-    pub upstream_sha256: Option<String>,
+    pub upstream_sha256: Option<Sha256>,
     /// New upstream content waiting on the gate.
     #[serde(default)]
     pub gate: Option<GateWait>,
@@ -186,14 +187,14 @@ pub enum CommitState {
 /// The last commit status posted for a target: each (commit, state) is posted once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostedStatus {
-    pub sha: String,
+    pub sha: Revision,
     pub state: CommitState,
 }
 
 /// Content deployed through PowerSync's API whose initial replication is not done.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Deploying {
-    pub sha256: String,
+    pub sha256: Sha256,
     /// When it was deployed.
     pub since: DateTime<Utc>,
 }
@@ -205,7 +206,7 @@ fn lenient_outcome<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Outc
 
 impl TargetState {
     /// The revision recorded for content `sha`, if it is the applied content.
-    pub fn revision_of(&self, sha: &str) -> Option<String> {
+    pub fn revision_of(&self, sha: &str) -> Option<Revision> {
         self.applied
             .as_ref()
             .filter(|a| a.sha256 == sha)
