@@ -302,24 +302,30 @@ fn finish(
         ));
     }
     if res.is_ok() && rep.unsaved.is_none() && rep.outcome.changes_live() {
-        let live = install::read(&ctx.target.path).ok().flatten();
-        let done = crate::store::history::Done {
-            outcome: rep.outcome,
-            revision: rep.live.revision.clone(),
-            restarts: rep.restarts,
-            duration: rep.total(),
-        };
-        if let Err(e) = crate::store::history::History::new(ctx.store.dir()).record(
-            &done,
-            live.as_deref(),
-            tried.as_deref(),
-            &ctx.target.history,
-        ) {
-            tracing::warn!(target_name = %ctx.target.name, error = %e, "cannot record the history");
-        }
+        record_history(ctx, &rep, tried.as_ref());
     }
     rep.state = st;
     res.map(|()| rep)
+}
+
+/// Adds a cycle that changed the live file to the target's history (best effort: a history
+/// that cannot be written is logged, and the cycle stands).
+fn record_history(ctx: &Ctx<'_>, rep: &Report, tried: Option<&crate::model::ids::Sha256>) {
+    let live = install::read(&ctx.target.path).ok().flatten();
+    let done = crate::store::history::Done {
+        outcome: rep.outcome,
+        revision: rep.live.revision.clone(),
+        restarts: rep.restarts,
+        duration: rep.total(),
+    };
+    if let Err(e) = crate::store::history::History::new(ctx.store.dir()).record(
+        &done,
+        live.as_deref(),
+        tried.map(|t| t.as_str()),
+        &ctx.target.history,
+    ) {
+        tracing::warn!(target_name = %ctx.target.name, error = %e, "cannot record the history");
+    }
 }
 
 /// What `status` shows of the cycle's end: its outcome, or the error that ended it.

@@ -136,23 +136,24 @@ fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<Stri
     Ok(sources)
 }
 
-async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
-    // Held until the process exits: `status` reads it as "a daemon runs on this directory".
-    let _running = match crate::store::state::daemon_lock(&cfg.state_dir) {
-        Ok(Some(g)) => Some(g),
+/// `state_dir/daemon.lock`, held until the process exits: `status` reads it as "a daemon runs
+/// on this directory". A second daemon on the same directory is warned about, not refused.
+fn hold_state_dir(cfg: &Config) -> anyhow::Result<Option<crate::store::state::LockGuard>> {
+    match crate::store::state::daemon_lock(&cfg.state_dir) {
+        Ok(Some(g)) => Ok(Some(g)),
         Ok(None) => {
             tracing::warn!(state_dir = %cfg.state_dir.display(), "another rulekeeper daemon holds this state directory; both will work on its targets");
-            None
+            Ok(None)
         }
-        Err(e) => {
-            return Err(anyhow::anyhow!(
-                "{}: key `state_dir`: {e}",
-                cfg.file.display()
-            ))
-        }
-    };
-    let metrics = Metrics::new()?;
-    let sources = init_targets(&cfg, &metrics)?;
+        Err(e) => Err(anyhow::anyhow!(
+            "{}: key `state_dir`: {e}",
+            cfg.file.display()
+        )),
+    }
+}
+
+/// The listening socket of `listen`, for the async server.
+fn bind(cfg: &Config) -> anyhow::Result<tokio::net::TcpListener> {
     let std_listener = std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "{}: key `listen`: cannot listen on {}",
@@ -161,7 +162,14 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
         )
     })?;
     std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    Ok(tokio::net::TcpListener::from_std(std_listener)?)
+}
+
+async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
+    let _running = hold_state_dir(&cfg)?;
+    let metrics = Metrics::new()?;
+    let sources = init_targets(&cfg, &metrics)?;
+    let listener = bind(&cfg)?;
     tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
     for w in crate::daemon::preflight::warnings(&cfg) {
         tracing::warn!("{w}");
