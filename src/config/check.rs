@@ -101,6 +101,9 @@ fn target(t: &mut Target) -> Result<(), Complaint> {
     }
     source(&t.source)?;
     restart(t)?;
+    if let Some(s) = t.restart.signal.as_mut() {
+        signal(s)?;
+    }
     verify(t)?;
     if let Some(c) = &t.validate.command {
         check_argv(c).map_err(|m| at("validate.command", m))?;
@@ -160,28 +163,83 @@ fn restart(t: &Target) -> Result<(), Complaint> {
     let r = &t.restart;
     if !exactly_one(&[
         r.systemd.is_some(),
+        r.systemd_reload.is_some(),
+        r.signal.is_some(),
+        r.http.is_some(),
         r.command.is_some(),
         r.none == Some(true),
         r.powersync_deploy.is_some(),
     ]) {
         return Err(at(
             "restart",
-            "set exactly one of `systemd: UNIT`, `command: [argv]`, `powersync_deploy: {url, token_file}` or `none: true`",
+            "set exactly one of `systemd: UNIT`, `systemd_reload: UNIT`, `signal: {name, unit | pid_file}`, `http: {url}`, `command: [argv]`, `powersync_deploy: {url, token_file}` or `none: true`",
         ));
+    }
+    for (key, u) in [("restart.systemd_reload", &r.systemd_reload)] {
+        if let Some(u) = u {
+            unit_name(u).map_err(|m| at(key, m))?;
+        }
+    }
+    if let Some(h) = &r.http {
+        check_url(&h.url, true).map_err(|m| at("restart.http.url", m))?;
+        if !matches!(h.method.as_str(), "POST" | "PUT" | "GET") {
+            return Err(at("restart.http.method", "must be POST, PUT or GET"));
+        }
     }
     // The API token travels with every deploy: TLS unless loopback.
     if let Some(d) = &r.powersync_deploy {
         check_url(&d.url, true).map_err(|m| at("restart.powersync_deploy.url", m))?;
     }
     if let Some(u) = &r.systemd {
-        if u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace) {
-            return Err(at("restart.systemd", "not a unit name"));
-        }
+        unit_name(u).map_err(|m| at("restart.systemd", m))?;
     }
     if let Some(c) = &r.command {
         check_argv(c).map_err(|m| at("restart.command", m))?;
     }
     Ok(())
+}
+
+fn unit_name(u: &str) -> Result<(), String> {
+    if u.is_empty() || u.starts_with('-') || u.contains(char::is_whitespace) {
+        return Err("not a unit name".into());
+    }
+    Ok(())
+}
+
+/// `restart.signal`: a known signal, and exactly one of `unit` or an absolute `pid_file`.
+fn signal(s: &mut crate::config::SignalReload) -> Result<(), Complaint> {
+    s.number = signal_number(&s.name).ok_or_else(|| {
+        at(
+            "restart.signal.name",
+            format!(
+                "`{}` is not a signal rulekeeper sends (HUP, USR1, USR2, INT, TERM, QUIT, WINCH)",
+                s.name
+            ),
+        )
+    })?;
+    match (&s.unit, &s.pid_file) {
+        (Some(u), None) => unit_name(u).map_err(|m| at("restart.signal.unit", m)),
+        (None, Some(p)) if p.is_absolute() => Ok(()),
+        (None, Some(_)) => Err(at("restart.signal.pid_file", "must be an absolute path")),
+        _ => Err(at(
+            "restart.signal",
+            "set exactly one of `unit: UNIT` or `pid_file: PATH`",
+        )),
+    }
+}
+
+fn signal_number(name: &str) -> Option<i32> {
+    let n = name.trim().to_ascii_uppercase();
+    Some(match n.strip_prefix("SIG").unwrap_or(&n) {
+        "HUP" => libc::SIGHUP,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "INT" => libc::SIGINT,
+        "TERM" => libc::SIGTERM,
+        "QUIT" => libc::SIGQUIT,
+        "WINCH" => libc::SIGWINCH,
+        _ => return None,
+    })
 }
 
 fn verify(t: &Target) -> Result<(), Complaint> {
@@ -207,6 +265,23 @@ fn verify(t: &Target) -> Result<(), Complaint> {
     // The PowerSync API token travels with these requests: TLS unless loopback.
     if let Some(p) = &v.powersync_api {
         check_url(&p.url, true).map_err(|m| at("verify.powersync_api.url", m))?;
+    }
+    if let Some(m) = &v.metrics {
+        check_url(&m.url, true).map_err(|e| at("verify.metrics.url", e))?;
+        for (key, name) in [
+            ("verify.metrics.success", Some(&m.success)),
+            ("verify.metrics.timestamp", m.timestamp.as_ref()),
+        ] {
+            if let Some(n) = name {
+                if n.is_empty()
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+                {
+                    return Err(at(key, format!("`{n}` is not a metric name")));
+                }
+            }
+        }
     }
     Ok(())
 }

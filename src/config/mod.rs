@@ -268,6 +268,12 @@ pub struct PowerSyncApi {
 #[serde(deny_unknown_fields)]
 pub struct Restart {
     pub systemd: Option<String>,
+    /// `systemctl reload UNIT`: the same process takes the new file.
+    pub systemd_reload: Option<String>,
+    /// A signal (`HUP`, ...) to a unit's main process or to the process a pid file names.
+    pub signal: Option<SignalReload>,
+    /// A reload endpoint (Prometheus', Alertmanager's, vmalert's `/-/reload`).
+    pub http: Option<HttpReload>,
     pub command: Option<Vec<String>>,
     pub none: Option<bool>,
     /// Deploy through PowerSync's sync-rules API instead of restarting it.
@@ -286,10 +292,41 @@ pub struct PowerSyncDeploy {
     pub token_file: PathBuf,
 }
 
+/// `restart: {signal: {name, unit | pid_file}}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignalReload {
+    /// `HUP`, `USR1`, `USR2`, ... (with or without `SIG`).
+    pub name: String,
+    /// Signal the unit's main process (`systemctl kill --kill-whom=main`).
+    pub unit: Option<String>,
+    /// Signal the process this file names (a service that is not a unit).
+    pub pid_file: Option<PathBuf>,
+    /// `name` resolved, filled in by [`load`].
+    #[serde(skip)]
+    pub number: i32,
+}
+
+/// `restart: {http: {url, method}}`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HttpReload {
+    pub url: String,
+    #[serde(default = "default_post")]
+    pub method: String,
+}
+
+fn default_post() -> String {
+    "POST".into()
+}
+
 /// What [`Restart`] resolves to once checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartKind {
     Systemd(String),
+    SystemdReload(String),
+    Signal(SignalReload),
+    Http(HttpReload),
     Command(Vec<String>),
     PowerSyncDeploy(PowerSyncDeploy),
     None,
@@ -299,6 +336,12 @@ impl Restart {
     pub fn kind(&self) -> RestartKind {
         if let Some(u) = &self.systemd {
             RestartKind::Systemd(u.clone())
+        } else if let Some(u) = &self.systemd_reload {
+            RestartKind::SystemdReload(u.clone())
+        } else if let Some(s) = &self.signal {
+            RestartKind::Signal(s.clone())
+        } else if let Some(h) = &self.http {
+            RestartKind::Http(h.clone())
         } else if let Some(c) = &self.command {
             RestartKind::Command(c.clone())
         } else if let Some(d) = &self.powersync_deploy {
@@ -329,6 +372,20 @@ pub struct Verify {
     /// After the probe window, ask PowerSync whether the new rules are live and clean.
     #[serde(default)]
     pub powersync_api: Option<PowerSyncApi>,
+    /// The service's own "did the reload work" gauges, read from its metrics.
+    #[serde(default)]
+    pub metrics: Option<ReloadMetrics>,
+}
+
+/// `verify: {metrics: {url, success, timestamp}}`: a reload passes when the `success` gauge is 1
+/// and the `timestamp` gauge (when given) is at or after the moment of the reload.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadMetrics {
+    pub url: String,
+    pub success: String,
+    #[serde(default)]
+    pub timestamp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -235,7 +235,13 @@ impl Runner<'_, '_> {
                 // PowerSync's config, and the reason names the fix.
                 let quarantine =
                     matches!(e, DeployError::Rejected(_)) && mode.quarantines_rejects();
-                self.undo_refused(&a.sha, &e.to_string(), quarantine)
+                self.undo_refused(&a.sha, Reason::Rejected(e.to_string()), quarantine)
+            }
+            Err(CheckFailed::Restart(e @ RestartError::NotSent(_))) => {
+                // The reload never reached the service (a stale pid file): it still runs
+                // last-good, so only the file goes back. Not the content's fault: nothing is
+                // quarantined, and the reason names what to fix.
+                self.undo_refused(&a.sha, Reason::Stopped(e.to_string()), false)
             }
             Err(e) => {
                 tracing::error!(target_name = %self.t().name, sha256 = %a.sha, error = %e, "new content failed; rolling back");
@@ -376,8 +382,14 @@ impl Runner<'_, '_> {
     }
 
     pub(super) async fn unit_lock(&self) -> Result<Option<state::LockGuard>, CycleError> {
-        let RestartKind::Systemd(unit) = self.t().restart.kind() else {
-            return Ok(None);
+        // Restarts and reloads of one unit take turns across targets.
+        let unit = match self.t().restart.kind() {
+            RestartKind::Systemd(unit) | RestartKind::SystemdReload(unit) => unit,
+            RestartKind::Signal(s) => match s.unit {
+                Some(unit) => unit,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
         };
         let dir = self.ctx.state_dir.clone();
         let g = super::blocking_lock(move || state::unit_lock(&dir, &unit)).await??;
@@ -392,6 +404,7 @@ impl Runner<'_, '_> {
         was: WasRunning,
     ) -> Result<Checked, CheckFailed> {
         let t = self.ctx.target;
+        let before = verify::before(&t.verify).await;
         let t0 = Instant::now();
         let r = activate::restart(&t.restart, was, content).await;
         self.timed(Phase::Restart, t0);
@@ -410,11 +423,12 @@ impl Runner<'_, '_> {
             self.rep.unverified = true;
             return Ok(Checked::Skipped { why });
         }
-        if restarted != Restarted::Nothing {
+        // A reload keeps the process (and its clients): it is no restart.
+        if restarted != Restarted::Nothing && !restarted.is_reload() {
             self.rep.restarts += 1;
         }
         let t0 = Instant::now();
-        let v = verify::verify(&t.verify, &restarted, content).await;
+        let v = verify::verify(&t.verify, &restarted, content, &before).await;
         self.timed(Phase::Verify, t0);
         // What the service runs now is settled: only a clean deploy still replicating is
         // followed.

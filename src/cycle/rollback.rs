@@ -44,13 +44,13 @@ impl Runner<'_, '_> {
         self.restore_prev(bad_sha, why, was).await
     }
 
-    /// The service refused `bad_sha` without taking it in (PowerSync's deploy API answered
-    /// 422): `.prev` goes back in place of the live file, and nothing is restarted or
-    /// deployed, since the service still runs what `.prev` holds.
+    /// The service did not take `bad_sha` in (PowerSync's deploy API answered 422, or a
+    /// reload could not be sent): `.prev` goes back in place of the live file, and nothing is
+    /// restarted or reloaded, since the service still runs what `.prev` holds.
     pub(super) fn undo_refused(
         &mut self,
         bad_sha: &str,
-        why: &str,
+        why: Reason,
         quarantine: bool,
     ) -> Result<(), CycleError> {
         let t = self.ctx.target;
@@ -69,11 +69,8 @@ impl Runner<'_, '_> {
                 revision,
             },
         };
-        self.rep.end(Verdict::new(
-            Outcome::Rejected,
-            Some(Reason::Rejected(why.to_string())),
-            live,
-        ));
+        self.rep
+            .end(Verdict::new(Outcome::Rejected, Some(why), live));
         Ok(())
     }
 

@@ -12,8 +12,9 @@
 
 use std::time::Duration;
 
-use crate::config::{PowerSyncDeploy, Restart, RestartKind};
+use crate::config::{PowerSyncDeploy, Restart, RestartKind, SignalReload};
 use crate::service::powersync::{self, ApiError, DeployError};
+use crate::service::reload;
 use crate::util::exec;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +34,26 @@ pub enum Restarted {
     /// PowerSync's API does not answer (not started yet, as at boot): nothing deployed,
     /// nothing to verify; a later cycle deploys the live file once it answers.
     NotAnswering { detail: String },
+    /// A reload was sent to this unit (`systemd_reload`, or a signal to its main process);
+    /// this was its invocation before, which it must keep: a reload that became a restart
+    /// is no reload.
+    Reloaded { unit: String, invocation: String },
+    /// A signal was sent to the process a pid file names.
+    Signalled { pid: i32 },
+    /// A reload endpoint answered 2xx.
+    HttpReloaded,
     /// `restart: none`.
     Nothing,
+}
+
+impl Restarted {
+    /// A reload rather than a restart: the same process took the new file.
+    pub fn is_reload(&self) -> bool {
+        matches!(
+            self,
+            Restarted::Reloaded { .. } | Restarted::Signalled { .. } | Restarted::HttpReloaded
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +68,13 @@ pub enum RestartError {
         status: String,
         output: String,
     },
+    /// A reload that was sent and failed (its endpoint refused it).
+    #[error("reload failed: {0}")]
+    Reload(String),
+    /// A reload that could not be sent (a missing or stale pid file): the service never saw
+    /// the new file.
+    #[error("reload not sent: {0}")]
+    NotSent(String),
 }
 
 /// A unit's `ActiveState`, as systemd spells it (an unknown word is kept as it came).
@@ -152,6 +178,16 @@ async fn systemctl(args: &[&str], timeout: Duration) -> Result<exec::Output, Res
     .await?)
 }
 
+/// `systemctl ARGS`, failing unless it exits 0.
+pub(crate) async fn systemctl_checked(
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(), RestartError> {
+    let out = systemctl(args, timeout).await?;
+    must(out, &format!("systemctl {}", args.join(" ")))?;
+    Ok(())
+}
+
 fn must(out: exec::Output, what: &str) -> Result<exec::Output, RestartError> {
     if out.success {
         Ok(out)
@@ -199,8 +235,13 @@ pub async fn unit_state(unit: &str, timeout: Duration) -> Result<UnitState, Rest
 /// defers such work at boot: the managed unit is ordered after us, so a job for it now would
 /// wait for our own start).
 pub async fn would_touch(cfg: &Restart, was: WasRunning) -> Result<bool, RestartError> {
-    let RestartKind::Systemd(unit) = cfg.kind() else {
-        return Ok(false);
+    // A reload job waits behind our start job as a restart job would; a signal is no job.
+    let unit = match cfg.kind() {
+        RestartKind::Systemd(unit) => unit,
+        RestartKind::SystemdReload(unit) => {
+            return Ok(unit_state(&unit, cfg.timeout).await?.is_up())
+        }
+        _ => return Ok(false),
     };
     let st = unit_state(&unit, cfg.timeout).await?;
     Ok(wants_start(&st, was))
@@ -227,6 +268,9 @@ pub async fn restart(
 ) -> Result<Restarted, RestartError> {
     let unit = match cfg.kind() {
         RestartKind::None => return Ok(Restarted::Nothing),
+        RestartKind::SystemdReload(unit) => return reload::systemd(&unit, cfg.timeout).await,
+        RestartKind::Signal(s) => return reload::signal(&s, cfg.timeout).await,
+        RestartKind::Http(h) => return reload::http(&h, cfg.timeout).await,
         RestartKind::PowerSyncDeploy(api) => return deploy(api, cfg.timeout, content).await,
         RestartKind::Command(argv) => {
             let out = exec::run(&argv, cfg.timeout, None, &[]).await?;
@@ -294,7 +338,12 @@ async fn deploy(
 /// Whether a systemd unit is running now (`None` for other restart kinds).
 pub async fn running_now(cfg: &Restart) -> Result<Option<bool>, RestartError> {
     match cfg.kind() {
-        RestartKind::Systemd(unit) => Ok(Some(unit_state(&unit, cfg.timeout).await?.is_up())),
+        RestartKind::Systemd(unit) | RestartKind::SystemdReload(unit) => {
+            Ok(Some(unit_state(&unit, cfg.timeout).await?.is_up()))
+        }
+        RestartKind::Signal(SignalReload {
+            unit: Some(unit), ..
+        }) => Ok(Some(unit_state(&unit, cfg.timeout).await?.is_up())),
         _ => Ok(None),
     }
 }

@@ -4,6 +4,8 @@
 
 pub(crate) mod activate;
 pub(crate) mod gate;
+pub(crate) mod gauges;
 pub(crate) mod powersync;
+pub(crate) mod reload;
 pub mod validate;
 pub(crate) mod verify;

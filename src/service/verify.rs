@@ -7,12 +7,13 @@
 //! good answer and then finds nothing listening means the same: the window fails at that
 //! probe, not at the timeout.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::config::{PowerSyncDeploy, Verify, VerifyKind};
 use crate::service::activate::{self, Restarted};
+use crate::service::gauges::{self, Gauges};
 use crate::service::powersync::{self, Deployed};
 use crate::util::digest::short;
 use crate::util::exec;
@@ -29,6 +30,9 @@ pub enum VerifyError {
     Died { good: u32, detail: String },
     #[error("PowerSync diagnostics: {0}")]
     PowerSync(String),
+    /// The service's own gauges say the reload did not take.
+    #[error("{0}")]
+    Reload(String),
 }
 
 /// How verification passed.
@@ -40,16 +44,52 @@ pub enum Healthy {
     Deploying,
 }
 
+/// What a reload is judged against: the service's gauges just before it was sent, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Before {
+    pub gauges: Option<Gauges>,
+    pub at: SystemTime,
+}
+
+/// Reads `verify.metrics` (if configured) just before a reload or restart.
+pub async fn before(cfg: &Verify) -> Before {
+    let gauges = match &cfg.metrics {
+        Some(m) => gauges::read(m, Duration::from_secs(5)).await.ok(),
+        None => None,
+    };
+    Before {
+        gauges,
+        at: SystemTime::now(),
+    }
+}
+
 /// Verifies according to `cfg`. `content` is the installed file (for PowerSync's check).
 pub async fn verify(
     cfg: &Verify,
     restarted: &Restarted,
     content: &[u8],
+    before: &Before,
 ) -> Result<Healthy, VerifyError> {
     let watch = match restarted {
-        Restarted::Systemd { unit, invocation } => Some(UnitWatch { unit, invocation }),
+        Restarted::Systemd { unit, invocation } => Some(UnitWatch {
+            unit,
+            invocation,
+            reload: false,
+        }),
+        Restarted::Reloaded { unit, invocation } => Some(UnitWatch {
+            unit,
+            invocation,
+            reload: true,
+        }),
         _ => None,
     };
+    if let Some(m) = &cfg.metrics {
+        let sync = matches!(restarted, Restarted::HttpReloaded);
+        match gauges::wait(m, before.gauges, before.at, sync, cfg.timeout, cfg.interval).await {
+            gauges::Verdict::Reloaded => {}
+            gauges::Verdict::Failed(why) => return Err(VerifyError::Reload(why)),
+        }
+    }
     let mut healthy = Healthy::Yes;
     if let Restarted::Deployed { api, timeout } = restarted {
         healthy = taken_up(cfg, api, *timeout, content).await?;
@@ -63,6 +103,15 @@ pub async fn verify(
             .await?
         }
         VerifyKind::Command(argv) => {
+            // `{since}`: when the restart or reload was sent (Unix seconds), for a check that
+            // reads what the service logged since.
+            let since = before
+                .at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .to_string();
+            let argv: Vec<String> = argv.iter().map(|a| a.replace("{since}", &since)).collect();
             window(cfg, watch.as_ref(), None, || {
                 probe_command(argv.clone(), cfg.timeout)
             })
@@ -142,6 +191,8 @@ async fn taken_up(
 struct UnitWatch<'a> {
     unit: &'a str,
     invocation: &'a str,
+    /// The unit was reloaded, not restarted: its invocation is the one from before.
+    reload: bool,
 }
 
 impl UnitWatch<'_> {
@@ -156,7 +207,12 @@ impl UnitWatch<'_> {
             return Err(VerifyError::UnitChanged {
                 unit: self.unit.to_string(),
                 detail: format!(
-                    "it was restarted during the window (InvocationID {} -> {})",
+                    "{} (InvocationID {} -> {})",
+                    if self.reload {
+                        "the reload became a restart"
+                    } else {
+                        "it was restarted during the window"
+                    },
                     short(self.invocation),
                     short(&st.invocation)
                 ),

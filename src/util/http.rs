@@ -17,6 +17,8 @@ pub enum Use {
     Probe,
     /// A fleet gate's metrics store.
     Gate,
+    /// A service's reload endpoint and its metrics (`restart.http`, `verify.metrics`).
+    Reload,
 }
 
 impl Use {
@@ -32,6 +34,8 @@ impl Use {
             // A gate is asked once per new revision per target; a couple of connections serve
             // several targets asking at once.
             Use::Gate => 2,
+            // A reload, then its metrics a few times: one warm connection, as for probes.
+            Use::Reload => 1,
         }
     }
 }
@@ -49,10 +53,12 @@ pub fn shared(what: Use) -> Result<&'static reqwest::Client, String> {
     static POWERSYNC: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     static PROBE: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     static GATE: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+    static RELOAD: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
     let cell = match what {
         Use::PowerSync => &POWERSYNC,
         Use::Probe => &PROBE,
         Use::Gate => &GATE,
+        Use::Reload => &RELOAD,
     };
     cell.get_or_init(|| {
         builder()
