@@ -271,6 +271,7 @@ fn verify(t: &Target) -> Result<(), Complaint> {
         for (key, name) in [
             ("verify.metrics.success", Some(&m.success)),
             ("verify.metrics.timestamp", m.timestamp.as_ref()),
+            ("verify.metrics.count", m.count.as_ref()),
         ] {
             if let Some(n) = name {
                 if n.is_empty()

@@ -377,8 +377,10 @@ pub struct Verify {
     pub metrics: Option<ReloadMetrics>,
 }
 
-/// `verify: {metrics: {url, success, timestamp}}`: a reload passes when the `success` gauge is 1
-/// and the `timestamp` gauge (when given) is at or after the moment of the reload.
+/// `verify: {metrics: {url, success, timestamp, count}}`: a reload passes when the `success`
+/// gauge is 1 and the service shows it handled this reload: the `timestamp` gauge (when given)
+/// at or after the moment of the reload, or the `count` of reload attempts (when given) past
+/// its value before.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadMetrics {
@@ -386,6 +388,8 @@ pub struct ReloadMetrics {
     pub success: String,
     #[serde(default)]
     pub timestamp: Option<String>,
+    #[serde(default)]
+    pub count: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

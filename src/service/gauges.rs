@@ -15,6 +15,7 @@ use crate::config::ReloadMetrics;
 pub struct Gauges {
     pub success: Option<f64>,
     pub timestamp: Option<f64>,
+    pub count: Option<f64>,
 }
 
 /// Reads the gauges once.
@@ -37,6 +38,7 @@ pub async fn read(m: &ReloadMetrics, timeout: Duration) -> Result<Gauges, String
     Ok(Gauges {
         success: sample(&text, &m.success),
         timestamp: m.timestamp.as_deref().and_then(|t| sample(&text, t)),
+        count: m.count.as_deref().and_then(|c| sample(&text, c)),
     })
 }
 
@@ -53,6 +55,12 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// Whether a timestamp or a count said this reload was handled (a failed reload does not
+/// move a success timestamp, so for a 0 only an explicit sign counts).
+fn moved_by_count_or_stamp(stamped: Option<bool>, counted: Option<bool>) -> bool {
+    stamped == Some(true) || counted == Some(true)
+}
+
 /// What a reload's gauges said.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
@@ -60,18 +68,18 @@ pub enum Verdict {
     Failed(String),
 }
 
-/// Waits, within `timeout`, for the gauges to answer for the reload sent at `since`:
-/// - success 1, and the timestamp (when configured) at or after `since`: it worked;
-/// - success 0 after a reload the service answered synchronously (`sync`), or a 0 that was 1
-///   before: it failed;
-/// - a 0 that was already 0 before an asynchronous reload (a signal) still describes the
-///   previous reload: not yet an answer;
-/// - nothing settled by `timeout`: failed, the timestamp never moved.
+/// Waits, within `timeout`, for the gauges to answer for the reload sent at `since`. The
+/// service has handled this reload when its timestamp is not older than the reload or its
+/// count of attempts moved (with neither configured, any reading counts). Then:
+/// - success 1 and handled: it worked;
+/// - success 0 and handled, or a 0 that was 1 before: it failed;
+/// - a 0 that was already 0 before still describes the previous reload (reloads are
+///   asynchronous, even behind an HTTP 200): not yet an answer;
+/// - nothing settled by `timeout`: failed, the reload was never reported.
 pub async fn wait(
     m: &ReloadMetrics,
     before: Option<Gauges>,
     since: SystemTime,
-    sync: bool,
     timeout: Duration,
     interval: Duration,
 ) -> Verdict {
@@ -86,15 +94,29 @@ pub async fn wait(
     loop {
         match read(m, interval.max(Duration::from_secs(1))).await {
             Ok(g) => {
-                let moved = match (&m.timestamp, g.timestamp) {
-                    (None, _) => true,
-                    (Some(_), Some(ts)) => ts >= since_secs,
-                    (Some(_), None) => false,
+                // Handled this reload: its timestamp is not older than the reload, or its count
+                // of attempts moved (vmalert stamps only some reloads, and counts them all).
+                let stamped = match (&m.timestamp, g.timestamp) {
+                    (None, _) => None,
+                    (Some(_), Some(ts)) => Some(ts >= since_secs),
+                    (Some(_), None) => Some(false),
+                };
+                let counted = match (&m.count, g.count) {
+                    (None, _) => None,
+                    (Some(_), Some(n)) => Some(before.and_then(|b| b.count).is_none_or(|b| n > b)),
+                    (Some(_), None) => Some(false),
+                };
+                let moved = match (stamped, counted) {
+                    (None, None) => true,
+                    (a, b) => a == Some(true) || b == Some(true),
                 };
                 let was = before.and_then(|b| b.success);
                 match g.success {
                     Some(s) if s == 1.0 && moved => return Verdict::Reloaded,
-                    Some(s) if s == 0.0 && (sync || was == Some(1.0)) => {
+                    Some(s)
+                        if s == 0.0
+                            && (moved_by_count_or_stamp(stamped, counted) || was == Some(1.0)) =>
+                    {
                         return Verdict::Failed(format!(
                             "the service did not take the new file: {} is 0 after the reload",
                             m.success
@@ -102,21 +124,21 @@ pub async fn wait(
                     }
                     _ => {}
                 }
-                last = format!(
-                    "{} = {}, {} = {}",
-                    m.success,
-                    g.success.map_or("absent".into(), |v| v.to_string()),
-                    m.timestamp.as_deref().unwrap_or("(no timestamp)"),
-                    g.timestamp.map_or("absent".into(), |v| v.to_string()),
-                );
+                let shown = |v: Option<f64>| v.map_or("absent".to_string(), |v| v.to_string());
+                last = format!("{} = {}", m.success, shown(g.success));
+                if let Some(t) = &m.timestamp {
+                    last.push_str(&format!(", {t} = {}", shown(g.timestamp)));
+                }
+                if let Some(c) = &m.count {
+                    last.push_str(&format!(", {c} = {}", shown(g.count)));
+                }
             }
             Err(e) => last = e,
         }
         if Instant::now() + interval >= deadline {
             return Verdict::Failed(format!(
-                "the reload was not seen within {}: {} never reported it ({last})",
-                humantime::format_duration(timeout),
-                m.timestamp.as_deref().unwrap_or(&m.success)
+                "the reload was not seen within {}: the service never reported it ({last})",
+                humantime::format_duration(timeout)
             ));
         }
         tokio::time::sleep(interval).await;

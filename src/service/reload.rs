@@ -80,18 +80,55 @@ pub fn running_pid(file: &Path) -> Result<i32, RestartError> {
             crate::model::reason::cut(text.trim(), 40)
         ))
     })?;
-    let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .map(|zombie| !zombie)
-        .unwrap_or(false);
-    if !alive {
-        return Err(RestartError::NotSent(format!(
-            "pid file {} names pid {pid}, which is not running (a stale pid file); nothing was signalled",
+    let stale = |why: &str| {
+        RestartError::NotSent(format!(
+            "pid file {} names pid {pid}, {why} (a stale pid file); nothing was signalled",
             file.display()
-        )));
+        ))
+    };
+    let Some(started) = process_start(pid) else {
+        return Err(stale("which is not running"));
+    };
+    // A pid is reused once its process is gone: a process that started after the pid file was
+    // written is not the one that wrote it.
+    let written = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+    if written.is_some_and(|w| started > w + Duration::from_secs(1)) {
+        return Err(stale("a process started after the file was written"));
     }
     Ok(pid)
+}
+
+/// When process `pid` started; None when there is no such process (a zombie, a thread of
+/// another process, or nothing at all).
+fn process_start(pid: i32) -> Option<std::time::SystemTime> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tgid: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    if tgid != pid || rest.starts_with('Z') {
+        return None;
+    }
+    // Field 22 of stat is the start time in clock ticks since boot; `rest` starts at field 3.
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(
+        std::time::UNIX_EPOCH
+            + Duration::from_secs(btime)
+            + Duration::from_millis(ticks * 1000 / hz),
+    )
 }
 
 /// A reload endpoint: a non-2xx answer is a failed reload, its body (bounded, credentials

@@ -57,6 +57,16 @@ pub async fn before(cfg: &Verify) -> Before {
         Some(m) => gauges::read(m, Duration::from_secs(5)).await.ok(),
         None => None,
     };
+    // Some services stamp their last reload in whole seconds: a reload in the same second as
+    // the one before could not be told from it, so it waits for the next second.
+    let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let now = secs(SystemTime::now());
+    if let Some(ts) = gauges.and_then(|g| g.timestamp) {
+        if ts as u64 >= now.as_secs() {
+            let next = Duration::from_secs(now.as_secs() + 1).saturating_sub(now);
+            tokio::time::sleep(next).await;
+        }
+    }
     Before {
         gauges,
         at: SystemTime::now(),
@@ -84,8 +94,7 @@ pub async fn verify(
         _ => None,
     };
     if let Some(m) = &cfg.metrics {
-        let sync = matches!(restarted, Restarted::HttpReloaded);
-        match gauges::wait(m, before.gauges, before.at, sync, cfg.timeout, cfg.interval).await {
+        match gauges::wait(m, before.gauges, before.at, cfg.timeout, cfg.interval).await {
             gauges::Verdict::Reloaded => {}
             gauges::Verdict::Failed(why) => return Err(VerifyError::Reload(why)),
         }

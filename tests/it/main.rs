@@ -48,6 +48,9 @@ mod powersync_offline;
 mod powersync_parity;
 mod powersync_real;
 
+// Reloads of other services (Prometheus, Alertmanager, vmalert, nginx).
+mod services;
+
 // Shipped files: alerts, dashboard, fleets, Nix.
 mod alertchain;
 mod alerts;
