@@ -97,6 +97,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what the next apply would change: a unified diff of the live file against
+    /// upstream (or a revision, or a file), and the validators' verdict on the new side.
+    /// Exit 0 no change, 1 a change, 2 usage or config, 5 upstream or a file unreadable.
+    Diff {
+        #[command(flatten)]
+        c: ConfigArg,
+        #[arg(short, long)]
+        target: String,
+        /// Compare with upstream at this revision (a commit, branch or tag).
+        #[arg(long, conflicts_with = "file")]
+        rev: Option<String>,
+        /// Compare with this file instead of upstream.
+        file: Option<PathBuf>,
+    },
     /// Stop applying new content for a target (cycles still fetch, report and alert).
     Hold {
         #[command(flatten)]
@@ -254,6 +268,19 @@ fn run(command: Command) -> Result<Exit, CliError> {
         Command::History { c, target, json } => {
             with_target(&c, &target, |cfg, t| history(cfg, t, json))
         }
+        Command::Diff {
+            c,
+            target,
+            rev,
+            file,
+        } => with_target(&c, &target, |cfg, t| {
+            let against = match (&rev, &file) {
+                (Some(r), _) => crate::diff::Against::Revision(r),
+                (None, Some(f)) => crate::diff::Against::File(f),
+                (None, None) => crate::diff::Against::Upstream,
+            };
+            Ok(runtime()?.block_on(crate::diff::run(&cfg.state_dir, t, against)))
+        }),
         Command::Hold { c, target } => with_target(&c, &target, |cfg, t| set_hold(cfg, t, true)),
         Command::Release { c, target } => {
             with_target(&c, &target, |cfg, t| set_hold(cfg, t, false))

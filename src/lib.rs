@@ -32,4 +32,5 @@ pub mod daemon;
 
 // 9: the commands and their exit codes.
 pub mod cli;
+pub(crate) mod diff;
 pub mod exit;

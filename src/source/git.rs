@@ -126,6 +126,27 @@ impl GitSource {
         if cond == Some(&Conditional::Commit(commit.clone())) {
             return Ok(Fetched::NotModified);
         }
+        let refspec = if self.git_ref == "HEAD" {
+            "HEAD".to_string()
+        } else {
+            self.git_ref.clone()
+        };
+        let (body, fetched) = self.file_at(&refspec).await?;
+        Ok(Fetched::Content {
+            body,
+            token: Some(Conditional::Commit(fetched.clone())),
+            revision: Some(fetched),
+        })
+    }
+
+    /// The file at revision `rev` (a commit the server lets clients fetch, a branch or a tag).
+    pub async fn fetch_revision(&self, rev: &str) -> Result<Vec<u8>, FetchError> {
+        Ok(self.file_at(rev).await?.0)
+    }
+
+    /// Fetches `refspec` (shallow) into the cache and reads the file there: its bytes and the
+    /// commit they are at.
+    async fn file_at(&self, refspec: &str) -> Result<(Vec<u8>, String), FetchError> {
         if !self.cache.join("HEAD").exists() {
             std::fs::create_dir_all(&self.cache).map_err(|e| {
                 FetchError::new(
@@ -135,11 +156,6 @@ impl GitSource {
             })?;
             self.git(&["init", "--quiet", "--bare"], true).await?;
         }
-        let refspec = if self.git_ref == "HEAD" {
-            "HEAD".to_string()
-        } else {
-            self.git_ref.clone()
-        };
         self.git(
             &[
                 "fetch",
@@ -149,7 +165,7 @@ impl GitSource {
                 "--no-tags",
                 "--",
                 &self.url,
-                &refspec,
+                refspec,
             ],
             true,
         )
@@ -188,10 +204,6 @@ impl GitSource {
                 Some(self.max_bytes as usize),
             )
             .await?;
-        Ok(Fetched::Content {
-            body: blob.stdout,
-            token: Some(Conditional::Commit(fetched.clone())),
-            revision: Some(fetched),
-        })
+        Ok((blob.stdout, fetched))
     }
 }

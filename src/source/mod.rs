@@ -85,6 +85,19 @@ impl Source {
         Ok(Source { inner })
     }
 
+    /// The file as it is at revision `rev` (a commit, branch or tag): for `diff --rev`. Forge
+    /// and git sources only: a file or plain http source has no revisions.
+    pub async fn fetch_revision(&self, rev: &str) -> Result<Vec<u8>, FetchError> {
+        match &self.inner {
+            Inner::Forge(f) => f.fetch_revision(rev).await,
+            Inner::Git(g) => g.fetch_revision(rev).await,
+            Inner::File(_) => Err(FetchError::new(
+                FetchReason::Config,
+                "a `file` source has no revisions",
+            )),
+        }
+    }
+
     /// Fetches; `cond` is the remembered validator (None: fetch unconditionally).
     pub async fn fetch(&self, cond: Option<&Conditional>) -> Result<Fetched, FetchError> {
         match &self.inner {

@@ -27,6 +27,7 @@ mod vmstack;
 // The cycle and its commands.
 mod commit_status;
 mod cycle;
+mod diff;
 mod history;
 mod operator;
 mod ownership;

@@ -194,6 +194,28 @@ impl ForgeSource {
         })
     }
 
+    /// The file at revision `rev` (its bytes checked as for a fetch).
+    pub async fn fetch_revision(&self, rev: &str) -> Result<Vec<u8>, FetchError> {
+        if !self.kind.is_forge() {
+            return Err(FetchError::new(
+                FetchReason::Config,
+                "a plain `http` source has no revisions",
+            ));
+        }
+        let at = with_ref(&self.url, rev);
+        let meta_at = self.meta_url.as_ref().map(|m| with_ref(m, rev));
+        match self.get(&at, meta_at.as_ref(), None).await? {
+            Some(got) => Ok(got.body),
+            None => Err(FetchError::new(
+                FetchReason::Protocol,
+                format!(
+                    "GET {} answered 304 to an unconditional request",
+                    self.shown
+                ),
+            )),
+        }
+    }
+
     /// One GET of the file at `url` (its bytes checked, with `meta` for Forgejo's contents
     /// API); None for a 304 to a conditional request.
     async fn get(
