@@ -160,12 +160,14 @@ fn bundled_examples_pass_check() {
     std::fs::write(&env.config, demo).unwrap();
     let o = env.rk(&["check"]);
     assert_eq!(o.code, 0, "examples/demo.yaml: {}", o.all());
-    let o = crate::util::run(
-        std::process::Command::new(crate::util::bin())
-            .args(["check", "-c"])
-            .arg(root.join("examples/powersync.yaml")),
-    );
-    assert!(o.0, "examples/powersync.yaml: {}{}", o.1, o.2);
+    for example in ["powersync", "prometheus", "alertmanager", "vmalert", "nginx"] {
+        let o = crate::util::run(
+            std::process::Command::new(crate::util::bin())
+                .args(["check", "-c"])
+                .arg(root.join(format!("examples/{example}.yaml"))),
+        );
+        assert!(o.0, "examples/{example}.yaml: {}{}", o.1, o.2);
+    }
 }
 
 #[test]
