@@ -78,7 +78,11 @@ let
   # Units restarted by the `systemd` restarter of some target, e.g. [ "podman-powersync.service" ].
   managedUnits = lib.unique (
     lib.concatMap (
-      t: lib.optional (t.restart != null && t.restart.systemd or null != null) t.restart.systemd
+      t:
+      lib.optional (t.restart != null && t.restart.systemd or null != null) t.restart.systemd
+      ++ lib.optional (
+        t.restart != null && t.restart.systemd_reload or null != null
+      ) t.restart.systemd_reload
     ) targetList
   );
 
@@ -244,6 +248,11 @@ let
       systemd = nullOrStr ''
         Unit to `systemctl try-restart` after a swap, e.g. "podman-powersync.service". The unit
         is automatically ordered After= and Wants= rulekeeper.service (see `managedUnits`).
+      '';
+      systemd_reload = nullOrStr ''
+        Unit to `systemctl reload` after a swap (the same process takes the new file; a reload
+        that became a restart fails verification). Ordered like `systemd`. Other reload kinds
+        (`signal`, `http`) are free-form keys: see docs/services.md.
       '';
       command = mkOption {
         type = types.nullOr (types.listOf types.str);

@@ -355,7 +355,39 @@ let
           settings.targets.powersync = target;
         }).failedAssertions
     );
+  # A reload target: its unit is ordered like a restarted one; free-form reload kinds pass.
+  reload = evalModule {
+    enable = true;
+    settings.targets.nginx = {
+      source = {
+        kind = "file";
+        path = "/srv/site.conf";
+      };
+      path = "/etc/nginx/conf.d/site.conf";
+      restart.systemd_reload = "nginx.service";
+      verify.none = true;
+    };
+    settings.targets.prom = {
+      source = {
+        kind = "file";
+        path = "/srv/rules.yml";
+      };
+      path = "/etc/prometheus/rules/app.yml";
+      restart.http.url = "http://127.0.0.1:9090/-/reload";
+      verify = {
+        none = true;
+        metrics = {
+          url = "http://127.0.0.1:9090/metrics";
+          success = "prometheus_config_last_reload_successful";
+        };
+      };
+    };
+  };
   deployChecks = [
+    (checkEq "reload: systemd_reload units are managed" reload.cfg.managedUnits [ "nginx.service" ])
+    (checkEq "reload: http reload in YAML" reload.config.environment.etc."rulekeeper/config.yaml".source.value.targets.prom.restart {
+      http.url = "http://127.0.0.1:9090/-/reload";
+    })
     (checkEq "deploy: no assertions" deploy.failedAssertions [ ])
     (checkEq "deploy: restart in YAML" deploy.config.environment.etc."rulekeeper/config.yaml".source.value.targets.powersync.restart {
       powersync_deploy = {
