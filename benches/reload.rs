@@ -94,27 +94,38 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let Some(nginx) = require_tool("nginx") else { return };
+    let Some(nginx) = require_tool("nginx") else {
+        return;
+    };
     let changes = env_u64("RK_BENCH_CHANGES", 20);
     let env = Env::new();
     let dir = env.dir.path().to_path_buf();
     let port = free_port();
     std::fs::write(
         dir.join("nginx.conf"),
-        format!("events {{}}\nhttp {{ access_log off; include {}; }}\n", env.live.display()),
+        format!(
+            "events {{}}\nhttp {{ access_log off; include {}; }}\n",
+            env.live.display()
+        ),
     )
     .expect("nginx.conf");
     let up = dir.join("upstream.conf");
     std::fs::write(&env.live, site(port, "start")).expect("live");
     std::fs::write(&up, site(port, "start")).expect("upstream");
     let argv = nginx_argv(&nginx, &dir);
-    let st = Command::new(&argv[0]).args(&argv[1..]).status().expect("nginx");
+    let st = Command::new(&argv[0])
+        .args(&argv[1..])
+        .status()
+        .expect("nginx");
     assert!(st.success(), "nginx did not start");
     wait_until(10, "nginx serving", || {
         util::http(port, "GET", "/", &[], b"").0 == 200
     });
     let pid_file = dir.join("nginx.pid");
-    let reload = format!("{{ signal: {{ name: HUP, pid_file: \"{}\" }} }}", pid_file.display());
+    let reload = format!(
+        "{{ signal: {{ name: HUP, pid_file: \"{}\" }} }}",
+        pid_file.display()
+    );
     let reloaded = format!(
         "{{ command: [\"{}\", \"{}\", \"{{since}}\"], successes: 1, interval: 50ms, timeout: 10s }}",
         util::repo_root().join("contrib/nginx/reloaded").display(),

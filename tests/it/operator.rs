@@ -160,7 +160,13 @@ fn bundled_examples_pass_check() {
     std::fs::write(&env.config, demo).unwrap();
     let o = env.rk(&["check"]);
     assert_eq!(o.code, 0, "examples/demo.yaml: {}", o.all());
-    for example in ["powersync", "prometheus", "alertmanager", "vmalert", "nginx"] {
+    for example in [
+        "powersync",
+        "prometheus",
+        "alertmanager",
+        "vmalert",
+        "nginx",
+    ] {
         let o = crate::util::run(
             std::process::Command::new(crate::util::bin())
                 .args(["check", "-c"])

@@ -31,6 +31,8 @@ struct Setup<'a> {
     source: &'a str,
     /// The target's `verify:` (flow YAML).
     verify: &'a str,
+    /// The target's `restart:` (flow YAML); None: `systemd` on the managed unit.
+    restart: Option<&'a str>,
 }
 
 const FILE_SOURCE: &str = "{ kind: file, path: /run/lab/upstream/sync-rules.yaml }";
@@ -46,6 +48,7 @@ impl Default for Setup<'_> {
             rulekeeper: "",
             source: FILE_SOURCE,
             verify: VERIFY,
+            restart: None,
         }
     }
 }
@@ -107,6 +110,15 @@ impl World {
             ),
         )
         .unwrap();
+        if let Some(restart) = setup.restart {
+            let text = std::fs::read_to_string(d.join("config.yaml"))
+                .unwrap()
+                .replace(
+                    &format!("restart: {{ systemd: {UNIT}, timeout: 20s }}"),
+                    &format!("restart: {restart}"),
+                );
+            std::fs::write(d.join("config.yaml"), text).unwrap();
+        }
         lab.daemon_reload();
         Some(World { lab })
     }
@@ -708,4 +720,53 @@ fn last_good_failing_too_is_rollback_failed() {
         w.starts()[5..],
         ["start # v4", "start # v2"].map(String::from)
     );
+}
+
+/// `systemd_reload`: `systemctl reload` keeps the unit's process (the same InvocationID and
+/// MainPID; the service took the file on SIGHUP), and a reload that turns into a restart fails
+/// verification, saying so.
+#[test]
+fn systemd_reload_keeps_the_process_and_a_reload_that_restarts_fails() {
+    let Some(w) = World::new(Setup {
+        managed: "Restart=no\nExecReload=/bin/kill -HUP $MAINPID",
+        restart: Some(&format!("{{ systemd_reload: {UNIT}, timeout: 20s }}")),
+        ..Setup::default()
+    }) else {
+        return;
+    };
+    w.boot_with("good1");
+    let (inv, pid) = (
+        w.lab.prop(UNIT, "InvocationID"),
+        w.lab.prop(UNIT, "MainPID"),
+    );
+    w.publish(&rules("good2", "good"));
+    w.wait_cycles("applied", 2.0);
+    assert_eq!(w.lab.prop(UNIT, "InvocationID"), inv, "no restart");
+    assert_eq!(w.lab.prop(UNIT, "MainPID"), pid);
+    assert_eq!(w.starts(), vec!["start # good1"]);
+    let reloads =
+        std::fs::read_to_string(w.lab.dir.path().join("svc/reloads.log")).unwrap_or_default();
+    assert_eq!(reloads.lines().last(), Some("reload # good2"), "{reloads}");
+    let entries = w.cycle_entries("applied");
+    assert_eq!(
+        field(entries.last().unwrap(), "RESTARTS"),
+        "0",
+        "a reload is no restart"
+    );
+    eprintln!(
+        "LAB: systemd_reload applied good2 on InvocationID {inv}, MainPID {pid} before and after"
+    );
+
+    // A unit whose "reload" restarts it: not a reload, and verification says so.
+    w.lab.write(
+        &format!("/etc/systemd/system/{UNIT}.d/restarting-reload.conf"),
+        &format!("[Service]\nExecReload=\nExecReload=/bin/systemctl --no-block restart {UNIT}\n"),
+    );
+    w.lab.daemon_reload();
+    w.publish(&rules("good3", "good"));
+    w.wait_cycles("rollback_failed", 1.0);
+    let e = w.cycle_entries("rollback_failed");
+    let reason = field(e.last().unwrap(), "REASON");
+    assert!(reason.contains("the reload became a restart"), "{reason}");
+    assert_eq!(w.live(), rules("good2", "good"), "rolled back to last-good");
 }

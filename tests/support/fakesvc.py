@@ -32,10 +32,24 @@ def serve(d):
     first = rules.splitlines()[0] if rules else "<none>"
     with open(os.path.join(d, "starts.log"), "a") as f:
         f.write("start %s\n" % first)
-    healthy = "health: bad" not in rules
+    state = {"healthy": "health: bad" not in rules}
+
+    def reload(signum, frame):
+        # SIGHUP: take the rules file up again, in the same process (a reload).
+        try:
+            with open(conf["rules"]) as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        with open(os.path.join(d, "reloads.log"), "a") as f:
+            f.write("reload %s\n" % (text.splitlines()[0] if text else "<none>"))
+        state["healthy"] = "health: bad" not in text
+
+    signal.signal(signal.SIGHUP, reload)
 
     class H(BaseHTTPRequestHandler):
         def do_GET(self):
+            healthy = state["healthy"]
             code = 200 if healthy else 500
             self.send_response(code)
             self.send_header("Content-Length", "2")
