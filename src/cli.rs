@@ -391,7 +391,12 @@ fn validate(t: &Target, path: &Path) -> Result<Exit, CliError> {
 }
 
 fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> Result<Exit, CliError> {
-    let body = match read_input(path, t.max_bytes) {
+    let input = if t.tree {
+        tree_input(t, path)
+    } else {
+        read_input(path, t.max_bytes)
+    };
+    let body = match input {
         Ok(b) => b,
         Err(e) => {
             eprintln!("rulekeeper: {e}");
@@ -409,6 +414,24 @@ fn push(cfg: &Config, t: &Target, path: Option<&Path>) -> Result<Exit, CliError>
         );
     }
     Ok(runtime()?.block_on(one(cfg, t, Request::Push(body))))
+}
+
+/// What `push` applies to a tree target: a directory, or a tar archive (a file, or `-`).
+fn tree_input(t: &Target, path: Option<&Path>) -> Result<Vec<u8>, String> {
+    let limits = crate::store::tree::Limits {
+        max_files: t.max_files,
+        max_bytes: t.max_bytes,
+    };
+    let tree = match path {
+        Some(p) if p.is_dir() => crate::store::tree::Tree::from_dir(p, limits)
+            .map_err(|e| format!("{}: {e}", p.display()))?,
+        _ => {
+            // A tar's headers take room beside the contents: read up to twice max_bytes.
+            let tar = read_input(path, t.max_bytes.saturating_mul(2).max(1 << 20))?;
+            crate::store::tree::Tree::from_tar(&tar, limits).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(tree.encode())
 }
 
 fn read_input(path: Option<&Path>, max: u64) -> Result<Vec<u8>, String> {

@@ -31,19 +31,21 @@ pub async fn run(state_dir: &Path, t: &Target, against: Against<'_>) -> Exit {
             return exit;
         }
     };
-    let live = match crate::store::install::read(&t.path) {
+    let live = match crate::store::install::read_live(&t.path, &t.file) {
         Ok(l) => l.unwrap_or_default(),
         Err(e) => {
             eprintln!("rulekeeper: target `{}`: {e}", t.name);
             return Exit::Io;
         }
     };
-    let old_text = String::from_utf8_lossy(&live);
-    let new_text = String::from_utf8_lossy(&new);
-    let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref());
     let mut out = std::io::stdout().lock();
     let changed = live != new;
-    if changed {
+    if changed && t.tree {
+        let _ = write!(out, "{}", tree_diff(t, &live, &new, &label));
+    } else if changed {
+        let old_text = String::from_utf8_lossy(&live);
+        let new_text = String::from_utf8_lossy(&new);
+        let diff = similar::TextDiff::from_lines(old_text.as_ref(), new_text.as_ref());
         let _ = write!(
             out,
             "{}",
@@ -96,6 +98,52 @@ async fn new_side(
             Err(e) => Err((fetch_exit(&e), e.message)),
         },
     }
+}
+
+/// A tree target: one unified diff per file that differs (added and removed files against
+/// nothing), in path order.
+fn tree_diff(t: &Target, live: &[u8], new: &[u8], label: &str) -> String {
+    use crate::store::tree::{Limits, Tree};
+    let all = Limits {
+        max_files: usize::MAX,
+        max_bytes: u64::MAX,
+    };
+    let decode = |b: &[u8]| {
+        if b.is_empty() {
+            Tree::default()
+        } else {
+            Tree::decode(b, all).unwrap_or_default()
+        }
+    };
+    let (old, new) = (decode(live), decode(new));
+    let mut paths: Vec<&String> = old.0.keys().chain(new.0.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    let mut out = String::new();
+    for p in paths {
+        let (a, b) = (old.0.get(p), new.0.get(p));
+        if a == b {
+            continue;
+        }
+        let a_text = String::from_utf8_lossy(a.map(Vec::as_slice).unwrap_or_default());
+        let b_text = String::from_utf8_lossy(b.map(Vec::as_slice).unwrap_or_default());
+        let d = similar::TextDiff::from_lines(a_text.as_ref(), b_text.as_ref());
+        let old_name = match a {
+            Some(_) => format!("live {}/{p}", t.path.display()),
+            None => "/dev/null".to_string(),
+        };
+        let new_name = match b {
+            Some(_) => format!("{label}/{p}"),
+            None => "/dev/null".to_string(),
+        };
+        out.push_str(&format!(
+            "{}",
+            d.unified_diff()
+                .context_radius(3)
+                .header(&old_name, &new_name)
+        ));
+    }
+    out
 }
 
 fn fetch_exit(e: &crate::source::FetchError) -> Exit {

@@ -81,6 +81,7 @@ fn live_file(t: &Target) -> Result<crate::config::LiveFile, Complaint> {
         uid,
         gid,
         create_dirs: t.create_dirs,
+        tree: t.tree.then_some((t.max_files, t.max_bytes)),
     })
 }
 
@@ -113,7 +114,49 @@ fn target(t: &mut Target) -> Result<(), Complaint> {
     }
     gate(t)?;
     commit_status(t)?;
+    tree(t)?;
     history(t)
+}
+
+/// `tree: true`: what cannot work on a directory is refused here, naming the key.
+fn tree(t: &Target) -> Result<(), Complaint> {
+    if !t.tree {
+        return Ok(());
+    }
+    if t.max_files == 0 {
+        return Err(at("max_files", "must be greater than 0"));
+    }
+    if t.validate.powersync_api.is_some() {
+        return Err(at(
+            "validate.powersync_api",
+            "PowerSync validates one rules file, not a directory (`tree: true`)",
+        ));
+    }
+    if t.verify.powersync_api.is_some() {
+        return Err(at(
+            "verify.powersync_api",
+            "PowerSync checks one rules file, not a directory (`tree: true`)",
+        ));
+    }
+    if t.restart.powersync_deploy.is_some() {
+        return Err(at(
+            "restart.powersync_deploy",
+            "PowerSync deploys one rules file, not a directory (`tree: true`)",
+        ));
+    }
+    match t.source.kind {
+        SourceKind::File | SourceKind::Git => Ok(()),
+        SourceKind::Http => Err(at(
+            "source.kind",
+            "a plain `http` source serves one file, not a directory",
+        )),
+        // The forges' tree APIs are not wired yet: a forge repository is reachable as
+        // `kind: git` (its clone URL), which serves trees.
+        _ => Err(at(
+            "source.kind",
+            "`tree: true` takes a `file` or `git` source in this version; use `kind: git` with the forge's clone URL",
+        )),
+    }
 }
 
 fn history(t: &Target) -> Result<(), Complaint> {

@@ -73,6 +73,9 @@ fn d_2s() -> Duration {
 fn d_5m() -> Duration {
     secs(300)
 }
+fn default_max_files() -> usize {
+    1000
+}
 fn default_max_bytes() -> u64 {
     1024 * 1024
 }
@@ -120,6 +123,13 @@ pub struct Target {
     /// created, so a typo in `path` does not grow a tree the service never reads.
     #[serde(default)]
     pub create_dirs: bool,
+    /// The target is a directory: `source.path` names one upstream, `path` is the live
+    /// directory (a link to a whole version, swapped at once).
+    #[serde(default)]
+    pub tree: bool,
+    /// Most files a tree may hold.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
     #[serde(default = "d_5m", with = "humantime_serde")]
@@ -154,6 +164,8 @@ pub struct LiveFile {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub create_dirs: bool,
+    /// A directory target: its limits (files, bytes). None for a file.
+    pub tree: Option<(usize, u64)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -89,7 +89,7 @@ impl Runner<'_, '_> {
     pub(super) async fn manual_rollback(&mut self) -> Result<(), CycleError> {
         let live = self.read_live()?;
         let prev_path = install::prev_path(&self.t().path);
-        let prev = install::read(&prev_path)?.ok_or_else(|| {
+        let prev = install::read_live(&prev_path, &self.t().file)?.ok_or_else(|| {
             CycleError::Refused(format!(
                 "nothing to roll back to: {} does not exist",
                 prev_path.display()

@@ -311,7 +311,9 @@ fn finish(
 /// Adds a cycle that changed the live file to the target's history (best effort: a history
 /// that cannot be written is logged, and the cycle stands).
 fn record_history(ctx: &Ctx<'_>, rep: &Report, tried: Option<&crate::model::ids::Sha256>) {
-    let live = install::read(&ctx.target.path).ok().flatten();
+    let live = install::read_live(&ctx.target.path, &ctx.target.file)
+        .ok()
+        .flatten();
     let done = crate::store::history::Done {
         outcome: rep.outcome,
         revision: rep.live.revision.clone(),
@@ -370,7 +372,7 @@ fn unlocked(ctx: &Ctx<'_>, asked: Asked, e: &StateError, started: Instant) -> Re
 /// The live file of a cycle that ended without a verdict on it: whether it is usable and
 /// which content it holds, as the disk says now.
 fn describe_live(t: &Target) -> Live {
-    let live = install::read(&t.path).ok().flatten();
+    let live = install::read_live(&t.path, &t.file).ok().flatten();
     Live {
         sha256: live.as_deref().map(Sha256::of),
         usable: validate::usable_builtin(&t.validate, live.as_deref()),
@@ -547,7 +549,7 @@ impl Runner<'_, '_> {
     }
 
     fn read_live(&self) -> Result<Option<Vec<u8>>, CycleError> {
-        Ok(install::read(&self.t().path)?)
+        Ok(install::read_live(&self.t().path, &self.t().file)?)
     }
 
     /// The revision of the content last applied (what the live file is, as far as we know).

@@ -77,7 +77,7 @@ impl Runner<'_, '_> {
     /// Puts a usable `.prev` in place of the live file if that is still `bad_sha`.
     fn put_prev_back(&self, bad_sha: &str) -> Result<PrevBack, CycleError> {
         let t = self.ctx.target;
-        let prev = install::read(&install::prev_path(&t.path))?;
+        let prev = install::read_live(&install::prev_path(&t.path), &t.file)?;
         let live_sha = self.read_live()?.as_deref().map(Sha256::of);
         let Some(prev) = prev.filter(|p| validate::usable_builtin(&t.validate, Some(p))) else {
             return Ok(PrevBack::Nothing { live_sha });

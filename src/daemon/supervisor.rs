@@ -121,7 +121,7 @@ fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<Stri
             tracing::error!(target_name = %t.name, error = %e, "cannot read the target's state; its cycles report state_error");
             Default::default()
         });
-        let live = install::read(&t.path)
+        let live = install::read_live(&t.path, &t.file)
             .ok()
             .flatten()
             .map(|b| sha256_hex(&b));

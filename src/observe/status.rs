@@ -118,7 +118,7 @@ pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
             let store = Store::new(&cfg.state_dir, &t.name);
             let state = store.load();
             let error = state.as_ref().err().map(StateError::trouble);
-            let live = crate::store::install::read(&t.path)
+            let live = crate::store::install::read_live(&t.path, &t.file)
                 .ok()
                 .flatten()
                 .map(|b| Sha256::of(&b));

@@ -14,6 +14,9 @@ use crate::util::exec;
 pub enum ValidateError {
     #[error("the file is empty")]
     Empty,
+    /// A file of a tree failed (its path first), or the tree itself is malformed.
+    #[error("{0}")]
+    Tree(String),
     #[error("the file is not UTF-8 (invalid byte at offset {0})")]
     NotUtf8(usize),
     #[error("YAML does not parse: {0}")]
@@ -39,6 +42,25 @@ pub enum ValidateError {
 /// YAML mapping, so an HTML page from a proxy, a bare string, a list or an empty document is
 /// refused here, before anything is installed.
 pub fn builtin(cfg: &Validate, content: &[u8]) -> Result<(), ValidateError> {
+    // A tree (`tree: true`): the checks apply to each `*.yml` / `*.yaml` file in it, and the
+    // refusal names the file.
+    if crate::store::tree::Tree::is_encoding(content) {
+        let all = crate::store::tree::Limits {
+            max_files: usize::MAX,
+            max_bytes: u64::MAX,
+        };
+        let tree = crate::store::tree::Tree::decode(content, all)
+            .map_err(|e| ValidateError::Tree(e.to_string()))?;
+        if tree.0.is_empty() {
+            return Err(ValidateError::Empty);
+        }
+        for (entry, bytes) in &tree.0 {
+            if entry.ends_with(".yml") || entry.ends_with(".yaml") {
+                builtin(cfg, bytes).map_err(|e| ValidateError::Tree(format!("{entry}: {e}")))?;
+            }
+        }
+        return Ok(());
+    }
     let text = std::str::from_utf8(content).map_err(|e| ValidateError::NotUtf8(e.valid_up_to()))?;
     if text.trim().is_empty() {
         return Err(ValidateError::Empty);

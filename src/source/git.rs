@@ -17,6 +17,8 @@ pub struct GitSource {
     cache: PathBuf,
     timeout: Duration,
     max_bytes: u64,
+    /// A tree target's limits: `path` names a directory in the repository.
+    tree: Option<crate::store::tree::Limits>,
 }
 
 const ENV: &[(&str, &str)] = &[
@@ -35,6 +37,10 @@ impl GitSource {
             cache,
             timeout: s.timeout,
             max_bytes: target.max_bytes,
+            tree: target.tree.then_some(crate::store::tree::Limits {
+                max_files: target.max_files,
+                max_bytes: target.max_bytes,
+            }),
         }
     }
 
@@ -174,6 +180,9 @@ impl GitSource {
             .git(&["rev-parse", "FETCH_HEAD^{commit}"], true)
             .await?;
         let fetched = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if let Some(limits) = self.tree {
+            return Ok((self.tree_at(&fetched, limits).await?.encode(), fetched));
+        }
         let spec = format!("{fetched}:{}", self.path.trim_start_matches('/'));
         let size = self
             .git(&["cat-file", "-s", &spec], true)
@@ -205,5 +214,59 @@ impl GitSource {
             )
             .await?;
         Ok((blob.stdout, fetched))
+    }
+
+    /// The directory `path` at `commit` as a tree: blobs only (a symbolic link or a submodule
+    /// in it is refused, naming it), read from the object store git has checked.
+    async fn tree_at(
+        &self,
+        commit: &str,
+        limits: crate::store::tree::Limits,
+    ) -> Result<crate::store::tree::Tree, FetchError> {
+        let dir = self.path.trim_matches('/');
+        let spec = format!("{commit}:{dir}");
+        let listing = self
+            .git(&["ls-tree", "-r", "-z", &spec], true)
+            .await
+            .map_err(|e| {
+                FetchError::new(
+                    FetchReason::NotFound,
+                    format!("{} (is `path` a directory?)", e.message),
+                )
+            })?;
+        let mut tree = crate::store::tree::Tree::default();
+        let at = std::path::Path::new(dir);
+        for item in listing.stdout.split(|b| *b == 0).filter(|i| !i.is_empty()) {
+            let item = String::from_utf8_lossy(item);
+            let Some((meta, entry)) = item.split_once('\t') else {
+                continue;
+            };
+            let mut f = meta.split_whitespace();
+            let (mode, kind, object) = (f.next(), f.next(), f.next().unwrap_or_default());
+            if kind != Some("blob") || !matches!(mode, Some("100644") | Some("100755")) {
+                let what = match mode {
+                    Some("120000") => "a symbolic link",
+                    Some("160000") => "a submodule",
+                    _ => "not a regular file",
+                };
+                return Err(super::file::tree_error(
+                    at,
+                    crate::store::tree::TreeError::Entry {
+                        entry: entry.to_string(),
+                        why: what.into(),
+                    },
+                ));
+            }
+            let blob = self
+                .git_keep(
+                    &["cat-file", "blob", object],
+                    true,
+                    Some(self.max_bytes as usize),
+                )
+                .await?;
+            tree.insert(entry.to_string(), blob.stdout, limits)
+                .map_err(|e| super::file::tree_error(at, e))?;
+        }
+        Ok(tree)
     }
 }

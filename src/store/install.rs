@@ -87,16 +87,77 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
     }
 }
 
-/// A fully written, fsynced file beside the live one, not yet in place. Dropping it
-/// removes it.
+/// A fully written, fsynced file beside the live one (or, for a tree, a whole staged
+/// directory in its version store), not yet in place. Dropping it removes it.
 #[derive(Debug)]
 pub struct Candidate {
-    tmp: tempfile::NamedTempFile,
+    kind: Staged,
+}
+
+#[derive(Debug)]
+enum Staged {
+    File(tempfile::NamedTempFile),
+    Tree {
+        dir: tempfile::TempDir,
+        /// Its name in the version store once installed.
+        sha: String,
+    },
 }
 
 impl Candidate {
+    /// What validators read: the staged file, or the staged directory.
     pub fn path(&self) -> &Path {
-        self.tmp.path()
+        match &self.kind {
+            Staged::File(f) => f.path(),
+            Staged::Tree { dir, .. } => dir.path(),
+        }
+    }
+}
+
+/// `.<name>.rk-tree` beside the live path: where a tree target's versions live.
+pub fn tree_store(live: &Path) -> PathBuf {
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir_of(live).join(format!(".{name}.rk-tree"))
+}
+
+fn limits(want: &LiveFile) -> Option<crate::store::tree::Limits> {
+    want.tree
+        .map(|(max_files, max_bytes)| crate::store::tree::Limits {
+            max_files,
+            max_bytes,
+        })
+}
+
+fn tree_err(path: &Path) -> impl FnOnce(crate::store::tree::TreeError) -> InstallError + '_ {
+    move |e| InstallError::Io {
+        what: "tree",
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// The live content as the cycle compares it: the file's bytes, or a tree's encoding (its
+/// directory, through the live link, or a plain directory at the path); None when nothing is
+/// there.
+pub fn read_live(path: &Path, want: &LiveFile) -> Result<Option<Vec<u8>>, InstallError> {
+    let Some(l) = limits(want) else {
+        return read(path);
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let t = crate::store::tree::Tree::from_dir(path, l).map_err(tree_err(path))?;
+            Ok(Some(t.encode()))
+        }
+        Ok(_) => Err(InstallError::Io {
+            what: "a tree target's live path is no directory:",
+            path: path.to_path_buf(),
+            source: std::io::Error::other("not a directory"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ierr("cannot read", path)(e)),
     }
 }
 
@@ -145,6 +206,23 @@ fn ensure_dir(live: &Path, create_dirs: bool) -> Result<(), InstallError> {
 /// group the live file is to have ([`effective`]).
 pub fn stage(live: &Path, content: &[u8], want: &LiveFile) -> Result<Candidate, InstallError> {
     ensure_dir(live, want.create_dirs)?;
+    if let Some(l) = limits(want) {
+        let tree = crate::store::tree::Tree::decode(content, l).map_err(tree_err(live))?;
+        let store = tree_store(live);
+        std::fs::create_dir_all(&store).map_err(ierr("cannot create directory", &store))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".stage-")
+            .tempdir_in(&store)
+            .map_err(ierr("cannot create a staging directory in", &store))?;
+        let mode = want.mode.unwrap_or(0o644);
+        tree.write_to(dir.path(), mode).map_err(tree_err(live))?;
+        return Ok(Candidate {
+            kind: Staged::Tree {
+                dir,
+                sha: crate::util::digest::sha256_hex(content),
+            },
+        });
+    }
     let perms = effective(live, want)?;
     stage_as(live, content, perms)
 }
@@ -187,7 +265,9 @@ fn stage_as(
         "cannot fsync the new content (a temp file, removed) for",
         live,
     ))?;
-    Ok(Candidate { tmp })
+    Ok(Candidate {
+        kind: Staged::File(tmp),
+    })
 }
 
 /// What `.prev` gets: the mode, owner and group the live file has now (the file it was).
@@ -199,6 +279,7 @@ fn current(live: &Path, want: &LiveFile) -> Result<(u32, u32, u32), InstallError
             uid: None,
             gid: None,
             create_dirs: want.create_dirs,
+            tree: None,
         },
     )
 }
@@ -210,6 +291,10 @@ pub fn install(
     prev: Option<&[u8]>,
     want: &LiveFile,
 ) -> Result<(), InstallError> {
+    let tmp = match candidate.kind {
+        Staged::File(tmp) => tmp,
+        Staged::Tree { dir, sha } => return install_tree(dir, &sha, live, prev.is_some()),
+    };
     let p = prev_path(live);
     // Last-good must survive any single failure: if the live rename fails after `.prev` was
     // replaced (an immutable or bind-mounted live file, EPERM/EBUSY), the `.prev` it replaced
@@ -218,13 +303,15 @@ pub fn install(
     if let Some(old) = prev {
         let before = read(&p).ok().flatten();
         let staged = stage_as(live, old, current(live, want)?)?;
+        let Staged::File(staged) = staged.kind else {
+            unreachable!("stage_as stages a file")
+        };
         staged
-            .tmp
             .persist(&p)
             .map_err(|e| ierr("cannot rename into place", &p)(e.error))?;
         replaced = Some(before);
     }
-    if let Err(e) = candidate.tmp.persist(live) {
+    if let Err(e) = tmp.persist(live) {
         if let Some(before) = replaced {
             restore_prev(live, &p, before.as_deref(), want);
         }
@@ -233,6 +320,135 @@ pub fn install(
     let dir = dir_of(live);
     fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
     Ok(())
+}
+
+/// Puts a staged tree in place: the directory becomes version `sha` in the store, `.prev` is
+/// pointed at the version the live link points to now (when `keep_prev`), and a new link is
+/// renamed over the live path, the one atomic step. Versions neither link names are removed.
+fn install_tree(
+    staged: tempfile::TempDir,
+    sha: &str,
+    live: &Path,
+    keep_prev: bool,
+) -> Result<(), InstallError> {
+    let store = tree_store(live);
+    let version = store.join(sha);
+    if version.is_dir() {
+        // The same tree is in the store already (a rollback to it): the staged copy goes.
+        drop(staged);
+    } else {
+        let staged = staged.keep();
+        std::fs::rename(&staged, &version).map_err(ierr("cannot rename into place", &version))?;
+    }
+    fsync_dir(&store).map_err(ierr("cannot fsync directory", &store))?;
+    let p = prev_path(live);
+    if keep_prev {
+        match std::fs::symlink_metadata(live) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(live).map_err(ierr("cannot read", live))?;
+                flip_link(&p, &target)?;
+            }
+            Ok(m) if m.is_dir() => {
+                // A plain directory from before rulekeeper managed the path: one exchange
+                // makes the path the new link and leaves the old directory under the link's
+                // name; it is kept as version `adopted`, named by `.prev`.
+                let name = live
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let link = dir_of(live).join(format!(".{name}.rk-swap"));
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(relative_version(live, sha), &link)
+                    .map_err(ierr("cannot create a link at", &link))?;
+                exchange(&link, live)?;
+                let kept = store.join("adopted");
+                let _ = std::fs::remove_dir_all(&kept);
+                std::fs::rename(&link, &kept).map_err(ierr("cannot rename into place", &kept))?;
+                flip_link(&p, &relative_version(live, "adopted"))?;
+                let dir = dir_of(live);
+                fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
+                prune_versions(live);
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+    flip_link(live, &relative_version(live, sha))?;
+    let dir = dir_of(live);
+    fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))?;
+    prune_versions(live);
+    Ok(())
+}
+
+/// The link target (relative to the live path's directory) of version `name`.
+fn relative_version(live: &Path, name: &str) -> PathBuf {
+    let store = tree_store(live);
+    PathBuf::from(store.file_name().unwrap_or_default()).join(name)
+}
+
+/// Points the link at `link` to `target`, atomically: a new link beside it, renamed over it.
+fn flip_link(link: &Path, target: &Path) -> Result<(), InstallError> {
+    let dir = dir_of(link);
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.rk-link-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(ierr("cannot create a link at", &tmp))?;
+    std::fs::rename(&tmp, link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        ierr("cannot rename into place", link)(e)
+    })
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: swaps a plain directory at `b` with the link at `a` in one
+/// step (the only way to turn a directory into a link without a moment of neither).
+fn exchange(a: &Path, b: &Path) -> Result<(), InstallError> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())
+        .map_err(|e| ierr("bad path", a)(std::io::Error::other(e)))?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())
+        .map_err(|e| ierr("bad path", b)(std::io::Error::other(e)))?;
+    // SAFETY: two valid C strings; renameat2 touches no memory of ours.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        return Err(ierr("cannot swap a directory with its link at", b)(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes versions that neither the live link nor `.prev` names, and staging directories a
+/// killed run left (they are never live).
+fn prune_versions(live: &Path) {
+    let store = tree_store(live);
+    let named: Vec<PathBuf> = [live.to_path_buf(), prev_path(live)]
+        .iter()
+        .filter_map(|l| std::fs::read_link(l).ok())
+        .filter_map(|t| t.file_name().map(PathBuf::from))
+        .collect();
+    let Ok(rd) = std::fs::read_dir(&store) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = PathBuf::from(e.file_name());
+        if named.contains(&name) {
+            continue;
+        }
+        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!(path = %e.path().display(), error = %err, "cannot remove an old tree version");
+        }
+    }
 }
 
 /// fsyncs the live file's directory: what makes a rename in it durable.
@@ -245,11 +461,12 @@ pub fn sync_live_dir(live: &Path) -> Result<(), InstallError> {
 /// the new one). Best effort: this runs after a failure, and its own failure is logged.
 fn restore_prev(live: &Path, p: &Path, before: Option<&[u8]>, want: &LiveFile) {
     let undone = match before {
-        Some(bytes) => stage(live, bytes, want).and_then(|c| {
-            c.tmp
+        Some(bytes) => stage(live, bytes, want).and_then(|c| match c.kind {
+            Staged::File(f) => f
                 .persist(p)
                 .map(|_| ())
-                .map_err(|e| ierr("cannot rename into place", p)(e.error))
+                .map_err(|e| ierr("cannot rename into place", p)(e.error)),
+            Staged::Tree { .. } => Ok(()),
         }),
         None => std::fs::remove_file(p).map_err(ierr("cannot remove", p)),
     };
@@ -266,10 +483,24 @@ pub fn remove_stale_temps(live: &Path) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
+    let store = tree_store(live);
     for e in rd.flatten() {
+        if e.path() == store {
+            continue;
+        }
         if e.file_name().to_string_lossy().starts_with(&prefix) {
             if let Err(err) = std::fs::remove_file(e.path()) {
                 tracing::warn!(path = %e.path().display(), error = %err, "cannot remove stale temp file");
+            }
+        }
+    }
+    // A tree target's staging directories a killed run left: never live, never `.prev`.
+    if let Ok(rd) = std::fs::read_dir(&store) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".stage-") {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "cannot remove a stale staging directory");
+                }
             }
         }
     }

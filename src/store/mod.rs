@@ -4,3 +4,4 @@
 pub(crate) mod history;
 pub(crate) mod install;
 pub mod state;
+pub(crate) mod tree;
