@@ -51,6 +51,7 @@ mod powersync_real;
 
 // Reloads of other services (Prometheus, Alertmanager, vmalert, nginx).
 mod services;
+mod trees;
 
 // Shipped files: alerts, dashboard, fleets, Nix.
 mod alertchain;

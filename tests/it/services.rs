@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use crate::util::{free_port, http, repo_root, require_tool, wait_until, yaml, Env};
 
 /// One running service, stopped on drop.
-struct Service {
+pub(crate) struct Service {
     child: Child,
     port: u16,
     /// A pid file this test writes for the service (as an init script would).
@@ -24,7 +24,7 @@ struct Service {
 }
 
 impl Service {
-    fn start(cmd: &mut Command, dir: &Path, port: u16) -> Service {
+    pub(crate) fn start(cmd: &mut Command, dir: &Path, port: u16) -> Service {
         let log = dir.join("service.log");
         let f = std::fs::File::create(&log).expect("log");
         let child = cmd
@@ -43,7 +43,7 @@ impl Service {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -51,7 +51,7 @@ impl Service {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    fn get(&self, path: &str) -> String {
+    pub(crate) fn get(&self, path: &str) -> String {
         http(self.port, "GET", path, &[], b"").1
     }
 
