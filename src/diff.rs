@@ -71,6 +71,15 @@ async fn new_side(
     against: &Against<'_>,
 ) -> Result<(Vec<u8>, String), (Exit, String)> {
     if let Against::File(p) = against {
+        if t.tree && p.is_dir() {
+            let limits = crate::store::tree::Limits {
+                max_files: t.max_files,
+                max_bytes: t.max_bytes,
+            };
+            return crate::store::tree::Tree::from_dir(p, limits)
+                .map(|tree| (tree.encode(), p.display().to_string()))
+                .map_err(|e| (Exit::Io, format!("{}: {e}", p.display())));
+        }
         return std::fs::read(p)
             .map(|b| (b, p.display().to_string()))
             .map_err(|e| (Exit::Io, format!("cannot read {}: {e}", p.display())));

@@ -271,3 +271,127 @@ fn content_and_revision_agree_when_the_branch_moves_mid_fetch() {
         assert!(o.stdout.contains("unchanged"), "{kind}: {}", o.all());
     }
 }
+
+/// A tree target on a git source: the directory at the fetched commit, its revision the
+/// commit; a symbolic link committed into it is refused by name; `push` takes a directory or
+/// a tar archive.
+#[test]
+fn git_tree_source_and_push_of_a_directory_or_a_tar() {
+    if util::require_tool("git").is_none() || util::require_tool("tar").is_none() {
+        return;
+    }
+    let env = Env::new();
+    let base = env.dir.path().join("repos");
+    let bare = base.join("app.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=master"],
+    );
+    let work = env.dir.path().join("work");
+    assert!(Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(&bare)
+        .arg(&work)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let push = |files: &[(&str, &str)]| {
+        let _ = std::fs::remove_dir_all(work.join("rules"));
+        for (name, text) in files {
+            let p = work.join("rules").join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "rules"]);
+        git(&work, &["push", "--quiet", "origin", "HEAD:master"]);
+        git(&work, &["rev-parse", "HEAD"])
+    };
+    let c1 = push(&[("a.yml", "a: 1\n"), ("sub/b.yml", "b: 1\n")]);
+    let gd = git_daemon(&base);
+    let live = env.dir.path().join("live/rules.d");
+    env.write_config(
+        &format!("{{ kind: git, url: \"git://127.0.0.1:{}/app.git\", ref: master, path: rules, timeout: 10s }}", gd.port),
+        "{ none: true }",
+        "{ none: true }",
+        "",
+    );
+    env.edit(|t| {
+        t.set("path", live.display().to_string())
+            .set("tree", true)
+            .set("validate", util::yaml("{}"))
+    });
+    let o = env.once();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(
+        std::fs::read_to_string(live.join("a.yml")).unwrap(),
+        "a: 1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(live.join("sub/b.yml")).unwrap(),
+        "b: 1\n"
+    );
+    assert_eq!(env.state_json()["applied"]["revision"], c1.as_str());
+
+    // A symbolic link inside the directory: refused, naming it; the live tree stays.
+    std::os::unix::fs::symlink("/etc/passwd", work.join("rules/link")).unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "a link"]);
+    git(&work, &["push", "--quiet", "origin", "HEAD:master"]);
+    let o = env.once();
+    assert!(o.stdout.contains("fetch_failed"), "{}", o.all());
+    assert!(
+        o.all().contains("entry `link`: a symbolic link"),
+        "{}",
+        o.all()
+    );
+    assert_eq!(
+        std::fs::read_to_string(live.join("a.yml")).unwrap(),
+        "a: 1\n"
+    );
+
+    // push: a directory, then a tar on standard input.
+    let pushed = env.dir.path().join("pushed");
+    std::fs::create_dir_all(pushed.join("x")).unwrap();
+    std::fs::write(pushed.join("x/c.yml"), "c: 1\n").unwrap();
+    let o = env.rk(&["push", "-t", "ps", pushed.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert_eq!(
+        std::fs::read_to_string(live.join("x/c.yml")).unwrap(),
+        "c: 1\n"
+    );
+    assert!(!live.join("a.yml").exists(), "the tree is replaced whole");
+    std::fs::write(pushed.join("x/c.yml"), "c: 2\n").unwrap();
+    let tar = Command::new("tar")
+        .arg("-C")
+        .arg(&pushed)
+        .args(["-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let mut child = env
+        .command(&["push", "-t", "ps", "-"], &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(live.join("x/c.yml")).unwrap(),
+        "c: 2\n"
+    );
+    // diff: per file, against upstream's tree (the link still refuses it: against a file dir).
+    let o = env.rk(&["diff", "-t", "ps", pushed.to_str().unwrap()]);
+    assert_eq!(o.code, 0, "the pushed tree is live: {}", o.all());
+}
