@@ -106,9 +106,39 @@ pub fn warnings(cfg: &Config) -> Vec<String> {
 
 /// What cannot work: a live file (or `.prev`) that exists but is not a regular file or is a
 /// symbolic link; a `file` source that is not a regular file.
+/// A tree target's live path is a directory, or rulekeeper's link to one; a `file` source is a
+/// directory.
+fn tree_problems(cfg: &Config, t: &crate::config::Target) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(m) = std::fs::metadata(&t.path) {
+        if !m.is_dir() {
+            out.push(format!(
+                "{}: {} is not a directory (`tree: true`)",
+                place(cfg, t, "path"),
+                t.path.display()
+            ));
+        }
+    }
+    if t.source.kind == SourceKind::File {
+        if let Some(p) = &t.source.path {
+            if std::fs::metadata(p).is_ok_and(|m| !m.is_dir()) {
+                out.push(format!(
+                    "{}: {p} is not a directory (`tree: true`)",
+                    place(cfg, t, "source.path")
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub fn file_problems(cfg: &Config) -> Vec<String> {
     let mut out = Vec::new();
     for t in cfg.targets.values() {
+        if t.tree {
+            out.extend(tree_problems(cfg, t));
+            continue;
+        }
         let prev = crate::store::install::prev_path(&t.path);
         let mut paths = vec![("path", t.path.clone(), false), ("path", prev, false)];
         if t.source.kind == SourceKind::File {

@@ -334,6 +334,13 @@ fn git_tree_source_and_push_of_a_directory_or_a_tar() {
         "b: 1\n"
     );
     assert_eq!(env.state_json()["applied"]["revision"], c1.as_str());
+    let o = env.rk(&["check"]);
+    assert_eq!(
+        o.code,
+        0,
+        "the live link is the tree target's own: {}",
+        o.all()
+    );
 
     // A symbolic link inside the directory: refused, naming it; the live tree stays.
     std::os::unix::fs::symlink("/etc/passwd", work.join("rules/link")).unwrap();
