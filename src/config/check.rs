@@ -145,17 +145,11 @@ fn tree(t: &Target) -> Result<(), Complaint> {
         ));
     }
     match t.source.kind {
-        SourceKind::File | SourceKind::Git => Ok(()),
         SourceKind::Http => Err(at(
             "source.kind",
             "a plain `http` source serves one file, not a directory",
         )),
-        // The forges' tree APIs are not wired yet: a forge repository is reachable as
-        // `kind: git` (its clone URL), which serves trees.
-        _ => Err(at(
-            "source.kind",
-            "`tree: true` takes a `file` or `git` source in this version; use `kind: git` with the forge's clone URL",
-        )),
+        _ => Ok(()),
     }
 }
 

@@ -63,6 +63,8 @@ pub struct State {
     pub status_delay: Option<std::time::Duration>,
     /// Every commit published, with its content: `ref=<commit>` serves that content.
     pub commits: std::collections::HashMap<String, Vec<u8>>,
+    /// Tree repositories (`FakeForge::set_tree`): each commit's files, by path from the root.
+    pub trees: std::collections::HashMap<String, std::collections::BTreeMap<String, Vec<u8>>>,
     /// Published as a new commit right after the next answer with the file at a branch:
     /// the branch moves between two requests of one fetch.
     pub move_after_next: Option<Vec<u8>>,
@@ -157,6 +159,7 @@ impl FakeForge {
             status_token: STATUS_TOKEN.to_string(),
             status_fail_with: None,
             status_delay: None,
+            trees: Default::default(),
             fail_headers: Vec::new(),
             commits: std::collections::HashMap::new(),
             move_after_next: None,
@@ -204,6 +207,24 @@ impl FakeForge {
     /// `content` becomes the branch's new commit right after the next answer with the file.
     pub fn move_after_next_fetch(&self, content: &str) {
         self.state.lock().unwrap().move_after_next = Some(content.as_bytes().to_vec());
+    }
+
+    /// Publishes a commit whose repository holds `files` (paths from the root): what the tree
+    /// APIs (trees, blobs, commits by path) serve.
+    pub fn set_tree(&self, files: &[(&str, &str)]) {
+        let mut s = self.state.lock().unwrap();
+        let tree: std::collections::BTreeMap<String, Vec<u8>> = files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.as_bytes().to_vec()))
+            .collect();
+        let mut all = Vec::new();
+        for (p, c) in &tree {
+            all.extend_from_slice(p.as_bytes());
+            all.extend_from_slice(c);
+        }
+        publish(&mut s, &all);
+        let commit = s.commit.clone();
+        s.trees.insert(commit, tree);
     }
 
     pub fn commit(&self) -> String {
@@ -272,6 +293,91 @@ fn publish(s: &mut State, content: &[u8]) {
         hex::encode(sha2::Sha256::digest(content))[..40].to_string()
     };
     s.commits.insert(s.commit.clone(), content.to_vec());
+}
+
+/// The tree APIs over a tree repository (`set_tree`): Forgejo's and GitHub's
+/// `git/trees/{commit}` and `git/blobs/{sha}`, GitLab's `repository/tree` and
+/// `repository/blobs/{sha}/raw`. None for any other request.
+fn trees(s: &State, r: &Req, p: &str, kind: &str) -> Option<Response<Full<Bytes>>> {
+    let json = |v: serde_json::Value| {
+        resp(
+            200,
+            v.to_string().into_bytes(),
+            &[("content-type", "application/json".into())],
+        )
+    };
+    let blob = |sha: &str| {
+        s.trees
+            .values()
+            .flat_map(|t| t.values())
+            .find(|c| blob_id(c) == sha)
+            .cloned()
+    };
+    let entries = |commit: &str| -> Option<Vec<serde_json::Value>> {
+        let t = s.trees.get(commit)?;
+        Some(
+            t.iter()
+                .map(|(path, c)| {
+                    serde_json::json!({"path": path, "type": "blob", "mode": "100644", "sha": blob_id(c), "id": blob_id(c), "size": c.len()})
+                })
+                .collect(),
+        )
+    };
+    match kind {
+        "forgejo" | "github" => {
+            if let Some((_, commit)) = p.split_once("/git/trees/") {
+                return Some(match entries(commit) {
+                    Some(e) => {
+                        json(serde_json::json!({"sha": commit, "tree": e, "truncated": false}))
+                    }
+                    None => resp(404, b"{}".to_vec(), &[]),
+                });
+            }
+            if let Some((_, sha)) = p.split_once("/git/blobs/") {
+                use base64::Engine;
+                return Some(match blob(sha) {
+                    Some(c) => json(
+                        serde_json::json!({"sha": sha, "encoding": "base64", "content": base64::engine::general_purpose::STANDARD.encode(&c), "size": c.len()}),
+                    ),
+                    None => resp(404, b"{}".to_vec(), &[]),
+                });
+            }
+            None
+        }
+        "gitlab" => {
+            if p.ends_with("/repository/tree") {
+                let q = |k: &str| {
+                    r.query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                        .map(|v| v.replace("%2F", "/"))
+                        .unwrap_or_default()
+                };
+                let (dir, commit) = (q("path"), q("ref"));
+                return Some(match entries(&commit) {
+                    Some(e) => json(serde_json::Value::Array(
+                        e.into_iter()
+                            .filter(|e| {
+                                e["path"]
+                                    .as_str()
+                                    .is_some_and(|p| p.starts_with(&format!("{dir}/")))
+                            })
+                            .collect(),
+                    )),
+                    None => resp(404, b"[]".to_vec(), &[]),
+                });
+            }
+            if let Some(rest) = p.split_once("/repository/blobs/").map(|(_, r)| r) {
+                let sha = rest.trim_end_matches("/raw");
+                return Some(match blob(sha) {
+                    Some(c) => resp(200, c, &[]),
+                    None => resp(404, b"{}".to_vec(), &[]),
+                });
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 fn resp(status: u16, body: Vec<u8>, headers: &[(&str, String)]) -> Response<Full<Bytes>> {
@@ -392,8 +498,12 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
     if !auth_ok {
         return resp(401, b"{\"message\":\"token is required\"}".to_vec(), &[]);
     }
+    if let Some(answer) = trees(s, r, p, kind) {
+        return answer;
+    }
     if p.ends_with("/commits") {
-        let body = format!("[{{\"sha\":\"{}\"}}]", s.commit);
+        // GitLab names a commit `id`, the others `sha`.
+        let body = format!("[{{\"sha\":\"{0}\",\"id\":\"{0}\"}}]", s.commit);
         return resp(
             200,
             body.into_bytes(),

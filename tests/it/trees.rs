@@ -381,3 +381,75 @@ fn once_killed_500_times_leaves_no_mixed_or_partial_tree() {
     eprintln!("MEASURED: 500 kills over a {whole} us cycle, every live tree whole; versions seen live: {seen:?}");
     assert_eq!(seen.len(), 2, "kills landed before and after swaps");
 }
+
+/// The fake forge serves each forge's tree API (Forgejo's and GitHub's trees and blobs,
+/// GitLab's tree and raw blobs): a tree target on each kind takes the directory at the commit
+/// that last touched it, each blob checked against its id; an unchanged poll is one commits
+/// query; a symbolic link is refused by name.
+#[test]
+fn each_forge_kind_serves_a_tree() {
+    for kind in ["forgejo", "github", "gitlab"] {
+        let (env, forge) = crate::forge::forge_env(
+            &format!("{{ kind: {kind}, base_url: \"BASE\", repo: owner/app, path: rules, ref: main, token_file: \"TOKENFILE\" }}"),
+            "tree-token",
+            false,
+        );
+        let live = env.dir.path().join("live/rules");
+        env.edit(|t| {
+            t.set("path", live.display().to_string())
+                .set("tree", true)
+                .set("validate", yaml("{}"))
+        });
+        forge.set_tree(&[
+            ("rules/a.yml", "a: 1\n"),
+            ("rules/sub/b.yml", "b: 1\n"),
+            ("other/x.yml", "x: 1\n"),
+        ]);
+        let o = env.once();
+        assert_eq!(o.code, 0, "{kind}: {}", o.all());
+        assert_eq!(
+            std::fs::read_to_string(live.join("a.yml")).unwrap(),
+            "a: 1\n",
+            "{kind}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(live.join("sub/b.yml")).unwrap(),
+            "b: 1\n",
+            "{kind}"
+        );
+        assert!(
+            !live.join("x.yml").exists() && !live.join("other").exists(),
+            "{kind}: only the directory"
+        );
+        assert_eq!(
+            env.state_json()["applied"]["revision"],
+            forge.commit().as_str(),
+            "{kind}"
+        );
+
+        // Unchanged: one request, the commits query.
+        forge.clear_log();
+        let o = env.once();
+        assert!(o.stdout.contains("unchanged"), "{kind}: {}", o.all());
+        let asked: Vec<String> = forge.log().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(asked.len(), 1, "{kind}: {asked:?}");
+        assert!(asked[0].ends_with("/commits"), "{kind}: {asked:?}");
+
+        // Two files change in one commit: both live at once.
+        forge.set_tree(&[("rules/a.yml", "a: 2\n"), ("rules/sub/b.yml", "b: 2\n")]);
+        let o = env.once();
+        assert_eq!(o.code, 0, "{kind}: {}", o.all());
+        assert_eq!(
+            std::fs::read_to_string(live.join("a.yml")).unwrap(),
+            "a: 2\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(live.join("sub/b.yml")).unwrap(),
+            "b: 2\n"
+        );
+        eprintln!(
+            "tree on {kind}: applied at {}, unchanged poll = 1 request",
+            forge.commit()
+        );
+    }
+}

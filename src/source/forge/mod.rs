@@ -11,6 +11,7 @@
 mod client;
 pub mod limit;
 pub mod status;
+mod tree;
 mod wire;
 
 use crate::model::conditional::Conditional;
@@ -42,6 +43,8 @@ pub struct ForgeSource {
     token_file: Option<PathBuf>,
     max_bytes: u64,
     allow_close_delimited: bool,
+    /// A tree target (`tree: true`): where the forge serves the directory.
+    tree: Option<tree::TreeApi>,
 }
 
 impl ForgeSource {
@@ -55,6 +58,7 @@ impl ForgeSource {
         let git_ref = s.git_ref.clone();
         let path_segs: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         let mut meta_url = None;
+        let mut tree_repo: Option<url::Url> = None;
         let (url, commits_url) = match s.kind {
             SourceKind::Forgejo | SourceKind::Gitea => {
                 let base = parse_base(s.base_url.as_deref().unwrap_or_default())?;
@@ -69,6 +73,9 @@ impl ForgeSource {
                     m.query_pairs_mut().append_pair("ref", r);
                 }
                 meta_url = Some(m);
+                let mut r = base.clone();
+                push_segments(&mut r, &["api", "v1", "repos", owner, name])?;
+                tree_repo = Some(r);
                 let mut c = base;
                 push_segments(&mut c, &["api", "v1", "repos", owner, name, "commits"])?;
                 {
@@ -93,6 +100,9 @@ impl ForgeSource {
                 let mut u = base.clone();
                 push_segments(&mut u, &["repos", owner, name, "contents"])?;
                 push_segments(&mut u, &path_segs)?;
+                let mut r = base.clone();
+                push_segments(&mut r, &["repos", owner, name])?;
+                tree_repo = Some(r);
                 let mut c = base;
                 push_segments(&mut c, &["repos", owner, name, "commits"])?;
                 {
@@ -126,7 +136,24 @@ impl ForgeSource {
                 )?;
                 u.query_pairs_mut()
                     .append_pair("ref", git_ref.as_deref().unwrap_or("HEAD"));
-                (u, None)
+                let mut r = parse_base(s.base_url.as_deref().unwrap_or_default())?;
+                push_segments(&mut r, &["api", "v4", "projects", &repo, "repository"])?;
+                // Only a tree target asks GitLab which commit last touched its path (a file's
+                // raw answer names the commit in a header).
+                let commits = target.tree.then(|| {
+                    let mut c = r.clone();
+                    let _ = push_segments(&mut c, &["commits"]);
+                    {
+                        let mut q = c.query_pairs_mut();
+                        if let Some(gr) = &git_ref {
+                            q.append_pair("ref_name", gr);
+                        }
+                        q.append_pair("path", &path).append_pair("per_page", "1");
+                    }
+                    c
+                });
+                tree_repo = Some(r);
+                (u, commits)
             }
             _ => {
                 let u = url::Url::parse(s.url.as_deref().unwrap_or_default())
@@ -144,6 +171,17 @@ impl ForgeSource {
             token_file: s.token_file.clone(),
             max_bytes: target.max_bytes,
             allow_close_delimited: s.allow_close_delimited,
+            tree: match (target.tree, tree_repo) {
+                (true, Some(repo)) => Some(tree::TreeApi {
+                    repo,
+                    dir: path.trim_matches('/').to_string(),
+                    limits: crate::store::tree::Limits {
+                        max_files: target.max_files,
+                        max_bytes: target.max_bytes,
+                    },
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -159,6 +197,9 @@ impl ForgeSource {
     /// and the file is fetched again *at that commit*, so a branch that moves between two
     /// requests cannot pair one commit's id with another commit's bytes.
     pub async fn fetch(&self, cond: Option<&Conditional>) -> Result<Fetched, FetchError> {
+        if let Some(api) = &self.tree {
+            return self.fetch_tree(api, cond).await;
+        }
         let Some(first) = self.get(&self.url, self.meta_url.as_ref(), cond).await? else {
             return Ok(Fetched::NotModified);
         };
@@ -425,7 +466,9 @@ impl ForgeSource {
             .await
             .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-        let sha = v.get(0)?.get("sha")?.as_str()?;
+        let first = v.get(0)?;
+        // Forgejo, Gitea and GitHub name it `sha`, GitLab `id`.
+        let sha = first.get("sha").or_else(|| first.get("id"))?.as_str()?;
         integrity::is_commit_id(sha).then(|| sha.to_string())
     }
 }
