@@ -126,6 +126,12 @@ fn tree(t: &Target) -> Result<(), Complaint> {
     if t.max_files == 0 {
         return Err(at("max_files", "must be greater than 0"));
     }
+    if t.source.require_signature.is_some() && t.source.kind != SourceKind::Git {
+        return Err(at(
+            "source.require_signature",
+            "a signed directory (`tree: true`) is verified on a `git` source only; use `kind: git`",
+        ));
+    }
     if t.validate.powersync_api.is_some() {
         return Err(at(
             "validate.powersync_api",
@@ -376,7 +382,56 @@ fn source_keys(kind: SourceKind) -> (&'static [&'static str], &'static [&'static
 /// A source's keys and values.
 fn source(s: &Source) -> Result<(), Complaint> {
     source_keys_present(s)?;
-    source_values(s)
+    source_values(s)?;
+    if let Some(r) = &s.require_signature {
+        require_signature(s, r)?;
+    }
+    Ok(())
+}
+
+/// `source.require_signature`: at least one key file, each readable and well-formed (the
+/// complaint names the file and the line), and a kind whose API gives the signed payload.
+fn require_signature(s: &Source, r: &crate::config::RequireSignature) -> Result<(), Complaint> {
+    if s.kind == SourceKind::Gitlab {
+        return Err(at(
+            "source.require_signature",
+            "GitLab's API gives no signed commit payload to verify here; use `kind: git` with the project's clone URL",
+        ));
+    }
+    if matches!(s.kind, SourceKind::Http | SourceKind::File) {
+        return Err(at(
+            "source.require_signature",
+            "only commits carry signatures: use a `git` or forge source",
+        ));
+    }
+    if r.allowed_signers.is_none() && r.gpg_keyring.is_none() {
+        return Err(at(
+            "source.require_signature",
+            "set `allowed_signers`, `gpg_keyring`, or both",
+        ));
+    }
+    if let Some(f) = &r.allowed_signers {
+        crate::config::signers::check_file(f)
+            .map_err(|m| at("source.require_signature.allowed_signers", m))?;
+    }
+    if let Some(f) = &r.gpg_keyring {
+        match std::fs::metadata(f) {
+            Ok(m) if m.len() > 0 => {}
+            Ok(_) => {
+                return Err(at(
+                    "source.require_signature.gpg_keyring",
+                    format!("{} is empty", f.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(at(
+                    "source.require_signature.gpg_keyring",
+                    format!("{}: {e}", f.display()),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each kind takes its own keys: required ones present, nothing it does not use.

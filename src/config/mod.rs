@@ -6,6 +6,7 @@
 mod check;
 mod load;
 mod paths;
+pub(crate) mod signers;
 
 pub use check::is_loopback_host;
 pub use paths::resolve;
@@ -224,6 +225,25 @@ pub struct Source {
     pub allow_close_delimited: bool,
     #[serde(default = "d_30s", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Apply only commits signed by an allowed key (docs/security.md).
+    #[serde(default)]
+    pub require_signature: Option<RequireSignature>,
+}
+
+/// `source.require_signature`: the revision to apply must carry a valid signature by one of
+/// these keys. Both files are read on every cycle (a rotated key needs no restart).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RequireSignature {
+    /// git's `gpg.ssh.allowedSignersFile` format, for SSH signatures.
+    #[serde(default)]
+    pub allowed_signers: Option<PathBuf>,
+    /// A keyring `gpgv` reads, for OpenPGP signatures.
+    #[serde(default)]
+    pub gpg_keyring: Option<PathBuf>,
+    /// When set, the signed commit's committer email must be one of these.
+    #[serde(default)]
+    pub committers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,8 +12,9 @@ use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::{Outcome, Phase};
 use crate::model::reason::Reason;
 use crate::service::validate;
+use crate::source::signature::Refusal;
 use crate::source::{FetchError, Fetched};
-use crate::store::state::{Applied, SourceMemo};
+use crate::store::state::{Applied, SourceMemo, Unsigned};
 use crate::util::digest::short;
 
 /// Upstream as one fetch saw it.
@@ -123,12 +124,79 @@ impl Runner<'_, '_> {
             };
         }
         let body = up.body.take().unwrap_or_default();
+        if self.unsigned(&up, &body, live.as_deref()).await? {
+            return Ok(());
+        }
         let drift = match (&self.st.applied, &live_sha) {
             (Some(a), Some(l)) => a.sha256 != *l,
             _ => false,
         };
         self.apply(body, up.sha, up.revision, live, Origin::Upstream { drift })
             .await
+    }
+
+    /// `require_signature`: true when the cycle ended here, the content refused because its
+    /// revision is not signed by an allowed key (keyed by revision: the same bytes in a signed
+    /// commit pass), or the forge not answering. Checked again on every poll, so a key added
+    /// to the file lets a refused revision through without a restart.
+    async fn unsigned(
+        &mut self,
+        up: &Upstream,
+        body: &[u8],
+        live: Option<&[u8]>,
+    ) -> Result<bool, CycleError> {
+        let Some(cfg) = self.t().source.require_signature.clone() else {
+            return Ok(false);
+        };
+        let Some(rev) = up.revision.clone() else {
+            let e = FetchError::new(
+                crate::model::labels::FetchReason::Protocol,
+                "require_signature: the commit that last touched the file is unknown (the commits API did not answer)",
+            );
+            self.fetch_failed(e, live).await?;
+            return Ok(true);
+        };
+        let why = match self
+            .ctx
+            .source
+            .verify_signature(&cfg, rev.as_str(), body)
+            .await
+        {
+            Ok(()) => {
+                if self.st.unsigned.take().is_some() {
+                    tracing::info!(target_name = %self.t().name, revision = %rev.as_str(), "a signed revision replaces the refused one");
+                }
+                return Ok(false);
+            }
+            Err(Refusal::Fetch(e)) => {
+                self.fetch_failed(e, live).await?;
+                return Ok(true);
+            }
+            Err(Refusal::Unsigned(why)) => why,
+        };
+        let reason = format!(
+            "commit {} is not signed by an allowed key: {why}",
+            rev.short()
+        );
+        // Told once as a rejection; the same refusal again is the standing state, not news.
+        let again = self
+            .st
+            .unsigned
+            .as_ref()
+            .is_some_and(|u| u.revision == rev && u.reason == reason);
+        tracing::warn!(target_name = %self.t().name, revision = %rev.as_str(), reason = %reason, "unsigned revision refused");
+        self.st.unsigned = Some(Unsigned {
+            revision: rev,
+            reason: reason.clone(),
+        });
+        let outcome = if again {
+            Outcome::Quarantined
+        } else {
+            Outcome::Rejected
+        };
+        self.leave(outcome, Some(Reason::Rejected(reason)), live)
+            .await?;
+        Ok(true)
     }
 
     async fn in_sync(&mut self, up: &Upstream, live: Option<&[u8]>) -> Result<(), CycleError> {

@@ -145,6 +145,23 @@ impl GitSource {
         })
     }
 
+    /// The fetched commit `rev` as an object, for `require_signature`: git already binds the
+    /// file read at it to its tree.
+    pub async fn commit(
+        &self,
+        rev: &str,
+    ) -> Result<super::signature::Commit, super::signature::Refusal> {
+        use super::signature::Refusal;
+        if !rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Refusal::Unsigned(format!("`{rev}` is no commit id")));
+        }
+        let out = self
+            .git(&["cat-file", "commit", rev], true)
+            .await
+            .map_err(Refusal::Fetch)?;
+        super::signature::parse(&out.stdout).map_err(Refusal::Unsigned)
+    }
+
     /// The file at revision `rev` (a commit the server lets clients fetch, a branch or a tag).
     pub async fn fetch_revision(&self, rev: &str) -> Result<Vec<u8>, FetchError> {
         Ok(self.file_at(rev).await?.0)

@@ -6,6 +6,7 @@ mod file;
 pub mod forge;
 mod git;
 pub mod integrity;
+pub(crate) mod signature;
 
 use crate::model::conditional::Conditional;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,28 @@ impl Source {
                 "a `file` source has no revisions",
             )),
         }
+    }
+
+    /// `require_signature`: `revision` must carry a valid signature by an allowed key, and
+    /// (forges) be shown to hold `body`. The key files are read afresh on each call.
+    pub async fn verify_signature(
+        &self,
+        cfg: &crate::config::RequireSignature,
+        revision: &str,
+        body: &[u8],
+    ) -> Result<(), signature::Refusal> {
+        let commit = match &self.inner {
+            Inner::Forge(f) => f.signed_commit(revision, body).await?,
+            Inner::Git(g) => g.commit(revision).await?,
+            Inner::File(_) => {
+                return Err(signature::Refusal::Unsigned(
+                    "a `file` source has no commits".into(),
+                ))
+            }
+        };
+        signature::verify(cfg, &commit)
+            .await
+            .map_err(signature::Refusal::Unsigned)
     }
 
     /// Fetches; `cond` is the remembered validator (None: fetch unconditionally).

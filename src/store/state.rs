@@ -173,6 +173,17 @@ pub struct TargetState {
     /// The last commit status posted (`commit_status:`).
     #[serde(default)]
     pub commit_status: Option<PostedStatus>,
+    /// The upstream revision refused for its signature (`require_signature`), and why: keyed
+    /// by revision, not content, so the same bytes in a signed commit are applied.
+    #[serde(default)]
+    pub unsigned: Option<Unsigned>,
+}
+
+/// A revision refused because no allowed key signed it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsigned {
+    pub revision: Revision,
+    pub reason: String,
 }
 
 /// A commit status's state (`commit_status:`).

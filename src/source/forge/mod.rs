@@ -10,6 +10,7 @@
 
 mod client;
 pub mod limit;
+mod signed;
 pub mod status;
 mod tree;
 mod wire;
@@ -45,6 +46,11 @@ pub struct ForgeSource {
     allow_close_delimited: bool,
     /// A tree target (`tree: true`): where the forge serves the directory.
     tree: Option<tree::TreeApi>,
+    /// Forgejo/Gitea/GitHub: `.../repos/{o}/{r}`, where commits and trees are asked for
+    /// (`require_signature`).
+    repo_url: Option<url::Url>,
+    /// The file's path in the repository, without a leading `/`.
+    path: String,
 }
 
 impl ForgeSource {
@@ -166,6 +172,8 @@ impl ForgeSource {
             client,
             shown: crate::util::redact::url(url.as_str()),
             url,
+            repo_url: tree_repo.clone(),
+            path: path.trim_matches('/').to_string(),
             commits_url,
             meta_url,
             token_file: s.token_file.clone(),

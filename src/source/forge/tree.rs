@@ -82,7 +82,10 @@ impl ForgeSource {
         })
     }
 
-    async fn get_json(&self, u: url::Url) -> Result<(serde_json::Value, HeaderMap), FetchError> {
+    pub(super) async fn get_json(
+        &self,
+        u: url::Url,
+    ) -> Result<(serde_json::Value, HeaderMap), FetchError> {
         if let Some(until) = super::limit::blocked(&u) {
             return Err(super::limit::refusal(&u, until));
         }
