@@ -65,6 +65,12 @@ pub struct State {
     pub commits: std::collections::HashMap<String, Vec<u8>>,
     /// Tree repositories (`FakeForge::set_tree`): each commit's files, by path from the root.
     pub trees: std::collections::HashMap<String, std::collections::BTreeMap<String, Vec<u8>>>,
+    /// Commits read from a real repository (`serve_git`): sha -> (root tree, signature,
+    /// signed payload), what `git/commits/{sha}` answers.
+    pub git_commits: std::collections::HashMap<String, (String, Option<String>, String)>,
+    /// Trees read from a real repository: sha -> (mode, type, sha, name) entries, what
+    /// `git/trees/{sha}` answers.
+    pub git_trees: std::collections::HashMap<String, Vec<(String, String, String, String)>>,
     /// Published as a new commit right after the next answer with the file at a branch:
     /// the branch moves between two requests of one fetch.
     pub move_after_next: Option<Vec<u8>>,
@@ -160,6 +166,8 @@ impl FakeForge {
             status_fail_with: None,
             status_delay: None,
             trees: Default::default(),
+            git_commits: Default::default(),
+            git_trees: Default::default(),
             fail_headers: Vec::new(),
             commits: std::collections::HashMap::new(),
             move_after_next: None,
@@ -231,6 +239,73 @@ impl FakeForge {
         self.state.lock().unwrap().commit.clone()
     }
 
+    /// Serves a real repository as Forgejo's and GitHub's APIs would: `commit` (a real
+    /// commit id) as the last commit touching `path`, the file's bytes at it, and every
+    /// commit object (signature and signed payload, as `git cat-file` shows them) and tree of
+    /// the repository. Called again after new commits.
+    pub fn serve_git(&self, repo: &std::path::Path, commit: &str, path: &str) {
+        let git = |args: &[&str]| -> Vec<u8> {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(repo)
+                .args(args)
+                .output()
+                .expect("git");
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        let text = |args: &[&str]| String::from_utf8(git(args)).expect("utf-8");
+        let body = git(&["show", &format!("{commit}:{path}")]);
+        let mut s = self.state.lock().unwrap();
+        s.content = Some(body.clone());
+        s.commit = commit.to_string();
+        s.commits.insert(commit.to_string(), body);
+        for c in text(&["rev-list", "--all"]).lines() {
+            let raw = text(&["cat-file", "commit", c]);
+            s.git_commits.insert(c.to_string(), split_signature(&raw));
+            let mut todo = vec![text(&["rev-parse", &format!("{c}^{{tree}}")])
+                .trim()
+                .to_string()];
+            while let Some(t) = todo.pop() {
+                let mut entries = Vec::new();
+                for line in text(&["ls-tree", &t]).lines() {
+                    let (meta, name) = line.split_once('\t').expect("ls-tree line");
+                    let f: Vec<&str> = meta.split(' ').collect();
+                    // The APIs spell a directory's mode 040000.
+                    let mode = if f[1] == "tree" {
+                        "040000".to_string()
+                    } else {
+                        f[0].to_string()
+                    };
+                    if f[1] == "tree" {
+                        todo.push(f[2].to_string());
+                    }
+                    entries.push((mode, f[1].to_string(), f[2].to_string(), name.to_string()));
+                }
+                s.git_trees.insert(t, entries);
+            }
+        }
+    }
+
+    /// A lying forge: names `commit` as the file's last commit, and serves `bytes` for it.
+    pub fn serve_bytes_as(&self, commit: &str, bytes: &[u8]) {
+        let mut s = self.state.lock().unwrap();
+        s.content = Some(bytes.to_vec());
+        s.commit = commit.to_string();
+        s.commits.insert(commit.to_string(), bytes.to_vec());
+    }
+
+    /// A lying forge: answers `git/commits/{sha}` with `other`'s signature and payload.
+    pub fn swap_signed_payload(&self, sha: &str, other: &str) {
+        let mut s = self.state.lock().unwrap();
+        let theirs = s.git_commits.get(other).cloned().expect("known commit");
+        s.git_commits.insert(sha.to_string(), theirs);
+    }
+
     pub fn fail_with(&self, status: Option<u16>) {
         self.state.lock().unwrap().fail_with = status;
     }
@@ -284,6 +359,77 @@ impl FakeForge {
             .filter(|r| !r.path.contains("/commits"))
             .collect()
     }
+}
+
+/// A raw commit object -> (root tree, signature, the object without its signature header).
+fn split_signature(raw: &str) -> (String, Option<String>, String) {
+    let mut payload = String::new();
+    let mut sig: Option<String> = None;
+    let mut in_sig = false;
+    let mut in_head = true;
+    for line in raw.split_inclusive('\n') {
+        if in_head && in_sig {
+            if let Some(rest) = line.strip_prefix(' ') {
+                sig.get_or_insert_with(String::new).push_str(rest);
+                continue;
+            }
+            in_sig = false;
+        }
+        if in_head {
+            if let Some(rest) = line.strip_prefix("gpgsig ") {
+                sig = Some(rest.to_string());
+                in_sig = true;
+                continue;
+            }
+            if line == "\n" {
+                in_head = false;
+            }
+        }
+        payload.push_str(line);
+    }
+    let tree = raw
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("tree "))
+        .unwrap_or_default()
+        .to_string();
+    (tree, sig, payload)
+}
+
+/// `git/commits/{sha}` and `git/trees/{sha}` of a repository read by `serve_git`, shaped as
+/// Forgejo (verification under `commit`) or GitHub (at the top) answers them.
+fn git_objects(s: &State, p: &str, kind: &str) -> Option<Response<Full<Bytes>>> {
+    let json = |v: serde_json::Value| {
+        resp(
+            200,
+            v.to_string().into_bytes(),
+            &[("content-type", "application/json".into())],
+        )
+    };
+    if let Some((_, sha)) = p.split_once("/git/commits/") {
+        let (tree, sig, payload) = s.git_commits.get(sha)?;
+        let verification = serde_json::json!({
+            "verified": sig.is_some(), "reason": if sig.is_some() { "valid" } else { "unsigned" },
+            "signature": sig.clone().unwrap_or_default(),
+            "payload": if sig.is_some() { payload.clone() } else { String::new() },
+        });
+        return Some(json(if kind == "github" {
+            serde_json::json!({"sha": sha, "tree": {"sha": tree}, "verification": verification})
+        } else {
+            serde_json::json!({"sha": sha, "commit": {"tree": {"sha": tree}, "verification": verification}})
+        }));
+    }
+    if let Some((_, sha)) = p.split_once("/git/trees/") {
+        let entries = s.git_trees.get(sha)?;
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(mode, ty, id, name)| serde_json::json!({"path": name, "mode": mode, "type": ty, "sha": id}))
+            .collect();
+        return Some(json(
+            serde_json::json!({"sha": sha, "tree": list, "truncated": false}),
+        ));
+    }
+    None
 }
 
 fn publish(s: &mut State, content: &[u8]) {
@@ -497,6 +643,9 @@ fn route(s: &State, r: &Req) -> Response<Full<Bytes>> {
     }
     if !auth_ok {
         return resp(401, b"{\"message\":\"token is required\"}".to_vec(), &[]);
+    }
+    if let Some(answer) = git_objects(s, p, kind) {
+        return answer;
     }
     if let Some(answer) = trees(s, r, p, kind) {
         return answer;

@@ -10,7 +10,7 @@ use crate::util::{self, free_port, rules, wait_until, Env};
 
 const TOKEN: &str = "src-token-987";
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -29,9 +29,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-struct GitDaemon {
+pub(crate) struct GitDaemon {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl Drop for GitDaemon {
@@ -44,7 +44,7 @@ impl Drop for GitDaemon {
     }
 }
 
-fn git_daemon(base: &Path) -> GitDaemon {
+pub(crate) fn git_daemon(base: &Path) -> GitDaemon {
     let port = free_port();
     let child = Command::new("git")
         .args([
