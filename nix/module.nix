@@ -99,6 +99,9 @@ let
 
   usesGit = lib.any (t: (t.source.kind or null) == "git") targetList;
 
+  # require_signature verifies with ssh-keygen (SSH) and gpgv (OpenPGP) on the unit's PATH.
+  usesSignatures = lib.any (t: (t.source.require_signature or null) != null) targetList;
+
   # --- durations ---------------------------------------------------------------------------
 
   # humantime-ish "90s", "5m", "1h 30m", "1m30s" -> seconds, or null when not understood.
@@ -608,12 +611,17 @@ in
             wantedBy = [ "multi-user.target" ];
             wants = [ "network-online.target" ];
             after = [ "network-online.target" ];
-            path =
+            path = lib.unique (
               lib.optional cfg.powersyncValidator.enable cfg.powersyncValidator.package
               ++ lib.optionals usesGit [
                 pkgs.gitMinimal
                 pkgs.openssh
-              ];
+              ]
+              ++ lib.optionals usesSignatures [
+                pkgs.openssh
+                pkgs.gnupg
+              ]
+            );
 
             serviceConfig = {
               Type = "notify";

@@ -137,6 +137,7 @@ let
     nodejs_22 = fakeDrv "nodejs-22";
     gitMinimal = fakeDrv "git-minimal";
     openssh = fakeDrv "openssh";
+    gnupg = fakeDrv "gnupg";
   };
 
   evalModule =
@@ -504,6 +505,25 @@ let
       };
     };
   };
+  signed = (evalModule {
+    enable = true;
+    settings.targets.x = {
+      source = {
+        kind = "forgejo";
+        base_url = "https://git.example.com";
+        repo = "o/r";
+        path = "rules.yaml";
+        require_signature.allowed_signers = "/etc/rulekeeper/allowed_signers";
+      };
+      path = "/x/y";
+    };
+  }).config;
+  signedChecks = [
+    (checkEq "signed: path has ssh-keygen and gpgv" (map (p: p.name) signed.systemd.services.rulekeeper.path) [
+      "openssh"
+      "gnupg"
+    ])
+  ];
   badChecks = [
     (checkEq "bad: three assertions fail" (builtins.length bad.failedAssertions) 3)
     (check "bad: store credential rejected" (builtins.any (lib.hasInfix "outside the Nix store") bad.failedAssertions))
@@ -556,7 +576,7 @@ let
     (checkEq "disabled: no packages" disabled.config.environment.systemPackages [ ])
   ];
 
-  allChecks = powersyncChecks ++ minimalChecks ++ deployChecks ++ unprivChecks ++ badChecks ++ disabledChecks;
+  allChecks = powersyncChecks ++ minimalChecks ++ deployChecks ++ unprivChecks ++ signedChecks ++ badChecks ++ disabledChecks;
 in
 builtins.deepSeq allChecks {
   ok = true;
