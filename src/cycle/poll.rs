@@ -229,8 +229,9 @@ impl Runner<'_, '_> {
                     .unwrap_or_else(Utc::now),
             });
         }
-        // In sync there is nothing left to keep out, whatever the hash.
+        // In sync there is nothing left to keep out, whatever the hash or the revision.
         self.st.quarantine = None;
+        self.st.unsigned = None;
         self.st.gate = None;
         // Content we applied was validated then; this also covers a file found in place.
         let usable = validate::usable_builtin(&self.t().validate, live);

@@ -256,7 +256,16 @@ impl Metrics {
         self.powersync_deploying
             .with_label_values(&[target])
             .set(st.deploying.is_some() as i64);
-        self.set_quarantined_info(target, st.quarantine.as_ref().map(quarantine_labels));
+        let info = st.quarantine.as_ref().map(quarantine_labels).or_else(|| {
+            st.upstream_unsigned().map(|u| {
+                let sha = st.upstream_sha256.as_ref().map(|s| s.to_string());
+                (
+                    sha.unwrap_or_default(),
+                    crate::model::reason::label(&u.reason),
+                )
+            })
+        });
+        self.set_quarantined_info(target, info);
         let sha = live_sha.unwrap_or("").to_string();
         let revision = st.revision_of(&sha).unwrap_or_default();
         self.set_info(target, sha, revision.to_string());

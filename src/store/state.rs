@@ -226,10 +226,18 @@ impl TargetState {
 
     /// Upstream serves the content that is quarantined now.
     pub fn upstream_quarantined(&self) -> bool {
-        match (&self.quarantine, &self.upstream_sha256) {
+        let content = match (&self.quarantine, &self.upstream_sha256) {
             (Some(q), Some(up)) => q.sha256 == *up,
             _ => false,
-        }
+        };
+        content || self.upstream_unsigned().is_some()
+    }
+
+    /// The refusal standing for upstream's current revision (`require_signature`).
+    pub fn upstream_unsigned(&self) -> Option<&Unsigned> {
+        self.unsigned
+            .as_ref()
+            .filter(|u| self.upstream_revision.as_ref() == Some(&u.revision))
     }
 
     /// Equal in everything but the bookkeeping of routine cycles (last outcome, its time,

@@ -125,6 +125,20 @@ fn ssh_key(dir: &Path, name: &str) -> (PathBuf, String) {
     (key, public.join(" "))
 }
 
+/// git's own verdict on `commit` with the same allowed-signers file: rulekeeper's must agree.
+fn git_says(repo: &Repo, commit: &str, signers: &Path) -> bool {
+    Command::new("git")
+        .arg("-C")
+        .arg(&repo.work)
+        .arg("-c")
+        .arg(format!("gpg.ssh.allowedSignersFile={}", signers.display()))
+        .args(["verify-commit", commit])
+        .output()
+        .expect("git verify-commit")
+        .status
+        .success()
+}
+
 fn tools() -> bool {
     ["git", "ssh-keygen", "gpg", "gpgv", "gpgconf"]
         .iter()
@@ -175,6 +189,7 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
     assert_eq!(o.code, 0, "{}", outcome(&o));
     assert_eq!(env.live(), rules("v1", "good"));
     assert_eq!(env.state_json()["applied"]["revision"], c1.as_str());
+    assert!(git_says(&repo, &c1, &signers), "git agrees: signed");
 
     // unsigned: rejected, by revision, and the live file stays
     let c2 = repo.commit(&rules("v2", "good"), Sign::None, false);
@@ -187,6 +202,7 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
     assert!(o.all().contains(&want), "{}", outcome(&o));
     assert_eq!(env.live(), rules("v1", "good"));
     assert_eq!(env.state_json()["unsigned"]["revision"], c2.as_str());
+    assert!(!git_says(&repo, &c2, &signers), "git agrees: unsigned");
     let st = env.rk(&["status"]);
     assert!(st.stdout.contains(&want), "status shows why: {}", st.stdout);
     // asked again: the standing refusal, not a new rejection
@@ -216,6 +232,7 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
         outcome(&o)
     );
     assert_eq!(env.live(), rules("v2", "good"));
+    assert!(!git_says(&repo, &c4, &signers), "git agrees: unknown key");
 
     // signed by a listed key past its valid-before: rejected
     let c5 = repo.commit(&rules("v4", "good"), Sign::Ssh(&old), false);
@@ -229,6 +246,10 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
         outcome(&o)
     );
     assert_eq!(env.live(), rules("v2", "good"));
+    assert!(
+        !git_says(&repo, &c5, &signers),
+        "git agrees: past valid-before"
+    );
 
     // a key added to the file is picked up by the running daemon, no restart
     let c6 = repo.commit(&rules("v5", "good"), Sign::Ssh(&mallory), false);
@@ -238,6 +259,17 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
     wait_until(30, "the mallory-signed commit refused", || {
         env.state_json()["unsigned"]["revision"] == c6.as_str()
     });
+    // alerted like any refused content: the quarantine gauge and its reason
+    wait_until(30, "the refusal on /metrics", || {
+        util::metric(&dm.metrics(), "rulekeeper_quarantined", &[("target", "ps")]) == Some(1.0)
+    });
+    assert!(
+        util::samples(&dm.metrics(), "rulekeeper_quarantined_info")
+            .iter()
+            .any(|l| l.contains("is not signed by an allowed key")),
+        "{}",
+        dm.metrics()
+    );
     let pid = dm.child.id();
     let mut text = std::fs::read_to_string(&signers).unwrap();
     text.push_str(&format!("t@example.com {mallory_pub}\n"));
@@ -247,6 +279,9 @@ fn git_source_applies_only_what_an_allowed_key_signed() {
     });
     assert_eq!(env.live(), rules("v5", "good"));
     assert_eq!(dm.child.id(), pid);
+    wait_until(30, "the refusal cleared on /metrics", || {
+        util::metric(&dm.metrics(), "rulekeeper_quarantined", &[("target", "ps")]) == Some(0.0)
+    });
     assert_eq!(dm.terminate(), 0);
 
     // OpenPGP: a key in the keyring `gpgv` reads
@@ -445,5 +480,35 @@ fn forge_sources_verify_here_and_bind_the_bytes_to_the_signed_tree() {
             c3.as_str(),
             "{kind}"
         );
+
+        // signed by a key not in the list, and by a listed key past its valid-before: rejected
+        let (mallory, mallory_pub) = ssh_key(d, "mallory");
+        let (old, old_pub) = ssh_key(d, "old");
+        let mut text = std::fs::read_to_string(&signers).unwrap();
+        text.push_str(&format!(
+            "t@example.com valid-before=\"20200101\" {old_pub}\n"
+        ));
+        std::fs::write(&signers, &text).unwrap();
+        for (key, what) in [(&old, "past valid-before"), (&mallory, "unknown key")] {
+            let c = repo.commit(&rules(what, "good"), Sign::Ssh(key), false);
+            forge.serve_git(&repo.work, &c, path);
+            let o = env.once();
+            assert!(
+                o.all().contains(&format!(
+                    "commit {} is not signed by an allowed key: no key in",
+                    &c[..12]
+                )),
+                "{kind}, {what}: {}",
+                o.all()
+            );
+            assert_eq!(env.live(), rules("v2", "good"), "{kind}, {what}");
+        }
+
+        // the key rotated into the file: the same revision passes
+        text.push_str(&format!("t@example.com {mallory_pub}\n"));
+        std::fs::write(&signers, &text).unwrap();
+        let o = env.once();
+        assert_eq!(o.code, 0, "{kind}: {}", o.all());
+        assert_eq!(env.live(), rules("unknown key", "good"), "{kind}");
     }
 }
