@@ -18,7 +18,7 @@ use crate::store::state::Store;
 #[derive(Debug, Parser)]
 #[command(
     name = "rulekeeper",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RULEKEEPER_COMMIT"), ")"),
     about = "Keeps a service's rules file in step with git: fetch, validate, atomic swap, restart, verify, roll back."
 )]
 pub struct Cli {

@@ -77,6 +77,7 @@ impl Exit {
             Outcome::Failed => Exit::Io,
             // A manual rollback that left the service healthy did what was asked.
             Outcome::RolledBack if rep.asked == Asked::Rollback => Exit::Ok,
+            Outcome::StateError if rep.state_newer => Exit::Usage,
             Outcome::Rejected
             | Outcome::RolledBack
             | Outcome::Quarantined
@@ -108,6 +109,8 @@ impl Exit {
     pub fn of_trouble(t: StateTrouble) -> Exit {
         match t {
             StateTrouble::Corrupt => Exit::Rejected,
+            // Like a config this binary cannot run: the operator must change the binary.
+            StateTrouble::Newer => Exit::Usage,
             StateTrouble::Host => Exit::Io,
         }
     }
@@ -117,6 +120,7 @@ impl Exit {
         match e {
             HistoryError::Io { .. } => Exit::Io,
             HistoryError::Corrupt { .. } | HistoryError::NotFound(_) => Exit::Rejected,
+            HistoryError::Newer { .. } => Exit::Usage,
         }
     }
 }

@@ -414,6 +414,7 @@ pub(super) async fn blocking_lock<T: Send + 'static>(
 /// The state file holds the quarantine and any pending apply: never reset it silently, and
 /// touch nothing of this target until an operator has looked.
 fn state_error(t: &Target, rep: &mut Report, e: &StateError) {
+    rep.state_newer = matches!(e, StateError::Newer { .. });
     rep.end(Verdict::new(
         Outcome::StateError,
         Some(Reason::Stopped(format!(

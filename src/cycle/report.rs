@@ -116,6 +116,8 @@ pub struct Report {
     pub unsaved: Option<String>,
     /// The state could not be read at all (no lock): `state` is not the target's.
     pub state_unknown: bool,
+    /// The state file was written by a newer rulekeeper (exit 2: the binary must change).
+    pub state_newer: bool,
     /// Upstream now serves quarantined content.
     pub quarantined: bool,
     pub held: bool,
@@ -133,6 +135,7 @@ impl Report {
             asked,
             outcome: Outcome::Unchanged,
             reason: None,
+            state_newer: false,
             fetch_reason: None,
             retry_at: None,
             live: Live::default(),

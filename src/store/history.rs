@@ -35,6 +35,40 @@ pub enum HistoryError {
     Corrupt { path: PathBuf, message: String },
     #[error("{0}")]
     NotFound(String),
+    /// Written by a newer rulekeeper: left as it is.
+    #[error(
+        "history {} has format {found}; this rulekeeper knows formats up to {known} (written by a newer rulekeeper: upgrade)",
+        path.display()
+    )]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
+}
+
+/// The format of `history.json` this binary writes: 1 was a bare list of entries, 2 is
+/// `{"format": 2, "entries": [...]}`. Both are read.
+pub const HISTORY_FORMAT: u64 = 2;
+
+/// `history.json` in any format: a bare list (1), or the list with its format (2 on).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OnDisk {
+    Versioned {
+        // Checked before (a newer one is refused); required here so a stray object is no list.
+        #[serde(rename = "format")]
+        _format: u64,
+        entries: Vec<Entry>,
+    },
+    Bare(Vec<Entry>),
+}
+
+/// What is written.
+#[derive(Serialize)]
+struct Written<'a> {
+    format: u64,
+    entries: &'a [Entry],
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HistoryError + '_ {
@@ -82,10 +116,33 @@ impl History {
     pub fn load(&self) -> Result<Vec<Entry>, HistoryError> {
         let p = self.list_path();
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| HistoryError::Corrupt {
-                path: p,
-                message: e.to_string(),
-            }),
+            Ok(b) => {
+                #[derive(Deserialize)]
+                struct Format {
+                    #[serde(default)]
+                    format: Option<u64>,
+                }
+                // The format first: a newer file may not parse as any list this binary knows.
+                if let Ok(Format {
+                    format: Some(found),
+                }) = serde_json::from_slice::<Format>(&b)
+                {
+                    if found > HISTORY_FORMAT {
+                        return Err(HistoryError::Newer {
+                            path: p,
+                            found,
+                            known: HISTORY_FORMAT,
+                        });
+                    }
+                }
+                match serde_json::from_slice::<OnDisk>(&b) {
+                    Ok(OnDisk::Versioned { entries, .. } | OnDisk::Bare(entries)) => Ok(entries),
+                    Err(e) => Err(HistoryError::Corrupt {
+                        path: p,
+                        message: e.to_string(),
+                    }),
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io(&p)(e)),
         }
@@ -145,7 +202,11 @@ impl History {
         let drop = list.len().saturating_sub(limits.keep);
         list.drain(..drop);
         self.within_bytes(&mut list, limits.max_bytes);
-        let json = serde_json::to_vec_pretty(&list).map_err(|e| HistoryError::Corrupt {
+        let written = Written {
+            format: HISTORY_FORMAT,
+            entries: &list,
+        };
+        let json = serde_json::to_vec_pretty(&written).map_err(|e| HistoryError::Corrupt {
             path: self.list_path(),
             message: e.to_string(),
         })?;

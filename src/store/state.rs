@@ -23,6 +23,15 @@ pub enum StateError {
     },
     #[error("state file {path} is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// Written by a newer rulekeeper: never read as if it were ours, never rewritten.
+    #[error(
+        "state file {path} has format {found}; this rulekeeper knows formats up to {known} (it was written by a newer rulekeeper: upgrade, or restore the state directory of this version)"
+    )]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
     /// The lock file this cycle holds is no longer the one at its path: the state directory
     /// was removed or replaced under it, and another cycle may be running on a fresh one.
     #[error(
@@ -37,12 +46,15 @@ pub enum StateError {
 pub enum StateTrouble {
     Host,
     Corrupt,
+    /// Written by a newer rulekeeper than this one.
+    Newer,
 }
 
 impl StateError {
     pub fn trouble(&self) -> StateTrouble {
         match self {
             StateError::Corrupt { .. } => StateTrouble::Corrupt,
+            StateError::Newer { .. } => StateTrouble::Newer,
             StateError::Io { .. } | StateError::LockLost { .. } => StateTrouble::Host,
         }
     }
@@ -255,9 +267,49 @@ impl TargetState {
     }
 }
 
-/// Parses the bytes of a `state.json`.
-pub fn parse(bytes: &[u8]) -> Result<TargetState, serde_json::Error> {
-    serde_json::from_slice(bytes)
+/// The format of `state.json` this binary writes. Format 1 is the first: files written
+/// before the field existed have the same shape and read as 1. A new format gets the next
+/// number, and every binary reads each format up to its own.
+pub const STATE_FORMAT: u64 = 1;
+
+/// Why a `state.json` cannot be read.
+#[derive(Debug)]
+pub enum ParseError {
+    Json(serde_json::Error),
+    Newer(u64),
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::Json(e) => e.fmt(f),
+            ParseError::Newer(v) => write!(f, "format {v} is newer than {STATE_FORMAT}"),
+        }
+    }
+}
+
+/// A state file's format, read before anything else in it.
+#[derive(Deserialize)]
+struct Format {
+    #[serde(default)]
+    format: Option<u64>,
+}
+
+/// What is written: the format, then the state.
+#[derive(Serialize)]
+struct Versioned<'a> {
+    format: u64,
+    #[serde(flatten)]
+    state: &'a TargetState,
+}
+
+/// Parses the bytes of a `state.json`, of any format up to [`STATE_FORMAT`].
+pub fn parse(bytes: &[u8]) -> Result<TargetState, ParseError> {
+    let f: Format = serde_json::from_slice(bytes).map_err(ParseError::Json)?;
+    match f.format.unwrap_or(1) {
+        v if v > STATE_FORMAT => Err(ParseError::Newer(v)),
+        _ => serde_json::from_slice(bytes).map_err(ParseError::Json),
+    }
 }
 
 /// A target's directory under `state_dir`.
@@ -306,9 +358,16 @@ impl Store {
     pub fn load(&self) -> Result<TargetState, StateError> {
         let path = self.file();
         match fs::read(&path) {
-            Ok(bytes) => parse(&bytes).map_err(|e| StateError::Corrupt {
-                path: path.clone(),
-                message: e.to_string(),
+            Ok(bytes) => parse(&bytes).map_err(|e| match e {
+                ParseError::Newer(found) => StateError::Newer {
+                    path: path.clone(),
+                    found,
+                    known: STATE_FORMAT,
+                },
+                ParseError::Json(e) => StateError::Corrupt {
+                    path: path.clone(),
+                    message: e.to_string(),
+                },
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TargetState::default()),
             Err(e) => Err(io_err(&path)(e)),
@@ -331,7 +390,11 @@ impl Store {
         self.check_lock()?;
         self.ensure_dir()?;
         let path = self.file();
-        let json = serde_json::to_vec_pretty(st).map_err(|e| StateError::Corrupt {
+        let v = Versioned {
+            format: STATE_FORMAT,
+            state: st,
+        };
+        let json = serde_json::to_vec_pretty(&v).map_err(|e| StateError::Corrupt {
             path: path.clone(),
             message: e.to_string(),
         })?;

@@ -34,6 +34,7 @@ mod ownership;
 mod signatures;
 mod sources;
 mod untrusted;
+mod upgrade;
 
 // The daemon.
 mod daemon;
