@@ -296,7 +296,9 @@ fn run(command: Command) -> Result<Exit, CliError> {
             Ok(Exit::Ok)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command())
+            // The release, not the commit: the packaged page (pkg/deb/rulekeeper.1) is this
+            // output, kept in step by a test, and must not change with every commit.
+            clap_mangen::Man::new(Cli::command().version(env!("CARGO_PKG_VERSION")))
                 .render(&mut std::io::stdout())
                 .map_err(|e| CliError::Io(format!("cannot write the man page: {e}")))?;
             Ok(Exit::Ok)

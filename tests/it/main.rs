@@ -31,6 +31,7 @@ mod diff;
 mod history;
 mod operator;
 mod ownership;
+mod package;
 mod signatures;
 mod sources;
 mod untrusted;
