@@ -39,6 +39,7 @@ mod upgrade;
 
 // The daemon.
 mod daemon;
+mod hardening;
 mod hostile;
 mod storage;
 mod systemd;
