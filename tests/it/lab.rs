@@ -42,6 +42,16 @@ fn skip(why: &str) -> Option<Lab> {
 impl Lab {
     /// Boots a lab, or returns None (after a loud message) where that is impossible here.
     pub fn boot() -> Option<Lab> {
+        Lab::boot_with(false)
+    }
+
+    /// A lab where `dpkg -i` may install: `/usr` and `/etc` are overlays written on the lab's
+    /// tmpfs, `/var/lib/dpkg` a copy of the host's (`tests/support/lab-init`).
+    pub fn boot_for_packages() -> Option<Lab> {
+        Lab::boot_with(true)
+    }
+
+    fn boot_with(packages: bool) -> Option<Lab> {
         // SAFETY: getuid has no preconditions.
         if unsafe { libc::getuid() } != 0 {
             return skip("the lab needs root");
@@ -60,6 +70,7 @@ impl Lab {
             .args(["unshare", "--pid", "--fork", "--mount", "--net", "--uts"])
             .args(["--mount-proc", "--propagation", "private"])
             .arg(repo_root().join("tests/support/lab-init"))
+            .env("RK_LAB_PACKAGES", if packages { "1" } else { "0" })
             .arg(dir.path())
             .args(visible_inside())
             .stdin(Stdio::null())

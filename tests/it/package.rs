@@ -119,3 +119,210 @@ fn the_debian_package_holds_the_service_and_starts_nothing() {
     let (ok, out, err) = util::run(Command::new(&bin).args(["check", "-c"]).arg(&config));
     assert!(ok, "the shipped config passes check: {out}{err}");
 }
+
+/// The package as shipped, in the systemd lab: `dpkg -i`, a config, a verified apply of a
+/// managed unit, an in-place upgrade that keeps last-good, hold, quarantine and history, and
+/// a purge that keeps only the state directory.
+#[test]
+fn installed_upgraded_and_purged_in_the_lab() {
+    if util::require_tool("dpkg-deb").is_none() || util::require_tool("cargo-deb").is_none() {
+        return;
+    }
+    let Some(deb1) = deb() else {
+        return util::skip(
+            Need::Tool,
+            "no Debian package: run `cargo deb` (or set RULEKEEPER_DEB)",
+        )
+        .unwrap_or(());
+    };
+    // The upgrade: the same tree, the next package revision (`.ci/run` builds it; else built
+    // here, after setting the first aside: cargo deb empties target/debian).
+    let out = tempfile::tempdir().unwrap();
+    let kept = out.path().join("first.deb");
+    std::fs::copy(&deb1, &kept).expect("copy the package");
+    let deb1 = kept;
+    let version1 = dpkg_deb(&["-f", deb1.to_str().unwrap(), "Version"])
+        .trim()
+        .to_string();
+    let revision: u32 = version1
+        .rsplit('-')
+        .next()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1);
+    let deb2 = match std::env::var_os("RULEKEEPER_DEB_UPGRADE") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let next = out.path().join("next");
+            std::fs::create_dir_all(&next).unwrap();
+            let (ok, _, err) = util::run(
+                Command::new("cargo")
+                    .current_dir(util::repo_root())
+                    .args(["deb", "--no-build", "--deb-revision"])
+                    .arg((revision + 1).to_string())
+                    .arg("-o")
+                    .arg(&next),
+            );
+            assert!(ok, "cargo deb --no-build: {err}");
+            std::fs::read_dir(&next)
+                .unwrap()
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "deb"))
+                .expect("the upgrade package")
+        }
+    };
+
+    let Some(lab) = crate::lab::Lab::boot_for_packages() else {
+        return;
+    };
+    let p1 = lab.provide(&deb1, "rk1.deb");
+    let p2 = lab.provide(&deb2, "rk2.deb");
+    lab.provide(
+        &util::repo_root().join("tests/support/fakesvc.py"),
+        "fakesvc.py",
+    );
+    let sh = |script: &str| {
+        let o = lab.sh(&format!("DEBIAN_FRONTEND=noninteractive {script}"));
+        eprintln!("# {script}\n{}", o.all());
+        o
+    };
+
+    // Installing starts nothing.
+    let o = sh(&format!("dpkg -i {p1}"));
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(o.all().contains("installed, not started"), "{}", o.all());
+    assert_eq!(lab.prop("rulekeeper.service", "ActiveState"), "inactive");
+    assert_eq!(
+        lab.systemctl(&["is-enabled", "rulekeeper.service"])
+            .stdout
+            .trim(),
+        "disabled"
+    );
+    assert!(lab.path("/etc/rulekeeper/credentials").is_dir());
+
+    // The operator's config: a local source, a managed unit restarted and probed.
+    let live = "/var/lib/powersync/sync-rules.yaml";
+    let d = lab.dir.path();
+    std::fs::create_dir_all(d.join("svc")).unwrap();
+    std::fs::write(
+        d.join("svc/svc.json"),
+        format!("{{\"rules\": \"{live}\", \"port\": 8080}}"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("upstream")).unwrap();
+    let publish = |text: &str| {
+        let up = d.join("upstream");
+        std::fs::write(up.join(".next"), text).unwrap();
+        std::fs::rename(up.join(".next"), up.join("sync-rules.yaml")).unwrap();
+    };
+    publish(&util::rules("v1", "good"));
+    std::fs::create_dir_all(lab.path("/var/lib/powersync")).unwrap();
+    lab.write(
+        "/etc/systemd/system/powersync.service",
+        "[Service]\nExecStart=/usr/bin/python3 /run/lab/fakesvc.py serve /run/lab/svc\n",
+    );
+    lab.write(
+        "/etc/rulekeeper/config.yaml",
+        &format!(
+            "listen: 127.0.0.1:9871\nstate_dir: /var/lib/rulekeeper\ntargets:\n  powersync:\n\
+             \x20   source: {{ kind: file, path: /run/lab/upstream/sync-rules.yaml }}\n\
+             \x20   path: {live}\n    interval: 1s\n\
+             \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
+             \x20   restart: {{ systemd: powersync.service, timeout: 20s }}\n\
+             \x20   verify: {{ http: \"http://127.0.0.1:8080/probe\", interval: 100ms, successes: 3, timeout: 20s }}\n"
+        ),
+    );
+    lab.daemon_reload();
+    let o = sh("rulekeeper check -c /etc/rulekeeper/config.yaml");
+    assert_eq!(o.code, 0, "{}", o.all());
+    let o = sh("systemctl enable --now rulekeeper.service");
+    assert_eq!(o.code, 0, "{}", o.all());
+    let o = lab.systemctl(&["start", "powersync.service"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    let metric = |name: &str, labels: &[(&str, &str)]| {
+        let m = lab.in_net(|| util::http(9871, "GET", "/metrics", &[], b"").1);
+        util::metric(&m, name, labels).unwrap_or(0.0)
+    };
+    let applied = || {
+        metric(
+            "rulekeeper_cycles_total",
+            &[("target", "powersync"), ("outcome", "applied")],
+        )
+    };
+    util::wait_until(60, "the first apply", || applied() >= 1.0);
+
+    // A verified apply of the managed unit.
+    publish(&util::rules("v2", "good"));
+    util::wait_until(60, "v2 applied, restarted and verified", || {
+        applied() >= 2.0
+    });
+    let starts = std::fs::read_to_string(d.join("svc/starts.log")).unwrap_or_default();
+    assert!(
+        starts.lines().last().is_some_and(|l| l.contains("v2")),
+        "{starts}"
+    );
+    let journal = lab.journal("-u rulekeeper.service TARGET_NAME=powersync OUTCOME=applied");
+    assert!(journal.len() >= 2, "the cycles are in the journal");
+
+    // State worth keeping: a quarantine, a hold, the history.
+    publish("nothing: here\n");
+    util::wait_until(60, "the bad content quarantined", || {
+        metric("rulekeeper_quarantined", &[("target", "powersync")]) == 1.0
+    });
+    let o = sh("rulekeeper hold -c /etc/rulekeeper/config.yaml -t powersync");
+    assert_eq!(o.code, 0, "{}", o.all());
+    let state_before =
+        std::fs::read_to_string(lab.path("/var/lib/rulekeeper/targets/powersync/state.json"))
+            .unwrap();
+    let before: serde_json::Value = serde_json::from_str(&state_before).unwrap();
+    let history_before =
+        sh("rulekeeper history -c /etc/rulekeeper/config.yaml -t powersync --json").stdout;
+    let pid1 = lab.prop("rulekeeper.service", "MainPID");
+
+    // The upgrade in place restarts the daemon on the new binary, and loses nothing.
+    let o = sh(&format!("dpkg -i {p2}"));
+    assert_eq!(o.code, 0, "{}", o.all());
+    util::wait_until(30, "the daemon restarted", || {
+        let pid = lab.prop("rulekeeper.service", "MainPID");
+        pid != pid1 && pid != "0" && lab.prop("rulekeeper.service", "ActiveState") == "active"
+    });
+    let version = sh("dpkg-query -W -f '${Version}' rulekeeper").stdout;
+    assert_eq!(
+        version.trim(),
+        format!("{}-{}", env!("CARGO_PKG_VERSION"), revision + 1)
+    );
+    let after: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.path("/var/lib/rulekeeper/targets/powersync/state.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    for key in ["applied", "quarantine", "hold"] {
+        assert_eq!(after[key], before[key], "{key} survives the upgrade");
+    }
+    let history_after =
+        sh("rulekeeper history -c /etc/rulekeeper/config.yaml -t powersync --json").stdout;
+    assert_eq!(
+        history_after, history_before,
+        "the history survives the upgrade"
+    );
+    assert!(std::fs::read_to_string(lab.path(live))
+        .unwrap()
+        .contains("v2"));
+
+    // Purge: everything but the state directory, and it says so.
+    let o = sh("dpkg --purge rulekeeper");
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.all()
+            .contains("the state directory /var/lib/rulekeeper is kept"),
+        "{}",
+        o.all()
+    );
+    assert!(!lab.path("/usr/bin/rulekeeper").exists());
+    assert!(!lab.path("/etc/rulekeeper").exists());
+    assert!(!lab.path("/lib/systemd/system/rulekeeper.service").exists());
+    assert!(lab
+        .path("/var/lib/rulekeeper/targets/powersync/state.json")
+        .exists());
+    assert_ne!(lab.prop("rulekeeper.service", "ActiveState"), "active");
+}
