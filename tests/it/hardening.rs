@@ -2,23 +2,42 @@
 //! and held so that a later change cannot quietly raise it (docs/operations.md "Hardening").
 
 use crate::lab::Lab;
-use crate::util::repo_root;
+use crate::util::{self, repo_root};
 
 /// The score `docs/rulekeeper.service` measures (3.8 before CapabilityBoundingSet=; lower is
 /// better, 10 is unprotected); lower it here when the unit gets tighter, never raise it
 /// without a reason in the docs.
 const SHIPPED_EXPOSURE: f64 = 2.7;
+/// The same with `pkg/systemd/unprivileged.conf`.
+const UNPRIVILEGED_EXPOSURE: f64 = 1.1;
 
 #[test]
 fn the_shipped_unit_does_not_get_more_exposed() {
     let Some(lab) = Lab::boot() else { return };
+    let (score, text) = exposure(&lab, None);
+    eprintln!("systemd-analyze security rulekeeper.service: {score}");
+    assert!(
+        score <= SHIPPED_EXPOSURE,
+        "the shipped unit's exposure rose to {score} (held at {SHIPPED_EXPOSURE}):\n{text}"
+    );
+}
+
+/// `systemd-analyze security` of rulekeeper.service with `extra` drop-in text.
+fn exposure(lab: &Lab, extra: Option<&str>) -> (f64, String) {
     let unit = std::fs::read_to_string(repo_root().join("docs/rulekeeper.service"))
         .expect("docs/rulekeeper.service");
     lab.write("/etc/systemd/system/rulekeeper.service", &unit);
+    if let Some(text) = extra {
+        lab.write(
+            "/etc/systemd/system/rulekeeper.service.d/unprivileged.conf",
+            text,
+        );
+    }
     lab.daemon_reload();
-    let o = lab.sh("systemd-analyze security --no-pager rulekeeper.service");
-    let text = o.all();
-    let score: f64 = text
+    let text = lab
+        .sh("systemd-analyze security --no-pager rulekeeper.service")
+        .all();
+    let score = text
         .lines()
         .find_map(|l| {
             l.split("Overall exposure level for rulekeeper.service:")
@@ -27,9 +46,101 @@ fn the_shipped_unit_does_not_get_more_exposed() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
-    eprintln!("systemd-analyze security rulekeeper.service: {score}");
-    assert!(
-        score <= SHIPPED_EXPOSURE,
-        "the shipped unit's exposure rose to {score} (held at {SHIPPED_EXPOSURE}):\n{text}"
+    (score, text)
+}
+
+/// The unprivileged variant (`pkg/systemd/unprivileged.conf` and `pkg/polkit/50-rulekeeper.rules`):
+/// scored, and working: as the `rulekeeper` user, without capabilities, the daemon installs a
+/// live file and `systemctl try-restart`s the managed unit through polkit, then verifies it.
+#[test]
+fn the_unprivileged_unit_scores_ok_and_still_restarts_through_polkit() {
+    if util::require_tool("pkcheck").is_none() || util::require_tool("dbus-daemon").is_none() {
+        return;
+    }
+    // /etc is an overlay in this lab: the user and the polkit rule never reach the host.
+    let Some(lab) = Lab::boot_for_packages() else {
+        return;
+    };
+    let dropin = std::fs::read_to_string(repo_root().join("pkg/systemd/unprivileged.conf"))
+        .expect("pkg/systemd/unprivileged.conf");
+    let (score, text) = exposure(&lab, Some(&dropin));
+    eprintln!("systemd-analyze security rulekeeper.service (unprivileged): {score}");
+    assert!(score <= UNPRIVILEGED_EXPOSURE, "{text}");
+
+    let o = lab.sh("useradd --system --user-group --no-create-home rulekeeper");
+    assert_eq!(o.code, 0, "{}", o.all());
+    let rule = std::fs::read_to_string(repo_root().join("pkg/polkit/50-rulekeeper.rules"))
+        .expect("pkg/polkit/50-rulekeeper.rules");
+    lab.write("/etc/polkit-1/rules.d/50-rulekeeper.rules", &rule);
+    // The lab's directory is the test's 0700 temp dir: the service's user must reach into it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = lab.provide(&util::bin(), "bin/rulekeeper");
+    lab.provide(&repo_root().join("tests/support/fakesvc.py"), "fakesvc.py");
+    let live = "/var/lib/powersync/sync-rules.yaml";
+    let d = lab.dir.path();
+    std::fs::create_dir_all(d.join("svc")).unwrap();
+    std::fs::write(
+        d.join("svc/svc.json"),
+        format!("{{\"rules\": \"{live}\", \"port\": 8080}}"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("upstream")).unwrap();
+    let publish = |text: &str| {
+        let up = d.join("upstream");
+        std::fs::write(up.join(".next"), text).unwrap();
+        std::fs::rename(up.join(".next"), up.join("sync-rules.yaml")).unwrap();
+    };
+    publish(&util::rules("v1", "good"));
+    let o = lab.sh("mkdir -p /var/lib/powersync && chown rulekeeper:rulekeeper /var/lib/powersync");
+    assert_eq!(o.code, 0, "{}", o.all());
+    lab.write(
+        "/etc/systemd/system/powersync.service",
+        "[Service]\nExecStart=/usr/bin/python3 /run/lab/fakesvc.py serve /run/lab/svc\n",
     );
+    lab.write(
+        "/run/lab/config.yaml",
+        &format!(
+            "listen: 127.0.0.1:9871\nstate_dir: /var/lib/rulekeeper\ntargets:\n  powersync:\n\
+             \x20   source: {{ kind: file, path: /run/lab/upstream/sync-rules.yaml }}\n\
+             \x20   path: {live}\n    interval: 1s\n    mode: \"0644\"\n\
+             \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
+             \x20   restart: {{ systemd: powersync.service, timeout: 20s }}\n\
+             \x20   verify: {{ http: \"http://127.0.0.1:8080/probe\", interval: 100ms, successes: 3, timeout: 20s }}\n"
+        ),
+    );
+    lab.write(
+        "/etc/systemd/system/rulekeeper.service.d/lab.conf",
+        &format!("[Service]\nExecStart=\nExecStart={bin} run -c /run/lab/config.yaml\n"),
+    );
+    lab.daemon_reload();
+    for unit in ["dbus.service", "polkit.service", "rulekeeper.service"] {
+        let o = lab.systemctl(&["start", unit]);
+        assert_eq!(o.code, 0, "start {unit}: {}", o.all());
+    }
+    let o = lab.systemctl(&["start", "powersync.service"]);
+    assert_eq!(o.code, 0, "{}", o.all());
+    let applied = || {
+        let m = lab.in_net(|| util::http(9871, "GET", "/metrics", &[], b"").1);
+        util::metric(
+            &m,
+            "rulekeeper_cycles_total",
+            &[("target", "powersync"), ("outcome", "applied")],
+        )
+        .unwrap_or(0.0)
+    };
+    util::wait_until(60, "the first apply", || applied() >= 1.0);
+    let pid = lab.prop("powersync.service", "MainPID");
+    publish(&util::rules("v2", "good"));
+    util::wait_until(60, "v2 applied: restarted through polkit, verified", || {
+        applied() >= 2.0
+    });
+    assert_ne!(
+        lab.prop("powersync.service", "MainPID"),
+        pid,
+        "the unit was restarted"
+    );
+    assert_eq!(lab.prop("rulekeeper.service", "User"), "rulekeeper");
+    let o = lab.sh(&format!("stat -c %U {live}"));
+    assert_eq!(o.stdout.trim(), "rulekeeper", "{}", o.all());
 }
