@@ -70,6 +70,8 @@ fn the_debian_package_holds_the_service_and_starts_nothing() {
         "./usr/share/rulekeeper/alerts/alertmanager.yml",
         "./usr/share/rulekeeper/grafana/",
         "./usr/share/doc/rulekeeper/security.md",
+        "./usr/share/rulekeeper/systemd/unprivileged.conf",
+        "./usr/share/rulekeeper/polkit/50-rulekeeper.rules",
     ] {
         assert!(list.contains(f), "{f} is in the package:\n{list}");
     }
