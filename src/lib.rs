@@ -8,6 +8,8 @@ pub(crate) mod util;
 
 // 1: the vocabulary (label values, reasons).
 pub(crate) mod model;
+/// The typed ids public functions take (`observe::status::of`), for the fuzz targets.
+pub use model::ids::{Revision, Sha256};
 
 // 2: the config.
 pub mod config;

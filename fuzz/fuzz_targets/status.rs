@@ -21,7 +21,9 @@ fuzz_target!(|data: &[u8]| {
         path: "state.json".into(),
         message: e.to_string(),
     });
-    let live = data.first().map(|b| format!("{b:064x}"));
+    let live = data
+        .first()
+        .map(|b| rulekeeper::Sha256::from(format!("{b:064x}")));
     let s = rulekeeper::observe::status::of(target(), state, live, data.len() % 2 == 0);
     let json = serde_json::to_vec(&s).expect("status serialises");
     assert!(!json.is_empty());
