@@ -19,7 +19,13 @@ fn integrity(message: String) -> FetchError {
 /// The git blob id of `body`: sha1 (or sha256 for SHA-256 repositories, `hex_len` 64) of
 /// `blob <len>\0<body>`.
 pub fn git_blob_id(body: &[u8], hex_len: usize) -> String {
-    let header = format!("blob {}\0", body.len());
+    git_object_id("blob", body, hex_len)
+}
+
+/// The id git gives an object of `kind` (`blob`, `tree`, `commit`) holding `body`: sha1 of
+/// `<kind> <len>\0<body>`, or sha256 for a 64-digit id.
+pub fn git_object_id(kind: &str, body: &[u8], hex_len: usize) -> String {
+    let header = format!("{kind} {}\0", body.len());
     if hex_len == 64 {
         let mut h = sha2::Sha256::new();
         h.update(header.as_bytes());

@@ -9,9 +9,11 @@
 //! verify` against `allowed_signers` at the commit's own time (so `valid-after` and
 //! `valid-before` hold); OpenPGP ones with `gpgv` against `gpg_keyring`, in a private home.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::RequireSignature;
+use crate::source::integrity::git_object_id;
 use crate::source::FetchError;
 use crate::util::exec;
 
@@ -56,7 +58,7 @@ pub fn tree_id(entries: &[TreeEntry], hex_len: usize) -> Result<String, String> 
         body.push(0);
         body.extend_from_slice(&raw);
     }
-    Ok(object_id("tree", &body, hex_len))
+    Ok(git_object_id("tree", &body, hex_len))
 }
 
 /// A commit as far as its signature is concerned.
@@ -142,23 +144,6 @@ pub fn object_with(payload: &str, signature: &str) -> Vec<u8> {
     format!("{head}\ngpgsig {sig}\n\n{rest}").into_bytes()
 }
 
-/// The git object id (SHA-1, or SHA-256 for a 64-digit id) of an object of `kind`.
-pub fn object_id(kind: &str, body: &[u8], hex_len: usize) -> String {
-    use sha2::Digest;
-    let header = format!("{kind} {}\0", body.len());
-    if hex_len == 64 {
-        let mut h = sha2::Sha256::new();
-        h.update(header.as_bytes());
-        h.update(body);
-        hex::encode(h.finalize())
-    } else {
-        let mut h = sha1::Sha1::new();
-        h.update(header.as_bytes());
-        h.update(body);
-        hex::encode(h.finalize())
-    }
-}
-
 /// Checks the commit's signature and committer against `cfg`; the error says why not.
 pub async fn verify(cfg: &RequireSignature, c: &Commit) -> Result<(), String> {
     let sig = c.signature.as_deref().ok_or("it is not signed")?;
@@ -169,112 +154,125 @@ pub async fn verify(cfg: &RequireSignature, c: &Commit) -> Result<(), String> {
         ));
     }
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
-    let sig_file = dir.path().join("sig");
-    let payload_file = dir.path().join("payload");
-    std::fs::write(&sig_file, sig).map_err(|e| e.to_string())?;
-    std::fs::write(&payload_file, &c.payload).map_err(|e| e.to_string())?;
-    let timeout = Duration::from_secs(30);
+    let files = Files {
+        home: dir.path().to_path_buf(),
+        sig: dir.path().join("sig"),
+        payload: dir.path().join("payload"),
+    };
+    std::fs::write(&files.sig, sig).map_err(|e| e.to_string())?;
+    std::fs::write(&files.payload, &c.payload).map_err(|e| e.to_string())?;
     if sig.starts_with("-----BEGIN SSH SIGNATURE-----") {
         let allowed = cfg
             .allowed_signers
             .as_deref()
             .ok_or("it is signed with SSH, and no `allowed_signers` is configured")?;
-        let at = chrono::DateTime::from_timestamp(c.committer_time, 0)
-            .map(|t| t.format("%Y%m%d%H%M%S").to_string())
-            .unwrap_or_default();
-        let verify_time = format!("verify-time={at}");
-        let s = |p: &std::path::Path| p.display().to_string();
-        let found = exec::run(
-            &[
-                "ssh-keygen".into(),
-                "-Y".into(),
-                "find-principals".into(),
-                "-f".into(),
-                s(allowed),
-                "-s".into(),
-                s(&sig_file),
-                "-O".into(),
-                verify_time.clone(),
-            ],
-            timeout,
-            None,
-            &[],
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let principals: Vec<String> = String::from_utf8_lossy(&found.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(str::to_string)
-            .collect();
-        if !found.success || principals.is_empty() {
-            return Err(format!(
-                "no key in {} signed it (or not at the commit's time)",
-                allowed.display()
-            ));
-        }
-        for p in &principals {
-            // ssh-keygen reads the message on stdin: a shell only for that redirection.
-            let out = exec::run(
-                &[
-                    "sh".into(),
-                    "-c".into(),
-                    "exec ssh-keygen -Y verify -f \"$1\" -I \"$2\" -n git -s \"$3\" -O \"$4\" < \"$5\"".into(),
-                    "verify".into(),
-                    s(allowed),
-                    p.clone(),
-                    s(&sig_file),
-                    verify_time.clone(),
-                    s(&payload_file),
-                ],
-                timeout,
-                None,
-                &[],
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            if out.success {
-                return Ok(());
-            }
-        }
-        return Err(format!(
-            "the SSH signature does not verify against {}",
-            allowed.display()
-        ));
+        return verify_ssh(allowed, &files, c.committer_time).await;
     }
     if sig.starts_with("-----BEGIN PGP SIGNATURE-----") {
         let keyring = cfg
             .gpg_keyring
             .as_deref()
             .ok_or("it is signed with OpenPGP, and no `gpg_keyring` is configured")?;
-        let keyring = std::path::absolute(keyring).map_err(|e| e.to_string())?;
-        let out = exec::run(
-            &[
-                "gpgv".into(),
-                "--homedir".into(),
-                dir.path().display().to_string(),
-                "--keyring".into(),
-                keyring.display().to_string(),
-                sig_file.display().to_string(),
-                payload_file.display().to_string(),
-            ],
-            timeout,
-            None,
-            &[],
-        )
+        return verify_pgp(keyring, &files).await;
+    }
+    Err("its signature is neither SSH nor OpenPGP".into())
+}
+
+/// The signature and the payload as files, in a private directory (gpgv's home too).
+struct Files {
+    home: PathBuf,
+    sig: PathBuf,
+    payload: PathBuf,
+}
+
+/// Runs a verifying tool; the error is one that kept it from answering.
+async fn tool(argv: &[String]) -> Result<exec::Output, String> {
+    exec::run(argv, Duration::from_secs(30), None, &[])
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// `ssh-keygen -Y find-principals`, then `-Y verify` as each principal found, both at the
+/// commit's time so `valid-after`/`valid-before` hold as git holds them.
+async fn verify_ssh(allowed: &Path, f: &Files, committer_time: i64) -> Result<(), String> {
+    let at = chrono::DateTime::from_timestamp(committer_time, 0)
+        .map(|t| t.format("%Y%m%d%H%M%S").to_string())
+        .unwrap_or_default();
+    let verify_time = format!("verify-time={at}");
+    let found = tool(&[
+        "ssh-keygen".into(),
+        "-Y".into(),
+        "find-principals".into(),
+        "-f".into(),
+        arg(allowed),
+        "-s".into(),
+        arg(&f.sig),
+        "-O".into(),
+        verify_time.clone(),
+    ])
+    .await?;
+    let principals: Vec<String> = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !found.success || principals.is_empty() {
+        return Err(format!(
+            "no key in {} signed it (or not at the commit's time)",
+            allowed.display()
+        ));
+    }
+    for p in &principals {
+        // ssh-keygen reads the message on stdin: a shell only for that redirection.
+        let out = tool(&[
+            "sh".into(),
+            "-c".into(),
+            "exec ssh-keygen -Y verify -f \"$1\" -I \"$2\" -n git -s \"$3\" -O \"$4\" < \"$5\""
+                .into(),
+            "verify".into(),
+            arg(allowed),
+            p.clone(),
+            arg(&f.sig),
+            verify_time.clone(),
+            arg(&f.payload),
+        ])
+        .await?;
         if out.success {
             return Ok(());
         }
-        return Err(format!(
-            "the OpenPGP signature does not verify against {}: {}",
-            keyring.display(),
-            crate::model::reason::cut(out.summary().trim(), 200)
-        ));
     }
-    Err("its signature is neither SSH nor OpenPGP".into())
+    Err(format!(
+        "the SSH signature does not verify against {}",
+        allowed.display()
+    ))
+}
+
+/// `gpgv` with only `keyring`, in an empty home of its own.
+async fn verify_pgp(keyring: &Path, f: &Files) -> Result<(), String> {
+    let keyring = std::path::absolute(keyring).map_err(|e| e.to_string())?;
+    let out = tool(&[
+        "gpgv".into(),
+        "--homedir".into(),
+        arg(&f.home),
+        "--keyring".into(),
+        arg(&keyring),
+        arg(&f.sig),
+        arg(&f.payload),
+    ])
+    .await?;
+    if out.success {
+        return Ok(());
+    }
+    Err(format!(
+        "the OpenPGP signature does not verify against {}: {}",
+        keyring.display(),
+        crate::model::reason::cut(out.summary().trim(), 200)
+    ))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The shipped unit's exposure as `systemd-analyze security` scores it, in the lab: measured,
 //! and held so that a later change cannot quietly raise it (docs/operations.md "Hardening").
 
-use crate::lab::Lab;
+use crate::lab::{Lab, MANAGED_LIVE};
 use crate::util::{self, repo_root};
 
 /// The score `docs/rulekeeper.service` measures (3.8 before CapabilityBoundingSet=; lower is
@@ -76,39 +76,10 @@ fn the_unprivileged_unit_scores_ok_and_still_restarts_through_polkit() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(lab.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = lab.provide(&util::bin(), "bin/rulekeeper");
-    lab.provide(&repo_root().join("tests/support/fakesvc.py"), "fakesvc.py");
-    let live = "/var/lib/powersync/sync-rules.yaml";
-    let d = lab.dir.path();
-    std::fs::create_dir_all(d.join("svc")).unwrap();
-    std::fs::write(
-        d.join("svc/svc.json"),
-        format!("{{\"rules\": \"{live}\", \"port\": 8080}}"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.join("upstream")).unwrap();
-    let publish = |text: &str| {
-        let up = d.join("upstream");
-        std::fs::write(up.join(".next"), text).unwrap();
-        std::fs::rename(up.join(".next"), up.join("sync-rules.yaml")).unwrap();
-    };
-    publish(&util::rules("v1", "good"));
-    let o = lab.sh("mkdir -p /var/lib/powersync && chown rulekeeper:rulekeeper /var/lib/powersync");
+    let config = lab.managed_service(&util::rules("v1", "good"));
+    let o = lab.sh("chown rulekeeper:rulekeeper /var/lib/powersync");
     assert_eq!(o.code, 0, "{}", o.all());
-    lab.write(
-        "/etc/systemd/system/powersync.service",
-        "[Service]\nExecStart=/usr/bin/python3 /run/lab/fakesvc.py serve /run/lab/svc\n",
-    );
-    lab.write(
-        "/run/lab/config.yaml",
-        &format!(
-            "listen: 127.0.0.1:9871\nstate_dir: /var/lib/rulekeeper\ntargets:\n  powersync:\n\
-             \x20   source: {{ kind: file, path: /run/lab/upstream/sync-rules.yaml }}\n\
-             \x20   path: {live}\n    interval: 1s\n    mode: \"0644\"\n\
-             \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
-             \x20   restart: {{ systemd: powersync.service, timeout: 20s }}\n\
-             \x20   verify: {{ http: \"http://127.0.0.1:8080/probe\", interval: 100ms, successes: 3, timeout: 20s }}\n"
-        ),
-    );
+    lab.write("/run/lab/config.yaml", &config);
     lab.write(
         "/etc/systemd/system/rulekeeper.service.d/lab.conf",
         &format!("[Service]\nExecStart=\nExecStart={bin} run -c /run/lab/config.yaml\n"),
@@ -121,17 +92,14 @@ fn the_unprivileged_unit_scores_ok_and_still_restarts_through_polkit() {
     let o = lab.systemctl(&["start", "powersync.service"]);
     assert_eq!(o.code, 0, "{}", o.all());
     let applied = || {
-        let m = lab.in_net(|| util::http(9871, "GET", "/metrics", &[], b"").1);
-        util::metric(
-            &m,
+        lab.metric(
             "rulekeeper_cycles_total",
             &[("target", "powersync"), ("outcome", "applied")],
         )
-        .unwrap_or(0.0)
     };
     util::wait_until(60, "the first apply", || applied() >= 1.0);
     let pid = lab.prop("powersync.service", "MainPID");
-    publish(&util::rules("v2", "good"));
+    lab.publish(&util::rules("v2", "good"));
     util::wait_until(60, "v2 applied: restarted through polkit, verified", || {
         applied() >= 2.0
     });
@@ -141,6 +109,6 @@ fn the_unprivileged_unit_scores_ok_and_still_restarts_through_polkit() {
         "the unit was restarted"
     );
     assert_eq!(lab.prop("rulekeeper.service", "User"), "rulekeeper");
-    let o = lab.sh(&format!("stat -c %U {live}"));
+    let o = lab.sh(&format!("stat -c %U {MANAGED_LIVE}"));
     assert_eq!(o.stdout.trim(), "rulekeeper", "{}", o.all());
 }

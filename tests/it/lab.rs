@@ -23,6 +23,9 @@ use crate::util::{repo_root, require_tool, Out};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 
+/// The live file of [`Lab::managed_service`].
+pub const MANAGED_LIVE: &str = "/var/lib/powersync/sync-rules.yaml";
+
 /// A booted lab; dropping it kills the lab's PID 1 and with it everything inside.
 pub struct Lab {
     /// Host side of `/run/lab`.
@@ -183,6 +186,49 @@ impl Lab {
             Ok(v) => v,
             Err(p) => std::panic::resume_unwind(p),
         }
+    }
+
+    /// A managed service and rulekeeper's config for it, for the package and hardening tests:
+    /// `powersync.service` (`tests/support/fakesvc.py` on 127.0.0.1:8080 reading
+    /// [`MANAGED_LIVE`]), an upstream file holding `first`, and the config (returned as YAML):
+    /// a 1 s poll, `try-restart`, a probe.
+    pub fn managed_service(&self, first: &str) -> String {
+        self.provide(&repo_root().join("tests/support/fakesvc.py"), "fakesvc.py");
+        let d = self.dir.path();
+        std::fs::create_dir_all(d.join("svc")).expect("svc dir");
+        std::fs::write(
+            d.join("svc/svc.json"),
+            format!("{{\"rules\": \"{MANAGED_LIVE}\", \"port\": 8080}}"),
+        )
+        .expect("svc.json");
+        std::fs::create_dir_all(d.join("upstream")).expect("upstream dir");
+        self.publish(first);
+        std::fs::create_dir_all(self.path("/var/lib/powersync")).expect("live dir");
+        self.write(
+            "/etc/systemd/system/powersync.service",
+            "[Service]\nExecStart=/usr/bin/python3 /run/lab/fakesvc.py serve /run/lab/svc\n",
+        );
+        format!(
+            "listen: 127.0.0.1:9871\nstate_dir: /var/lib/rulekeeper\ntargets:\n  powersync:\n\
+             \x20   source: {{ kind: file, path: /run/lab/upstream/sync-rules.yaml }}\n\
+             \x20   path: {MANAGED_LIVE}\n    interval: 1s\n    mode: \"0644\"\n\
+             \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
+             \x20   restart: {{ systemd: powersync.service, timeout: 20s }}\n\
+             \x20   verify: {{ http: \"http://127.0.0.1:8080/probe\", interval: 100ms, successes: 3, timeout: 20s }}\n"
+        )
+    }
+
+    /// Replaces the managed service's upstream file atomically.
+    pub fn publish(&self, text: &str) {
+        let up = self.dir.path().join("upstream");
+        std::fs::write(up.join(".next"), text).expect("write upstream");
+        std::fs::rename(up.join(".next"), up.join("sync-rules.yaml")).expect("rename upstream");
+    }
+
+    /// A sample of the daemon's `/metrics` on the lab's loopback (0 when absent).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let m = self.in_net(|| crate::util::http(9871, "GET", "/metrics", &[], b"").1);
+        crate::util::metric(&m, name, labels).unwrap_or(0.0)
     }
 
     /// Puts `src` (a host file) at `/run/lab/<name>`: a hard link where possible.

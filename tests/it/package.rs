@@ -179,10 +179,6 @@ fn installed_upgraded_and_purged_in_the_lab() {
     };
     let p1 = lab.provide(&deb1, "rk1.deb");
     let p2 = lab.provide(&deb2, "rk2.deb");
-    lab.provide(
-        &util::repo_root().join("tests/support/fakesvc.py"),
-        "fakesvc.py",
-    );
     let sh = |script: &str| {
         let o = lab.sh(&format!("DEBIAN_FRONTEND=noninteractive {script}"));
         eprintln!("# {script}\n{}", o.all());
@@ -203,37 +199,8 @@ fn installed_upgraded_and_purged_in_the_lab() {
     assert!(lab.path("/etc/rulekeeper/credentials").is_dir());
 
     // The operator's config: a local source, a managed unit restarted and probed.
-    let live = "/var/lib/powersync/sync-rules.yaml";
-    let d = lab.dir.path();
-    std::fs::create_dir_all(d.join("svc")).unwrap();
-    std::fs::write(
-        d.join("svc/svc.json"),
-        format!("{{\"rules\": \"{live}\", \"port\": 8080}}"),
-    )
-    .unwrap();
-    std::fs::create_dir_all(d.join("upstream")).unwrap();
-    let publish = |text: &str| {
-        let up = d.join("upstream");
-        std::fs::write(up.join(".next"), text).unwrap();
-        std::fs::rename(up.join(".next"), up.join("sync-rules.yaml")).unwrap();
-    };
-    publish(&util::rules("v1", "good"));
-    std::fs::create_dir_all(lab.path("/var/lib/powersync")).unwrap();
-    lab.write(
-        "/etc/systemd/system/powersync.service",
-        "[Service]\nExecStart=/usr/bin/python3 /run/lab/fakesvc.py serve /run/lab/svc\n",
-    );
-    lab.write(
-        "/etc/rulekeeper/config.yaml",
-        &format!(
-            "listen: 127.0.0.1:9871\nstate_dir: /var/lib/rulekeeper\ntargets:\n  powersync:\n\
-             \x20   source: {{ kind: file, path: /run/lab/upstream/sync-rules.yaml }}\n\
-             \x20   path: {live}\n    interval: 1s\n\
-             \x20   validate: {{ require_keys: [bucket_definitions, streams] }}\n\
-             \x20   restart: {{ systemd: powersync.service, timeout: 20s }}\n\
-             \x20   verify: {{ http: \"http://127.0.0.1:8080/probe\", interval: 100ms, successes: 3, timeout: 20s }}\n"
-        ),
-    );
+    let config = lab.managed_service(&util::rules("v1", "good"));
+    lab.write("/etc/rulekeeper/config.yaml", &config);
     lab.daemon_reload();
     let o = sh("rulekeeper check -c /etc/rulekeeper/config.yaml");
     assert_eq!(o.code, 0, "{}", o.all());
@@ -241,10 +208,7 @@ fn installed_upgraded_and_purged_in_the_lab() {
     assert_eq!(o.code, 0, "{}", o.all());
     let o = lab.systemctl(&["start", "powersync.service"]);
     assert_eq!(o.code, 0, "{}", o.all());
-    let metric = |name: &str, labels: &[(&str, &str)]| {
-        let m = lab.in_net(|| util::http(9871, "GET", "/metrics", &[], b"").1);
-        util::metric(&m, name, labels).unwrap_or(0.0)
-    };
+    let metric = |name: &str, labels: &[(&str, &str)]| lab.metric(name, labels);
     let applied = || {
         metric(
             "rulekeeper_cycles_total",
@@ -254,11 +218,11 @@ fn installed_upgraded_and_purged_in_the_lab() {
     util::wait_until(60, "the first apply", || applied() >= 1.0);
 
     // A verified apply of the managed unit.
-    publish(&util::rules("v2", "good"));
+    lab.publish(&util::rules("v2", "good"));
     util::wait_until(60, "v2 applied, restarted and verified", || {
         applied() >= 2.0
     });
-    let starts = std::fs::read_to_string(d.join("svc/starts.log")).unwrap_or_default();
+    let starts = std::fs::read_to_string(lab.dir.path().join("svc/starts.log")).unwrap_or_default();
     assert!(
         starts.lines().last().is_some_and(|l| l.contains("v2")),
         "{starts}"
@@ -267,7 +231,7 @@ fn installed_upgraded_and_purged_in_the_lab() {
     assert!(journal.len() >= 2, "the cycles are in the journal");
 
     // State worth keeping: a quarantine, a hold, the history.
-    publish("nothing: here\n");
+    lab.publish("nothing: here\n");
     util::wait_until(60, "the bad content quarantined", || {
         metric("rulekeeper_quarantined", &[("target", "powersync")]) == 1.0
     });
@@ -307,7 +271,7 @@ fn installed_upgraded_and_purged_in_the_lab() {
         history_after, history_before,
         "the history survives the upgrade"
     );
-    assert!(std::fs::read_to_string(lab.path(live))
+    assert!(std::fs::read_to_string(lab.path(crate::lab::MANAGED_LIVE))
         .unwrap()
         .contains("v2"));
 

@@ -7,7 +7,7 @@
 //! entries listed, until the file's entry names the blob id of the bytes fetched. A forge
 //! that pairs a valid signature with bytes from another tree fails that walk.
 
-use crate::source::integrity::git_blob_id;
+use crate::source::integrity::{git_blob_id, git_object_id};
 use crate::source::signature::{self, Commit, Refusal};
 
 use super::ForgeSource;
@@ -37,7 +37,7 @@ impl ForgeSource {
             Refusal::Unsigned("the forge names a signature but gives no signed payload".into())
         })?;
         let object = signature::object_with(payload, sig);
-        let id = signature::object_id("commit", &object, sha.len());
+        let id = git_object_id("commit", &object, sha.len());
         if id != sha {
             return Err(Refusal::Unsigned(format!(
                 "the payload the forge gave hashes to {id}, not to the commit {sha}"
