@@ -11,10 +11,16 @@ use crate::util::{self, free_port, rules, wait_until, Env};
 const TOKEN: &str = "src-token-987";
 
 pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
+    git_with(dir, args, &[])
+}
+
+/// `git -C dir args` as the committer `t@example.com`, with `envs` added; its trimmed stdout.
+pub(crate) fn git_with(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
         .args(args)
+        .envs(envs.iter().copied())
         .env("GIT_AUTHOR_NAME", "t")
         .env("GIT_AUTHOR_EMAIL", "t@example.com")
         .env("GIT_COMMITTER_NAME", "t")
