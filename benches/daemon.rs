@@ -78,7 +78,8 @@ fn targets_polled_since(state_dir: &Path, since: std::time::SystemTime) -> usize
 // ---------------------------------------------------------------------------------------
 
 struct ForgeState {
-    /// (version, content); the ETag is `"v<version>"`, the commit sha the version in hex.
+    /// (version, content); the ETag is the content's git blob id, as Forgejo's raw API sends
+    /// it (rulekeeper checks the bytes against it), the commit sha the version in hex.
     content: Mutex<(u64, Vec<u8>)>,
     raw_200: AtomicU64,
     raw_304: AtomicU64,
@@ -150,6 +151,15 @@ impl Forge {
     }
 }
 
+/// The git blob id of `body` (`git hash-object`).
+fn blob_id(body: &[u8]) -> String {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", body.len()).as_bytes());
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
 fn forge_route(st: &ForgeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -160,7 +170,7 @@ fn forge_route(st: &ForgeState, req: Request<Incoming>) -> Response<Full<Bytes>>
         (c.0, c.1.clone())
     };
     if is_repo && parts[5] == "raw" && parts.len() >= 7 {
-        let etag = format!("\"v{ver}\"");
+        let etag = format!("\"{}\"", blob_id(&body));
         let inm = req
             .headers()
             .get(hyper::header::IF_NONE_MATCH)
