@@ -5,21 +5,9 @@ use std::process::Stdio;
 
 use crate::util::{rules, Env};
 
-fn file_env() -> (Env, std::path::PathBuf) {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    env.write_config(
-        &crate::util::file_source(&up),
-        &env.restart_command(),
-        &env.verify_http(),
-        "",
-    );
-    (env, up)
-}
-
 #[test]
 fn push_from_stdin_goes_through_the_pipeline() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -61,7 +49,7 @@ fn push_from_stdin_goes_through_the_pipeline() {
 
 #[test]
 fn hold_stops_applying_until_release() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -84,7 +72,7 @@ fn hold_stops_applying_until_release() {
 
 #[test]
 fn manual_rollback_restores_prev_and_quarantines() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -113,7 +101,7 @@ fn manual_rollback_restores_prev_and_quarantines() {
 
 #[test]
 fn status_table_completions_and_man_page() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -178,7 +166,7 @@ fn bundled_examples_pass_check() {
 
 #[test]
 fn rollback_refused_after_an_automatic_rollback_exits_1() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -194,17 +182,12 @@ fn rollback_refused_after_an_automatic_rollback_exits_1() {
 /// it, and then installs what it was given (not the other apply, reported as its own).
 #[test]
 fn push_waiting_behind_an_interrupted_apply_installs_what_it_was_given() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
     std::fs::write(&up, rules("v2", "good")).unwrap();
-    let mut once = env
-        .command(&["once"], &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut once = env.spawn_quiet(&["once"]);
     crate::util::wait_until(30, "the restart for v2", || env.restarts() >= 2);
     let v3 = env.dir.path().join("v3.yaml");
     std::fs::write(&v3, rules("v3", "good")).unwrap();
@@ -242,7 +225,7 @@ fn push_waiting_behind_an_interrupted_apply_installs_what_it_was_given() {
 /// regular file) is the host's I/O trouble, 5, from every command that reads or writes it.
 #[test]
 fn an_unusable_state_directory_gives_the_same_code_from_every_command() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -277,7 +260,7 @@ fn an_unusable_state_directory_gives_the_same_code_from_every_command() {
 /// Two targets with one name: refused by `check` (and every command), at the second one.
 #[test]
 fn a_target_name_given_twice_is_refused_at_its_line() {
-    let (env, _up) = file_env();
+    let (env, _up) = Env::with_managed_file_source();
     let text = std::fs::read_to_string(&env.config).unwrap();
     let first = text.lines().position(|l| l == "  ps:").unwrap() + 1;
     let block: String = text.lines().skip(first - 1).collect::<Vec<_>>().join("\n");
@@ -300,7 +283,7 @@ fn a_target_name_given_twice_is_refused_at_its_line() {
 /// when that apply started, and then does its work.
 #[test]
 fn a_command_waiting_for_an_apply_in_progress_says_so() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -315,12 +298,7 @@ fn a_command_waiting_for_an_apply_in_progress_says_so() {
         let _ = std::fs::remove_file(&gate);
         let _ = env.rk(&["release", "-t", "ps"]);
         std::fs::write(&up, rules(&format!("round{round}"), "good")).unwrap();
-        let mut apply = env
-            .command(&["once"], &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut apply = env.spawn_quiet(&["once"]);
         crate::util::wait_until(30, "the apply in progress", || {
             !env.state_json()["pending"].is_null()
         });
@@ -347,7 +325,7 @@ fn a_command_waiting_for_an_apply_in_progress_says_so() {
 /// `status` says whether a daemon runs: above the table, and per target in `--json`.
 #[test]
 fn status_says_whether_the_daemon_runs() {
-    let (env, up) = file_env();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);

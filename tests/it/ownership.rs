@@ -37,18 +37,6 @@ fn as_root() -> bool {
     false
 }
 
-fn world() -> (Env, std::path::PathBuf) {
-    let env = Env::new();
-    let up = env.dir.path().join("upstream.yaml");
-    env.write_config(
-        &crate::util::file_source(&up),
-        &env.restart_command(),
-        &env.verify_http(),
-        "",
-    );
-    (env, up)
-}
-
 fn assert_kept(env: &Env, when: &str) {
     let prev = env.live.with_file_name("sync-rules.yaml.prev");
     for p in [&env.live, &prev] {
@@ -70,7 +58,7 @@ fn owner_group_and_mode_survive_apply_rollback_push_and_recovery() {
     if !as_root() {
         return;
     }
-    let (env, up) = world();
+    let (env, up) = Env::with_managed_file_source();
     std::fs::write(&up, rules("v1", "good")).unwrap();
     env.start_service();
     assert_eq!(env.once().code, 0);
@@ -100,12 +88,7 @@ fn owner_group_and_mode_survive_apply_rollback_push_and_recovery() {
 
     // A run killed mid-restart, and the next one finishing the apply.
     std::fs::write(&up, rules("v4", "good")).unwrap();
-    let mut once = env
-        .command(&["once"], &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut once = env.spawn_quiet(&["once"]);
     let before = env.restarts();
     wait_until(30, "the restart for v4", || env.restarts() > before);
     once.kill().unwrap();
@@ -128,7 +111,7 @@ fn a_new_file_gets_its_directorys_owner_and_owner_keys_are_checked() {
     if !as_root() {
         return;
     }
-    let (env, up) = world();
+    let (env, up) = Env::with_managed_file_source();
     let dir = env.live.parent().unwrap();
     std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
     std::fs::write(&up, rules("v1", "good")).unwrap();

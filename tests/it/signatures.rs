@@ -28,21 +28,7 @@ enum Sign<'a> {
 
 impl Repo {
     fn new(dir: &Path) -> Repo {
-        let base = dir.join("repos");
-        let bare = base.join("app.git");
-        std::fs::create_dir_all(&bare).unwrap();
-        crate::sources::git(
-            &bare,
-            &["init", "--quiet", "--bare", "--initial-branch=master"],
-        );
-        let work = dir.join("work");
-        let out = Command::new("git")
-            .args(["clone", "--quiet"])
-            .arg(&bare)
-            .arg(&work)
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        let (base, work) = crate::sources::bare_and_clone(dir);
         let gnupg = dir.join("gnupg");
         std::fs::create_dir_all(&gnupg).unwrap();
         use std::os::unix::fs::PermissionsExt;

@@ -2,7 +2,7 @@
 //! and the fake forge speaking the GitHub, GitLab and plain-HTTP APIs.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use crate::forge::FakeForge;
@@ -33,6 +33,32 @@ pub(crate) fn git_with(dir: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Str
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository `<dir>/repos/app.git` (branch `master`) for `git daemon` to serve
+/// (`--base-path <dir>/repos`), and a clone of it at `<dir>/work` to commit and push from:
+/// (repos, work).
+pub(crate) fn bare_and_clone(dir: &Path) -> (PathBuf, PathBuf) {
+    let base = dir.join("repos");
+    let bare = base.join("app.git");
+    std::fs::create_dir_all(&bare).unwrap();
+    git(
+        &bare,
+        &["init", "--quiet", "--bare", "--initial-branch=master"],
+    );
+    let work = dir.join("work");
+    let out = Command::new("git")
+        .args(["clone", "--quiet"])
+        .arg(&bare)
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git clone: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (base, work)
 }
 
 pub(crate) struct GitDaemon {
@@ -79,21 +105,7 @@ fn git_source_over_git_daemon() {
         return;
     }
     let env = Env::new();
-    let base = env.dir.path().join("repos");
-    let bare = base.join("app.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(
-        &bare,
-        &["init", "--quiet", "--bare", "--initial-branch=master"],
-    );
-    let work = env.dir.path().join("work");
-    let out = Command::new("git")
-        .args(["clone", "--quiet"])
-        .arg(&bare)
-        .arg(&work)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (base, work) = bare_and_clone(env.dir.path());
     let commit = |content: &str| {
         std::fs::create_dir_all(work.join("powersync")).unwrap();
         std::fs::write(work.join("powersync/sync-rules.yaml"), content).unwrap();
@@ -287,22 +299,7 @@ fn git_tree_source_and_push_of_a_directory_or_a_tar() {
         return;
     }
     let env = Env::new();
-    let base = env.dir.path().join("repos");
-    let bare = base.join("app.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(
-        &bare,
-        &["init", "--quiet", "--bare", "--initial-branch=master"],
-    );
-    let work = env.dir.path().join("work");
-    assert!(Command::new("git")
-        .args(["clone", "--quiet"])
-        .arg(&bare)
-        .arg(&work)
-        .output()
-        .unwrap()
-        .status
-        .success());
+    let (base, work) = bare_and_clone(env.dir.path());
     let push = |files: &[(&str, &str)]| {
         let _ = std::fs::remove_dir_all(work.join("rules"));
         for (name, text) in files {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -346,12 +346,7 @@ fn once_killed_500_times_leaves_no_mixed_or_partial_tree() {
     let mut seen = std::collections::BTreeSet::new();
     for i in 1..=500u64 {
         write_tree(&up, &tagged(i % 2, 30));
-        let mut child = env
-            .command(&["once"], &[])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn_quiet(&["once"]);
         let at = std::time::Duration::from_micros((i * 7919) % (whole + whole / 5));
         let t = std::time::Instant::now();
         while t.elapsed() < at && matches!(child.try_wait(), Ok(None)) {

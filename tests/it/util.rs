@@ -357,6 +357,20 @@ impl Env {
         (env, up)
     }
 
+    /// A world with a `file` source at `upstream.yaml` (returned), the managed fake service
+    /// restarted by command and probed over HTTP: the whole cycle.
+    pub fn with_managed_file_source() -> (Env, PathBuf) {
+        let env = Env::new();
+        let up = env.dir.path().join("upstream.yaml");
+        env.write_config(
+            &file_source(&up),
+            &env.restart_command(),
+            &env.verify_http(),
+            "",
+        );
+        (env, up)
+    }
+
     pub fn fakesvc() -> String {
         repo_root()
             .join("tests/support/fakesvc.py")
@@ -470,6 +484,16 @@ impl Env {
             cmd.env(k, v);
         }
         cmd
+    }
+
+    /// Starts `rulekeeper ARGS -c <config>` in the background, its output discarded: for a run
+    /// the test kills or waits for. The caller stops it.
+    pub fn spawn_quiet(&self, args: &[&str]) -> std::process::Child {
+        self.command(args, &[])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn rulekeeper")
     }
 
     pub fn rk_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Out {
