@@ -24,6 +24,22 @@ fn key(u: &url::Url) -> String {
     u.origin().ascii_serialization()
 }
 
+/// Sends `req` (a request for `u`) unless `u`'s forge asked to be left alone, and notes a
+/// "slow down" in its answer: a refusal either way. The one way a forge source asks its API.
+pub async fn send(
+    u: &url::Url,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, FetchError> {
+    if let Some(until) = blocked(u) {
+        return Err(refusal(u, until));
+    }
+    let resp = req.send().await.map_err(|e| super::wire::classify(&e))?;
+    if let Some(until) = note(u, resp.status(), resp.headers()) {
+        return Err(refusal(u, until));
+    }
+    Ok(resp)
+}
+
 /// The time before which nothing may be asked of `u`'s forge, if it is still ahead.
 pub fn blocked(u: &url::Url) -> Option<SystemTime> {
     let now = SystemTime::now();

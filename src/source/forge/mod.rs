@@ -289,16 +289,10 @@ impl ForgeSource {
             }
             Some(Conditional::Commit(_)) | None => {}
         }
-        if let Some(until) = limit::blocked(url) {
-            return Err(limit::refusal(url, until));
-        }
-        let resp = req.send().await.map_err(|e| classify(&e))?;
+        let resp = limit::send(url, req).await?;
         let status = resp.status();
         if status == StatusCode::NOT_MODIFIED && cond.is_some() {
             return Ok(None);
-        }
-        if let Some(until) = limit::note(url, status, resp.headers()) {
-            return Err(limit::refusal(url, until));
         }
         if !status.is_success() {
             let reason = match status {
@@ -452,21 +446,14 @@ impl ForgeSource {
     async fn last_commit(&self) -> Option<String> {
         let u = self.commits_url.as_ref()?;
         let headers = self.auth_headers().ok()?;
-        if limit::blocked(u).is_some() {
-            return None;
-        }
-        let resp = match self.client.get(u.clone()).headers(headers).send().await {
-            Ok(r) if limit::note(u, r.status(), r.headers()).is_some() => {
-                tracing::debug!("commits API: rate limited; no revision");
-                return None;
-            }
+        let resp = match limit::send(u, self.client.get(u.clone()).headers(headers)).await {
             Ok(r) if r.status().is_success() => r,
             Ok(r) => {
                 tracing::debug!(status = %r.status(), "commits API did not answer; no revision");
                 return None;
             }
             Err(e) => {
-                tracing::debug!(error = %classify(&e), "commits API unreachable; no revision");
+                tracing::debug!(error = %e.message, "commits API: no revision");
                 return None;
             }
         };

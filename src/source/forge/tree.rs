@@ -14,7 +14,7 @@ use base64::Engine;
 use reqwest::header::HeaderMap;
 
 use super::client::push_segments;
-use super::wire::{classify, read_capped};
+use super::wire::read_capped;
 use super::ForgeSource;
 use crate::config::SourceKind;
 use crate::model::conditional::Conditional;
@@ -86,21 +86,13 @@ impl ForgeSource {
         &self,
         u: url::Url,
     ) -> Result<(serde_json::Value, HeaderMap), FetchError> {
-        if let Some(until) = super::limit::blocked(&u) {
-            return Err(super::limit::refusal(&u, until));
-        }
-        let resp = self
+        let req = self
             .client
             .get(u.clone())
             .headers(self.auth_headers()?)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| classify(&e))?;
+            .header("Accept", "application/json");
+        let resp = super::limit::send(&u, req).await?;
         let status = resp.status();
-        if let Some(until) = super::limit::note(&u, status, resp.headers()) {
-            return Err(super::limit::refusal(&u, until));
-        }
         let shown = crate::util::redact::url(u.as_str());
         if !status.is_success() {
             return Err(FetchError::new(
@@ -215,20 +207,9 @@ impl ForgeSource {
         let mut u = api.repo.clone();
         if self.kind == SourceKind::Gitlab {
             push_segments(&mut u, &["blobs", sha, "raw"])?;
-            if let Some(until) = super::limit::blocked(&u) {
-                return Err(super::limit::refusal(&u, until));
-            }
-            let resp = self
-                .client
-                .get(u.clone())
-                .headers(self.auth_headers()?)
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
+            let req = self.client.get(u.clone()).headers(self.auth_headers()?);
+            let resp = super::limit::send(&u, req).await?;
             let status = resp.status();
-            if let Some(until) = super::limit::note(&u, status, resp.headers()) {
-                return Err(super::limit::refusal(&u, until));
-            }
             let shown = crate::util::redact::url(u.as_str());
             if !status.is_success() {
                 return Err(FetchError::new(
