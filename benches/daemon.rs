@@ -3,8 +3,12 @@
 //!
 //! Runs the real `rulekeeper run` binary as a child process and measures it from outside:
 //!
-//! - idle RSS / CPU with 1 file target, 1,000 file targets and 1,000 `forgejo` targets
-//!   polling a tiny fake forge served by this process (all unchanged upstream, 10 s interval);
+//! - idle RSS / CPU with 1 file target and 1,000 file targets (10 s interval);
+//! - the unchanged poll: 1 and 100 `forgejo` targets at 1 s and 1,000 at 10 s, against the
+//!   forge stand-in in `common/forge.rs` over plain HTTP and over TLS (a test CA), with CPU
+//!   and syscalls (`strace -c`) per poll; the daemon runs with a `NOTIFY_SOCKET`, as under
+//!   systemd;
+//! - `rulekeeper once` on one unchanged target: CPU per run;
 //! - push-to-live-file latency: change the content on the fake forge, POST the webhook, and
 //!   time until the live file on disk holds the new bytes.
 //!
@@ -18,20 +22,20 @@
 //! `RK_BENCH_WINDOW` idle measurement window in seconds (default 30),
 //! `RK_BENCH_SETTLE` seconds between ready and the window (default 5),
 //! `RK_BENCH_ITERS` latency iterations (default 100),
-//! `RK_BENCH_ONLY` comma list of `idle1,file1000,forge1000,latency` (default all).
+//! `RK_BENCH_STRACE` seconds of `strace -c` per unchanged-poll scenario (default 5),
+//! `RK_BENCH_ONCE_RUNS` runs of `rulekeeper once` (default 50),
+//! `RK_BENCH_ONLY` comma list of `idle1,file1000,poll1,poll100,poll1000,poll1-tls,
+//! poll100-tls,poll1000-tls,once,once-tls,latency` (default all).
 
-use std::convert::Infallible;
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{binary, cpu_seconds, env_u64, free_port, http, mib, selected, status_field, Daemon};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
+use common::forge::Forge;
+use common::{
+    binary, cpu_precise, cpu_seconds, env_u64, free_port, http, mib, selected, status_field, Daemon,
+};
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
@@ -58,154 +62,6 @@ fn scrape(port: u16) -> (f64, usize, Duration) {
     (cycles, body.len(), took)
 }
 
-/// How many targets wrote their state file (once per cycle) since `since`.
-fn targets_polled_since(state_dir: &Path, since: std::time::SystemTime) -> usize {
-    let Ok(rd) = std::fs::read_dir(state_dir) else {
-        return 0;
-    };
-    rd.flatten()
-        .filter(|e| {
-            std::fs::metadata(e.path().join("state.json"))
-                .and_then(|m| m.modified())
-                .map(|m| m >= since)
-                .unwrap_or(false)
-        })
-        .count()
-}
-
-// ---------------------------------------------------------------------------------------
-// The fake forge: Forgejo's raw-file and commits APIs, conditional on ETag
-// ---------------------------------------------------------------------------------------
-
-struct ForgeState {
-    /// (version, content); the ETag is the content's git blob id, as Forgejo's raw API sends
-    /// it (rulekeeper checks the bytes against it), the commit sha the version in hex.
-    content: Mutex<(u64, Vec<u8>)>,
-    raw_200: AtomicU64,
-    raw_304: AtomicU64,
-    commits: AtomicU64,
-}
-
-struct Forge {
-    port: u16,
-    state: Arc<ForgeState>,
-    _rt: tokio::runtime::Runtime,
-}
-
-impl Forge {
-    fn start(initial: &[u8]) -> Forge {
-        let state = Arc::new(ForgeState {
-            content: Mutex::new((1, initial.to_vec())),
-            raw_200: AtomicU64::new(0),
-            raw_304: AtomicU64::new(0),
-            commits: AtomicU64::new(0),
-        });
-        // Its own runtime, on one thread, so it does not compete much with the daemon.
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let st = state.clone();
-        rt.spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(forge_route(&st, req)) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Forge {
-            port,
-            state,
-            _rt: rt,
-        }
-    }
-
-    fn set(&self, content: &[u8]) {
-        let mut c = self.state.content.lock().unwrap();
-        c.0 += 1;
-        c.1 = content.to_vec();
-    }
-
-    fn requests(&self) -> (u64, u64, u64) {
-        (
-            self.state.raw_200.load(Ordering::Relaxed),
-            self.state.raw_304.load(Ordering::Relaxed),
-            self.state.commits.load(Ordering::Relaxed),
-        )
-    }
-}
-
-/// The git blob id of `body` (`git hash-object`).
-fn blob_id(body: &[u8]) -> String {
-    use sha1::Digest;
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {}\0", body.len()).as_bytes());
-    h.update(body);
-    hex::encode(h.finalize())
-}
-
-fn forge_route(st: &ForgeState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    // api/v1/repos/{o}/{r}/raw/{path...}  |  api/v1/repos/{o}/{r}/commits
-    let is_repo = parts.len() >= 6 && parts[..3] == ["api", "v1", "repos"];
-    let (ver, body) = {
-        let c = st.content.lock().unwrap();
-        (c.0, c.1.clone())
-    };
-    if is_repo && parts[5] == "raw" && parts.len() >= 7 {
-        let etag = format!("\"{}\"", blob_id(&body));
-        let inm = req
-            .headers()
-            .get(hyper::header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok());
-        if inm == Some(etag.as_str()) {
-            st.raw_304.fetch_add(1, Ordering::Relaxed);
-            return Response::builder()
-                .status(StatusCode::NOT_MODIFIED)
-                .header("ETag", etag)
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-        }
-        st.raw_200.fetch_add(1, Ordering::Relaxed);
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header("ETag", etag)
-            .header("Content-Type", "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from(body)))
-            .unwrap();
-    }
-    if is_repo && parts[5] == "commits" && parts.len() == 6 {
-        st.commits.fetch_add(1, Ordering::Relaxed);
-        let json = format!("[{{\"sha\":\"{ver:040x}\"}}]");
-        return Response::builder()
-            .status(StatusCode::OK)
-            .header("Content-Type", "application/json")
-            .body(Full::new(Bytes::from(json)))
-            .unwrap();
-    }
-    Response::builder()
-        .status(StatusCode::NOT_FOUND)
-        .body(Full::new(Bytes::from_static(b"not found\n")))
-        .unwrap()
-}
-
 // ---------------------------------------------------------------------------------------
 // Scenarios
 // ---------------------------------------------------------------------------------------
@@ -219,7 +75,11 @@ fn rules(n: u64) -> Vec<u8> {
 
 enum Kind {
     File,
-    Forge(u16),
+    /// A forgejo source at this base URL, with this CA file (TLS).
+    Forge {
+        base: String,
+        ca: Option<PathBuf>,
+    },
 }
 
 fn config(dir: &Path, port: u16, n: usize, kind: &Kind, interval: &str, webhook: bool) -> String {
@@ -232,6 +92,8 @@ fn config(dir: &Path, port: u16, n: usize, kind: &Kind, interval: &str, webhook:
     if webhook {
         std::fs::write(dir.join("secret"), "bench-secret\n").unwrap();
     }
+    // A read token, as a private repository needs: its file is part of every request.
+    std::fs::write(dir.join("token"), "bench-token\n").unwrap();
     for i in 0..n {
         let name = format!("t{i:04}");
         let source = match kind {
@@ -240,8 +102,12 @@ fn config(dir: &Path, port: u16, n: usize, kind: &Kind, interval: &str, webhook:
                 std::fs::write(&up, rules(0)).unwrap();
                 format!("{{kind: file, path: {}}}", up.display())
             }
-            Kind::Forge(fp) => format!(
-                "{{kind: forgejo, base_url: \"http://127.0.0.1:{fp}\", repo: o/r, path: {name}.yaml, ref: master}}"
+            Kind::Forge { base, ca } => format!(
+                "{{kind: forgejo, base_url: \"{base}\", repo: o/r, path: {name}.yaml, ref: master, token_file: {}{}}}",
+                dir.join("token").display(),
+                ca.as_ref()
+                    .map(|c| format!(", ca_file: {}", c.display()))
+                    .unwrap_or_default()
             ),
         };
         y.push_str(&format!(
@@ -261,106 +127,321 @@ fn config(dir: &Path, port: u16, n: usize, kind: &Kind, interval: &str, webhook:
 struct IdleResult {
     name: String,
     targets: usize,
+    interval: Duration,
     boot: Duration,
-    boot_cpu: f64,
     rss_end_kb: u64,
     rss_max_kb: u64,
     hwm_kb: u64,
-    anon_kb: u64,
     cpu_pct: f64,
+    cpu_secs: f64,
     threads: u64,
     fds: usize,
-    polled: usize,
-    window: f64,
-    cycles_total: f64,
+    /// `rulekeeper_cycles_total` over the settle time and the window.
+    cycles: f64,
     scrape_bytes: usize,
     scrape_time: Duration,
     rss_after_scrape_kb: u64,
-    forge_reqs: Option<(u64, u64, u64)>,
+    /// What the forge saw in the window: (200s, 304s, commits calls, new connections).
+    forge_reqs: Option<(u64, u64, u64, u64)>,
+    /// Syscalls per unchanged poll (strace -c over its own, shorter window), and the kinds.
+    syscalls: Option<Syscalls>,
     rss_target_mib: f64,
     cpu_target_pct: Option<f64>,
+    /// The goal for one unchanged poll's CPU, in ms (issue 32).
+    poll_target_ms: Option<f64>,
 }
 
-fn idle(
-    bin: &Path,
-    name: &str,
-    n: usize,
-    forge: Option<&Forge>,
+impl IdleResult {
+    /// CPU per unchanged poll, in ms: the window's CPU over the 304s the forge answered.
+    fn ms_per_poll(&self) -> Option<f64> {
+        let (_, nm, _, _) = self.forge_reqs?;
+        (nm > 0).then(|| self.cpu_secs * 1e3 / nm as f64)
+    }
+}
+
+struct Syscalls {
+    per_poll: f64,
+    /// The most frequent kinds, per poll.
+    kinds: Vec<(String, f64)>,
+}
+
+/// Counts the daemon's syscalls with `strace -c` for `secs`, divided by the 304s the forge
+/// answered meanwhile. None (said on stderr) without strace or when it cannot attach.
+fn count_syscalls(pid: u32, forge: &Forge, secs: u64) -> Option<Syscalls> {
+    let tids: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let out = tempfile::NamedTempFile::new().ok()?;
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-c", "-q", "-U", "name,calls", "-o"])
+        .arg(out.path());
+    for t in &tids {
+        cmd.args(["-p", t]);
+    }
+    let mut child = match cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "!!! syscalls not counted: cannot run strace ({e}); install it (Debian: strace)"
+            );
+            return None;
+        }
+    };
+    // Attaching takes a moment; the count starts once it has.
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, nm0, _, _) = forge.requests();
+    std::thread::sleep(Duration::from_secs(secs));
+    let (_, nm1, _, _) = forge.requests();
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+    }
+    let _ = child.wait();
+    let text = std::fs::read_to_string(out.path()).ok()?;
+    let polls = (nm1 - nm0).max(1) as f64;
+    let mut total = None;
+    let mut kinds = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(name), Some(calls)) = (f.next(), f.next().and_then(|c| c.parse::<f64>().ok()))
+        else {
+            continue;
+        };
+        if name == "total" {
+            total = Some(calls);
+        } else {
+            kinds.push((name.to_string(), calls / polls));
+        }
+    }
+    let Some(total) = total else {
+        eprintln!("!!! syscalls not counted: strace printed no total (ptrace not allowed?)");
+        return None;
+    };
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds.truncate(8);
+    Some(Syscalls {
+        per_poll: total / polls,
+        kinds,
+    })
+}
+
+/// `rulekeeper_cycles_total` summed, from one scrape.
+fn cycles_now(port: u16) -> f64 {
+    scrape(port).0
+}
+
+/// A datagram socket standing for systemd's notify socket, drained by a thread until dropped:
+/// the daemon then sends its STATUS= lines as it does under systemd.
+struct NotifySocket {
+    path: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut n = 0;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+        NotifySocket {
+            path,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops the drain; how many messages it read.
+    fn close(mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What one idle scenario runs.
+struct Scenario<'a> {
+    name: &'a str,
+    targets: usize,
+    interval: Duration,
+    forge: Option<&'a Forge>,
     rss_target_mib: f64,
     cpu_target_pct: Option<f64>,
-) -> IdleResult {
+    poll_target_ms: Option<f64>,
+}
+
+fn idle(bin: &Path, sc: &Scenario<'_>) -> IdleResult {
+    let (name, n, forge) = (sc.name, sc.targets, sc.forge);
     let window = Duration::from_secs(env_u64("RK_BENCH_WINDOW", 30));
-    let settle = Duration::from_secs(env_u64("RK_BENCH_SETTLE", 5));
+    // Steady state is the third poll after boot: the first after the boot's apply writes its
+    // new outcome, and the file read back once more before its stamp is trusted.
+    let settle = Duration::from_secs(env_u64("RK_BENCH_SETTLE", 5)).max(sc.interval * 3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let port = free_port();
     let kind = match forge {
-        Some(f) => Kind::Forge(f.port),
+        Some(f) => Kind::Forge {
+            base: f.base_url(),
+            ca: f.ca_file.clone(),
+        },
         None => Kind::File,
     };
-    let cfg = config(dir, port, n, &kind, "10s", false);
-    eprintln!("[{name}] starting rulekeeper with {n} target(s)");
-    let mut d = Daemon::start(bin, dir, &cfg, port);
+    let interval = format!("{}ms", sc.interval.as_millis());
+    let cfg = config(dir, port, n, &kind, &interval, false);
+    eprintln!("[{name}] starting rulekeeper with {n} target(s), interval {interval}");
+    let notify = NotifySocket::bind(dir);
+    let mut d = Daemon::start_with(
+        bin,
+        dir,
+        &cfg,
+        port,
+        &[("NOTIFY_SOCKET", notify.path.as_os_str())],
+    );
     let boot = d.wait_healthy(Duration::from_secs(150), dir);
     let pid = d.pid();
-    let boot_cpu = cpu_seconds(pid);
-    eprintln!("[{name}] healthy after {boot:.2?} ({boot_cpu:.2} s CPU); settling {settle:?}, then measuring {window:?}");
+    eprintln!("[{name}] healthy after {boot:.2?} ({:.2} s CPU); settling {settle:?}, then measuring {window:?}", cpu_seconds(pid));
+    let cycles0 = cycles_now(port);
     std::thread::sleep(settle);
-    // No /metrics scrape before or during the window: rendering 1,000 targets' series is
-    // itself a large allocation (measured separately at the end).
+    // No /metrics scrape in the window: rendering 1,000 targets' series is itself a large
+    // allocation (measured separately at the end).
     let f0 = forge.map(|f| f.requests());
-    let wall0 = std::time::SystemTime::now();
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = cpu_precise(pid);
     let t0 = Instant::now();
     let mut rss_max = 0;
     while t0.elapsed() < window {
         rss_max = rss_max.max(status_field(pid, "VmRSS"));
         std::thread::sleep(Duration::from_millis(500));
     }
-    let cpu1 = cpu_seconds(pid);
+    let cpu1 = cpu_precise(pid);
     let secs = t0.elapsed().as_secs_f64();
     let f1 = forge.map(|f| f.requests());
     let rss_end = status_field(pid, "VmRSS");
     let hwm = status_field(pid, "VmHWM");
-    let anon = status_field(pid, "RssAnon");
     let threads = status_field(pid, "Threads");
     let fds = open_fds(pid);
-    let polled = targets_polled_since(&dir.join("state").join("targets"), wall0);
+    let syscalls = forge.and_then(|f| count_syscalls(pid, f, env_u64("RK_BENCH_STRACE", 5)));
     let (cycles_total, scrape_bytes, scrape_time) = scrape(port);
     std::thread::sleep(Duration::from_millis(200));
     let rss_after_scrape_kb = status_field(pid, "VmRSS");
     let r = IdleResult {
         name: name.to_string(),
         targets: n,
+        interval: sc.interval,
         boot,
-        boot_cpu,
         rss_end_kb: rss_end,
         rss_max_kb: rss_max.max(rss_end),
         hwm_kb: hwm,
-        anon_kb: anon,
         cpu_pct: (cpu1 - cpu0) / secs * 100.0,
+        cpu_secs: cpu1 - cpu0,
         threads,
         fds,
-        polled,
-        window: secs,
-        cycles_total,
+        cycles: cycles_total - cycles0,
         scrape_bytes,
         scrape_time,
         rss_after_scrape_kb,
         forge_reqs: match (f0, f1) {
-            (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1, b.2 - a.2)),
+            (Some(a), Some(b)) => Some((b.0 - a.0, b.1 - a.1, b.2 - a.2, b.3 - a.3)),
             _ => None,
         },
-        rss_target_mib,
-        cpu_target_pct,
+        syscalls,
+        rss_target_mib: sc.rss_target_mib,
+        cpu_target_pct: sc.cpu_target_pct,
+        poll_target_ms: sc.poll_target_ms,
     };
     d.stop();
+    let notes = notify.close();
     eprintln!(
-        "[{name}] RSS {:.1} MiB (max {:.1}, peak {:.1}), CPU {:.2}% of one core, {}/{} targets polled in {:.0} s; after one /metrics scrape ({:.1} MB in {:.0?}) RSS {:.1} MiB",
-        mib(r.rss_end_kb), mib(r.rss_max_kb), mib(r.hwm_kb), r.cpu_pct, r.polled, n, r.window,
+        "[{name}] RSS {:.1} MiB (max {:.1}, peak {:.1}), CPU {:.2}% of one core ({} per poll), {:.0} cycles in settle+window, {notes} notify messages; after one /metrics scrape ({:.1} MB in {:.0?}) RSS {:.1} MiB",
+        mib(r.rss_end_kb), mib(r.rss_max_kb), mib(r.hwm_kb), r.cpu_pct,
+        r.ms_per_poll().map(|m| format!("{m:.3} ms")).unwrap_or_else(|| "-".into()),
+        r.cycles,
         r.scrape_bytes as f64 / 1e6, r.scrape_time, mib(r.rss_after_scrape_kb)
     );
     r
+}
+
+/// `rulekeeper once` on one unchanged forgejo target, `runs` times: mean CPU (user + system,
+/// from the children's rusage) and wall time per run.
+struct OnceResult {
+    runs: usize,
+    cpu_ms: f64,
+    wall_ms: f64,
+    tls: bool,
+}
+
+fn children_cpu() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+    }
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn once(bin: &Path, forge: &Forge) -> OnceResult {
+    let runs = env_u64("RK_BENCH_ONCE_RUNS", 50) as usize;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let kind = Kind::Forge {
+        base: forge.base_url(),
+        ca: forge.ca_file.clone(),
+    };
+    let cfg = dir.join("rulekeeper.yaml");
+    std::fs::write(&cfg, config(dir, free_port(), 1, &kind, "1h", false)).unwrap();
+    let run = || {
+        let out = std::process::Command::new(bin)
+            .arg("once")
+            .arg("-c")
+            .arg(&cfg)
+            .env("RULEKEEPER_LOG", "warn")
+            .output()
+            .expect("cannot run rulekeeper once");
+        assert!(
+            out.status.success(),
+            "rulekeeper once failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    // The first run installs the file; the rest find it unchanged.
+    run();
+    let (cpu0, t0) = (children_cpu(), Instant::now());
+    for _ in 0..runs {
+        let out = run();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("unchanged"), "not an unchanged cycle: {text}");
+    }
+    OnceResult {
+        runs,
+        cpu_ms: (children_cpu() - cpu0) * 1e3 / runs as f64,
+        wall_ms: t0.elapsed().as_secs_f64() * 1e3 / runs as f64,
+        tls: forge.ca_file.is_some(),
+    }
 }
 
 struct LatencyResult {
@@ -373,11 +454,15 @@ struct LatencyResult {
 
 fn latency(bin: &Path) -> LatencyResult {
     let iters = env_u64("RK_BENCH_ITERS", 100) as usize;
-    let forge = Forge::start(&rules(0));
+    let forge = Forge::start(&rules(0), false);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let port = free_port();
-    let cfg = config(dir, port, 1, &Kind::Forge(forge.port), "1h", true);
+    let kind = Kind::Forge {
+        base: forge.base_url(),
+        ca: None,
+    };
+    let cfg = config(dir, port, 1, &kind, "1h", true);
     let live = dir.join("live").join("t0000.yaml");
     eprintln!("[latency] starting rulekeeper (1 forgejo target, interval 1h, webhook)");
     let mut d = Daemon::start(bin, dir, &cfg, port);
@@ -465,37 +550,81 @@ fn main() {
     println!();
 
     let mut idles = Vec::new();
+    let secs = Duration::from_secs;
     if selected("idle1") {
-        idles.push(idle(&bin, "file x1", 1, None, 12.0, None));
-    }
-    if selected("file1000") {
-        idles.push(idle(&bin, "file x1000", 1000, None, 64.0, Some(5.0)));
-    }
-    if selected("forge1000") {
-        let forge = Forge::start(&rules(0));
         idles.push(idle(
             &bin,
-            "forgejo x1000",
-            1000,
-            Some(&forge),
-            64.0,
-            Some(5.0),
+            &Scenario {
+                name: "file x1",
+                targets: 1,
+                interval: secs(10),
+                forge: None,
+                rss_target_mib: 12.0,
+                cpu_target_pct: None,
+                poll_target_ms: None,
+            },
         ));
+    }
+    if selected("file1000") {
+        idles.push(idle(
+            &bin,
+            &Scenario {
+                name: "file x1000",
+                targets: 1000,
+                interval: secs(10),
+                forge: None,
+                rss_target_mib: 64.0,
+                cpu_target_pct: Some(5.0),
+                poll_target_ms: None,
+            },
+        ));
+    }
+    // The unchanged poll (issue 32): 1 and 100 targets at 1 s, 1,000 at 10 s, over plain
+    // HTTP and over TLS; goals 0.1 ms (HTTP) and 0.15 ms (TLS) of CPU per poll.
+    for tls in [false, true] {
+        let forge = Forge::start(&rules(0), tls);
+        let (suffix, goal) = if tls { ("-tls", 0.15) } else { ("", 0.1) };
+        for (n, every, rss) in [(1, 1, 12.0), (100, 1, 24.0), (1000, 10, 64.0)] {
+            let key = format!("poll{n}{suffix}");
+            if !selected(&key) {
+                continue;
+            }
+            let name = format!("forgejo{} x{n} @{every}s", if tls { " TLS" } else { "" });
+            idles.push(idle(
+                &bin,
+                &Scenario {
+                    name: &name,
+                    targets: n,
+                    interval: secs(every),
+                    forge: Some(&forge),
+                    rss_target_mib: rss,
+                    cpu_target_pct: None,
+                    poll_target_ms: Some(goal),
+                },
+            ));
+        }
+    }
+    let mut onces = Vec::new();
+    for tls in [false, true] {
+        if selected(if tls { "once-tls" } else { "once" }) {
+            let forge = Forge::start(&rules(0), tls);
+            onces.push(once(&bin, &forge));
+        }
     }
     let lat = selected("latency").then(|| latency(&bin));
 
     println!();
     if !idles.is_empty() {
-        println!("Idle (interval 10 s, upstream unchanged)");
+        println!("Idle (upstream unchanged)");
         println!(
             "RSS/CPU columns cover the idle window only (no /metrics scrape before or in it);"
         );
         println!("\"after scrape\" is VmRSS after one GET /metrics at the end of the window.");
         println!(
-            "| scenario      | targets | boot s | boot CPU s | RSS MiB | RSS max | VmHWM | RssAnon | CPU % core | threads | fds  | polled/window  | target           | verdict | /metrics | scrape ms | after scrape MiB |"
+            "| scenario               | targets | interval | boot s | RSS MiB | RSS max | VmHWM | CPU % core | threads | fds  | cycles | target            | verdict | /metrics | after scrape MiB |"
         );
         println!(
-            "|---------------|--------:|-------:|-----------:|--------:|--------:|------:|--------:|-----------:|--------:|-----:|---------------:|------------------|---------|---------:|----------:|-----------------:|"
+            "|------------------------|--------:|---------:|-------:|--------:|--------:|------:|-----------:|--------:|-----:|-------:|-------------------|---------|---------:|-----------------:|"
         );
         for r in &idles {
             let rss_ok = mib(r.rss_max_kb) <= r.rss_target_mib;
@@ -505,38 +634,79 @@ fn main() {
                 None => format!("<= {} MiB", r.rss_target_mib),
             };
             println!(
-                "| {:<13} | {:>7} | {:>6.2} | {:>10.2} | {:>7.1} | {:>7.1} | {:>5.1} | {:>7.1} | {:>10.2} | {:>7} | {:>4} | {:>5} in {:>3.0} s | {:<16} | {:<7} | {:>5.1} MB | {:>9.0} | {:>16.1} |",
+                "| {:<22} | {:>7} | {:>6.0} s | {:>6.2} | {:>7.1} | {:>7.1} | {:>5.1} | {:>10.2} | {:>7} | {:>4} | {:>6.0} | {:<17} | {:<7} | {:>5.1} MB | {:>16.1} |",
                 r.name,
                 r.targets,
+                r.interval.as_secs_f64(),
                 r.boot.as_secs_f64(),
-                r.boot_cpu,
                 mib(r.rss_end_kb),
                 mib(r.rss_max_kb),
                 mib(r.hwm_kb),
-                mib(r.anon_kb),
                 r.cpu_pct,
                 r.threads,
                 r.fds,
-                r.polled,
-                r.window,
+                r.cycles,
                 target,
                 if rss_ok && cpu_ok { "PASS" } else { "MISS" },
                 r.scrape_bytes as f64 / 1e6,
-                r.scrape_time.as_secs_f64() * 1e3,
                 mib(r.rss_after_scrape_kb),
             );
         }
-        for r in &idles {
+        println!();
+        let polls: Vec<&IdleResult> = idles.iter().filter(|r| r.forge_reqs.is_some()).collect();
+        if !polls.is_empty() {
             println!(
-                "  {}: rulekeeper_cycles_total since start = {}",
-                r.name, r.cycles_total
+                "Unchanged poll (forgejo, a 304 each; CPU over the window divided by the 304s)"
             );
-            if let Some((ok, nm, commits)) = r.forge_reqs {
+            println!("| scenario               | polls | 200s | new conns | CPU ms/poll | goal ms | verdict | syscalls/poll | most frequent (per poll) |");
+            println!("|------------------------|------:|-----:|----------:|------------:|--------:|---------|--------------:|--------------------------|");
+            for r in polls {
+                let (ok, nm, _, conns) = r.forge_reqs.unwrap_or_default();
+                let per = r.ms_per_poll();
+                let goal = r.poll_target_ms.unwrap_or(f64::NAN);
+                let verdict = match per {
+                    Some(p) if p <= goal && mib(r.rss_max_kb) <= r.rss_target_mib => "PASS",
+                    _ => "MISS",
+                };
+                let (sys, kinds) = match &r.syscalls {
+                    Some(s) => (
+                        format!("{:.1}", s.per_poll),
+                        s.kinds
+                            .iter()
+                            .map(|(k, v)| format!("{k} {v:.1}"))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    None => ("-".into(), "-".into()),
+                };
                 println!(
-                    "  {}: fake forge saw {ok} x 200, {nm} x 304, {commits} commits calls during the window",
-                    r.name
+                    "| {:<22} | {:>5} | {:>4} | {:>9} | {:>11.3} | {:>7.2} | {:<7} | {:>13} | {} |",
+                    r.name,
+                    nm,
+                    ok,
+                    conns,
+                    per.unwrap_or(f64::NAN),
+                    goal,
+                    verdict,
+                    sys,
+                    kinds
                 );
             }
+            println!();
+        }
+    }
+    if !onces.is_empty() {
+        println!("`rulekeeper once` on one unchanged forgejo target (a process each run)");
+        println!("| scheme | runs | CPU ms/run | wall ms/run |");
+        println!("|--------|-----:|-----------:|------------:|");
+        for o in &onces {
+            println!(
+                "| {:<6} | {:>4} | {:>10.2} | {:>11.2} |",
+                if o.tls { "https" } else { "http" },
+                o.runs,
+                o.cpu_ms,
+                o.wall_ms
+            );
         }
         println!();
     }

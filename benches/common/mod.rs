@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod forge;
+
 pub fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -86,6 +88,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bin: &Path, dir: &Path, config_yaml: &str, port: u16) -> Daemon {
+        Daemon::start_with(bin, dir, config_yaml, port, &[])
+    }
+
+    /// [`Daemon::start`] with more environment (a `NOTIFY_SOCKET`, as under systemd).
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        config_yaml: &str,
+        port: u16,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Daemon {
         let cfg = dir.join("rulekeeper.yaml");
         std::fs::write(&cfg, config_yaml).unwrap();
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
@@ -97,6 +110,7 @@ impl Daemon {
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
             .env("RULEKEEPER_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -167,4 +181,34 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     (ut + st) / clk_tck()
+}
+
+/// CPU time of a process in seconds, in nanoseconds' precision: the sum of its threads'
+/// on-CPU time (`/proc/PID/task/*/schedstat`). Threads that exited are not counted, so a
+/// window is measured on a daemon whose threads live through it; without schedstat,
+/// [`cpu_seconds`] (clock ticks).
+pub fn cpu_precise(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return cpu_seconds(pid);
+    };
+    let mut ns = 0u64;
+    let mut any = false;
+    for t in tasks.flatten() {
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(v) = s
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            ns += v;
+            any = true;
+        }
+    }
+    if any {
+        ns as f64 / 1e9
+    } else {
+        cpu_seconds(pid)
+    }
 }

@@ -19,6 +19,7 @@ use crate::service::powersync::DeployError;
 use crate::service::validate;
 use crate::service::verify::{self, VerifyError};
 use crate::store::install::{self, Candidate};
+use crate::store::lock;
 use crate::store::state::{self, Applied, GateWait, Pending, PendingStage, Quarantine};
 use crate::util::digest::short;
 
@@ -381,7 +382,7 @@ impl Runner<'_, '_> {
         Live::good(sha.clone(), revision)
     }
 
-    pub(super) async fn unit_lock(&self) -> Result<Option<state::LockGuard>, CycleError> {
+    pub(super) async fn unit_lock(&self) -> Result<Option<lock::LockGuard>, CycleError> {
         // Restarts and reloads of one unit take turns across targets.
         let unit = match self.t().restart.kind() {
             RestartKind::Systemd(unit) | RestartKind::SystemdReload(unit) => unit,
@@ -392,7 +393,7 @@ impl Runner<'_, '_> {
             _ => return Ok(None),
         };
         let dir = self.ctx.state_dir.clone();
-        let g = super::blocking_lock(move || state::unit_lock(&dir, &unit)).await??;
+        let g = super::blocking_lock(move || lock::unit_lock(&dir, &unit)).await??;
         Ok(Some(g))
     }
 

@@ -40,6 +40,7 @@ use crate::model::reason::Reason;
 use crate::service::validate;
 use crate::source::Source;
 use crate::store::install;
+use crate::store::lock::{LockGuard, Wait};
 use crate::store::state::{self, StateError, Store, TargetState};
 
 #[derive(Debug, thiserror::Error)]
@@ -186,8 +187,7 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Request) -> Result<Report, CycleError> 
     // stays. Holding it too means a cycle started on a fresh state directory waits for one
     // still restarting on the old, instead of running beside it and adopting its unverified
     // file (targets whose live files share a directory take turns).
-    let live_dir = install::live_dir(&ctx.target.path).to_path_buf();
-    let _dir_lock = match blocking_lock(move || state::lock_dir(&live_dir)).await? {
+    let _dir_lock = match live_dir_lock(ctx).await? {
         Ok(l) => l,
         Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
     };
@@ -270,10 +270,9 @@ fn finish(
         }
     }
     let tried = st.quarantine.as_ref().map(|q| q.sha256.clone());
-    let saved = if loaded.is_some_and(|l| st.volatile_eq(l)) {
-        ctx.store.save_volatile(&st)
-    } else {
-        ctx.store.save(&st)
+    let saved = match loaded {
+        Some(l) => ctx.store.save_after(&st, l),
+        None => ctx.store.save(&st),
     };
     if let Err(e) = saved {
         if res.is_err() {
@@ -385,7 +384,12 @@ const SAY_WAITING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The target's lock, taken off the async threads; a wait of over a second is told to the
 /// observer (an operator's command prints it) with what the holder is doing.
-async fn target_lock(ctx: &Ctx<'_>) -> Result<Result<state::LockGuard, StateError>, CycleError> {
+async fn target_lock(ctx: &Ctx<'_>) -> Result<Result<LockGuard, StateError>, CycleError> {
+    // Free, as it is for nearly every poll: taken here, without a thread hand-off.
+    match ctx.store.try_lock() {
+        Err(StateError::Held { .. }) => {}
+        r => return Ok(r),
+    }
     let store = ctx.store.clone();
     let mut task = tokio::task::spawn_blocking(move || store.lock());
     let taken = tokio::select! {
@@ -400,6 +404,18 @@ async fn target_lock(ctx: &Ctx<'_>) -> Result<Result<state::LockGuard, StateErro
         }
     };
     r.map_err(|e| CycleError::Internal(format!("lock task failed: {e}")))
+}
+
+/// The lock on the live file's directory (see [`run`]), tried first without waiting, then
+/// waited for off the async threads.
+async fn live_dir_lock(ctx: &Ctx<'_>) -> Result<Result<LockGuard, StateError>, CycleError> {
+    let dir = install::live_dir(&ctx.target.path).to_path_buf();
+    match ctx.store.lock_live_dir(&dir, Wait::Try) {
+        Err(StateError::Held { .. }) => {}
+        r => return Ok(r),
+    }
+    let store = ctx.store.clone();
+    blocking_lock(move || store.lock_live_dir(&dir, Wait::Block)).await
 }
 
 /// Takes a lock (which blocks) off the async threads.
@@ -549,8 +565,17 @@ impl Runner<'_, '_> {
         }
     }
 
+    /// The live file's bytes, read now; its stamp and hash are kept, so the next poll can
+    /// know it without reading it (see `poll`).
     fn read_live(&self) -> Result<Option<Vec<u8>>, CycleError> {
-        Ok(install::read_live(&self.t().path, &self.t().file)?)
+        let t = self.t();
+        let (bytes, stamp) = match install::read_live_stamped(&t.path, &t.file)? {
+            Some(r) => (Some(r.bytes), r.stamp),
+            None => (None, None),
+        };
+        let sha = bytes.as_deref().map(Sha256::of);
+        self.ctx.store.remember_live(&t.path, stamp, sha.as_ref());
+        Ok(bytes)
     }
 
     /// The revision of the content last applied (what the live file is, as far as we know).

@@ -14,7 +14,7 @@ use crate::model::reason::Reason;
 use crate::service::validate;
 use crate::source::signature::Refusal;
 use crate::source::{FetchError, Fetched};
-use crate::store::state::{Applied, SourceMemo, Unsigned};
+use crate::store::state::{Applied, LiveMemo, SourceMemo, Unsigned};
 use crate::util::digest::short;
 
 /// Upstream as one fetch saw it.
@@ -75,21 +75,63 @@ impl Runner<'_, '_> {
     }
 
     pub(super) async fn poll(&mut self) -> Result<(), CycleError> {
-        let live = self.read_live()?;
-        let live_sha = live.as_deref().map(Sha256::of);
-        let mut up = match self.fetch(true).await {
+        let first = self.live_now()?;
+        let up = match self.fetch(true).await {
             Ok(u) => u,
-            Err(e) => return self.fetch_failed(e, live.as_deref()).await,
-        };
-        loop {
-            self.st.upstream_revision = up.revision.clone();
-            self.st.upstream_sha256 = Some(up.sha.clone());
-            // A wait is for one sha: new upstream content starts over.
-            if self.st.gate.as_ref().is_some_and(|g| g.sha256 != up.sha) {
-                self.st.gate = None;
+            Err(e) => {
+                let live = self.load(first)?;
+                return self.fetch_failed(e, live.as_deref()).await;
             }
+        };
+        // Most polls end here: upstream unchanged, the live file known by its stamp to
+        // hold it. Nothing is read.
+        if let LiveNow::Known(m) = &first {
+            if m.sha256 == up.sha {
+                self.note_upstream(&up);
+                return self.in_sync(&up, first).await;
+            }
+        }
+        let live = self.load(first)?;
+        self.compare(up, live).await
+    }
+
+    /// What upstream serves, as the state records it; a gate wait is for one sha, so new
+    /// upstream content starts it over.
+    fn note_upstream(&mut self, up: &Upstream) {
+        self.st.upstream_revision = up.revision.clone();
+        self.st.upstream_sha256 = Some(up.sha.clone());
+        if self.st.gate.as_ref().is_some_and(|g| g.sha256 != up.sha) {
+            self.st.gate = None;
+        }
+    }
+
+    /// The live file as this poll starts: known by its stamp, or read.
+    fn live_now(&self) -> Result<LiveNow, CycleError> {
+        let t = self.t();
+        if t.file.tree.is_none() {
+            if let Some(m) = self.ctx.store.live_known(&t.path) {
+                return Ok(LiveNow::Known(m));
+            }
+        }
+        Ok(LiveNow::Read(self.read_live()?))
+    }
+
+    /// The live file's bytes, read now if they were only known.
+    fn load(&self, live: LiveNow) -> Result<Option<Vec<u8>>, CycleError> {
+        match live {
+            LiveNow::Read(b) => Ok(b),
+            LiveNow::Known(_) => self.read_live(),
+        }
+    }
+
+    /// Upstream against the live file's bytes: in sync, quarantined, held, unsigned, or new
+    /// content (or drift) for `apply`.
+    async fn compare(&mut self, mut up: Upstream, live: Option<Vec<u8>>) -> Result<(), CycleError> {
+        let live_sha = live.as_deref().map(Sha256::of);
+        loop {
+            self.note_upstream(&up);
             if live_sha.as_deref() == Some(up.sha.as_str()) {
-                return self.in_sync(&up, live.as_deref()).await;
+                return self.in_sync(&up, LiveNow::Read(live)).await;
             }
             if let Some(q) = self.st.quarantine.as_ref().filter(|q| q.sha256 == up.sha) {
                 let why = Reason::Quarantined {
@@ -199,8 +241,9 @@ impl Runner<'_, '_> {
         Ok(true)
     }
 
-    async fn in_sync(&mut self, up: &Upstream, live: Option<&[u8]>) -> Result<(), CycleError> {
+    async fn in_sync(&mut self, up: &Upstream, live: LiveNow) -> Result<(), CycleError> {
         if let Some(q) = self.st.quarantine.clone().filter(|q| q.sha256 == up.sha) {
+            let live = self.load(live)?;
             // The live file is content that failed: a first apply with nothing to roll back
             // to, or a hand edit that restored it. Never adopt it as good, never clear it.
             let why = format!(
@@ -209,7 +252,11 @@ impl Runner<'_, '_> {
                 q.reason
             );
             return self
-                .leave(Outcome::Quarantined, Some(Reason::Stopped(why)), live)
+                .leave(
+                    Outcome::Quarantined,
+                    Some(Reason::Stopped(why)),
+                    live.as_deref(),
+                )
                 .await;
         }
         let adopt = match &self.st.applied {
@@ -234,7 +281,24 @@ impl Runner<'_, '_> {
         self.st.unsigned = None;
         self.st.gate = None;
         // Content we applied was validated then; this also covers a file found in place.
-        let usable = validate::usable_builtin(&self.t().validate, live);
+        // The verdict follows from the bytes alone, so it is kept with the live file's stamp.
+        let (usable, live) = match live {
+            LiveNow::Known(LiveMemo {
+                usable: Some(u), ..
+            }) => (
+                u,
+                LiveNow::Known(LiveMemo {
+                    sha256: up.sha.clone(),
+                    usable: Some(u),
+                }),
+            ),
+            other => {
+                let bytes = self.load(other)?;
+                let u = validate::usable_builtin(&self.t().validate, bytes.as_deref());
+                self.ctx.store.remember_usable(&up.sha, u);
+                (u, LiveNow::Read(bytes))
+            }
+        };
         self.rep.end(Verdict::success(
             Outcome::Unchanged,
             None,
@@ -244,6 +308,16 @@ impl Runner<'_, '_> {
                 revision: up.revision.clone(),
             },
         ));
-        self.converge_service(live).await
+        if self.t().restart.deploy().is_none() {
+            return Ok(());
+        }
+        let live = self.load(live)?;
+        self.converge_service(live.as_deref()).await
     }
+}
+
+/// The live file as a poll has it: read, or known by its stamp without reading it.
+enum LiveNow {
+    Read(Option<Vec<u8>>),
+    Known(LiveMemo),
 }

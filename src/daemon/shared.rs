@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Target};
 use crate::daemon::poster::Poster;
+use crate::model::labels::Outcome;
 use crate::observe::metrics::Metrics;
 use crate::store::state::Store;
 use crate::util::mutex;
@@ -59,10 +60,22 @@ pub struct Shared {
     loops: BTreeMap<String, LoopHandle>,
     ready: AtomicBool,
     epoch: Instant,
-    last_cycle: Mutex<String>,
+    last_cycle: Mutex<Option<LastCycle>>,
+    /// When `STATUS=` was last sent (see [`Shared::note_cycle`]).
+    status_sent: Mutex<Option<Instant>>,
     /// Targets whose last cycle could not save its state, and why: what `/status` reads from
     /// disk is older than what happened.
     unsaved: Mutex<BTreeMap<String, Unsaved>>,
+}
+
+/// How often an unchanged cycle may update `STATUS=`.
+pub const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// The last cycle, as `STATUS=` tells it.
+struct LastCycle {
+    at: chrono::DateTime<chrono::Utc>,
+    target: String,
+    outcome: Outcome,
 }
 
 /// A target's cycle whose state could not be saved.
@@ -99,7 +112,8 @@ impl Shared {
             loops,
             ready: AtomicBool::new(false),
             epoch: Instant::now(),
-            last_cycle: Mutex::new(String::new()),
+            last_cycle: Mutex::new(None),
+            status_sent: Mutex::new(None),
             unsaved: Mutex::new(BTreeMap::new()),
         }
     }
@@ -207,11 +221,27 @@ impl Shared {
     }
 
     /// Notes a finished cycle for `STATUS=`.
-    pub fn note_cycle(&self, target: &str, in_sync: bool, line: String) {
-        if let Some(l) = self.loops.get(target) {
-            l.in_sync.store(in_sync, Ordering::SeqCst);
+    /// Notes a finished cycle; true when `STATUS=` is due: at once when a target's in-sync
+    /// flag flipped or the outcome is news, else at most every [`STATUS_EVERY`] (a daemon
+    /// of many targets would otherwise send systemd a message per unchanged poll).
+    pub fn note_cycle(&self, target: &str, in_sync: bool, outcome: Outcome) -> bool {
+        let flipped = self
+            .loops
+            .get(target)
+            .is_some_and(|l| l.in_sync.swap(in_sync, Ordering::SeqCst) != in_sync);
+        *mutex::lock(&self.last_cycle) = Some(LastCycle {
+            at: chrono::Utc::now(),
+            target: target.to_string(),
+            outcome,
+        });
+        let mut sent = mutex::lock(&self.status_sent);
+        let due = flipped
+            || outcome != Outcome::Unchanged
+            || sent.is_none_or(|t| t.elapsed() >= STATUS_EVERY);
+        if due {
+            *sent = Some(Instant::now());
         }
-        *mutex::lock(&self.last_cycle) = line;
+        due
     }
 
     /// The text for systemd's `STATUS=`.
@@ -222,11 +252,14 @@ impl Shared {
             .values()
             .filter(|l| l.in_sync.load(Ordering::SeqCst))
             .count();
-        let last = mutex::lock(&self.last_cycle).clone();
-        if last.is_empty() {
-            format!("{ok} of {n} targets in sync")
-        } else {
-            format!("{ok} of {n} targets in sync; last cycle {last}")
+        match &*mutex::lock(&self.last_cycle) {
+            None => format!("{ok} of {n} targets in sync"),
+            Some(c) => format!(
+                "{ok} of {n} targets in sync; last cycle {} ({} {})",
+                c.at.with_timezone(&chrono::Local).format("%H:%M:%S"),
+                c.target,
+                c.outcome.as_str()
+            ),
         }
     }
 }
@@ -280,10 +313,16 @@ mod tests {
         assert!(s.loops["t"].pending.load(Ordering::SeqCst));
         s.trigger("nope");
         assert_eq!(s.status_line(), "0 of 1 targets in sync");
-        s.note_cycle("t", true, "12:00:00 (t unchanged)".into());
-        assert_eq!(
-            s.status_line(),
-            "1 of 1 targets in sync; last cycle 12:00:00 (t unchanged)"
+        // The first cycle's status is due, the next unchanged one's not (within a second),
+        // a flip of the in-sync flag is.
+        assert!(s.note_cycle("t", true, Outcome::Unchanged));
+        let line = s.status_line();
+        assert!(
+            line.starts_with("1 of 1 targets in sync; last cycle ")
+                && line.ends_with(" (t unchanged)"),
+            "{line}"
         );
+        assert!(!s.note_cycle("t", true, Outcome::Unchanged));
+        assert!(s.note_cycle("t", false, Outcome::Unchanged));
     }
 }

@@ -38,17 +38,8 @@ fn record(shared: &Shared, rep: &Report) {
             }),
     );
     rep.log();
-    shared.note_cycle(
-        &rep.target,
-        rep.success,
-        format!(
-            "{} ({} {})",
-            chrono::Local::now().format("%H:%M:%S"),
-            rep.target,
-            rep.outcome.as_str()
-        ),
-    );
-    if shared.is_ready() && notify::enabled() {
+    let due = shared.note_cycle(&rep.target, rep.success, rep.outcome);
+    if due && shared.is_ready() && notify::enabled() {
         notify::status(&shared.status_line());
     }
 }
@@ -107,11 +98,20 @@ pub fn run(cfg: Config) -> anyhow::Result<Ended> {
     rt.block_on(daemon(cfg))
 }
 
+/// What the daemon keeps of a target for its whole life: its source (HTTP client, token) and
+/// its store (what it knows of the target's files without reading them, its kept locks).
+struct Kept {
+    source: Source,
+    store: Store,
+}
+
+type AllKept = Arc<BTreeMap<String, Kept>>;
+
 /// Every target's state directory, metric series and source, before anything is served.
-fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<String, Source>> {
+fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<String, Kept>> {
     let mut sources = BTreeMap::new();
     for t in cfg.targets.values() {
-        let store = Store::new(&cfg.state_dir, &t.name);
+        let store = Store::for_daemon(&cfg.state_dir, &t.name);
         store
             .ensure_dir()
             .with_context(|| format!("target `{}`: state directory", t.name))?;
@@ -131,15 +131,15 @@ fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<Stri
         }
         let src = Source::new(t, store.git_cache())
             .map_err(|e| anyhow::anyhow!("{}: target `{}`: {e}", cfg.file.display(), t.name))?;
-        sources.insert(t.name.clone(), src);
+        sources.insert(t.name.clone(), Kept { source: src, store });
     }
     Ok(sources)
 }
 
 /// `state_dir/daemon.lock`, held until the process exits: `status` reads it as "a daemon runs
 /// on this directory". A second daemon on the same directory is warned about, not refused.
-fn hold_state_dir(cfg: &Config) -> anyhow::Result<Option<crate::store::state::LockGuard>> {
-    match crate::store::state::daemon_lock(&cfg.state_dir) {
+fn hold_state_dir(cfg: &Config) -> anyhow::Result<Option<crate::store::lock::LockGuard>> {
+    match crate::store::lock::daemon_lock(&cfg.state_dir) {
         Ok(Some(g)) => Ok(Some(g)),
         Ok(None) => {
             tracing::warn!(state_dir = %cfg.state_dir.display(), "another rulekeeper daemon holds this state directory; both will work on its targets");
@@ -194,6 +194,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
         Boot::Ready { fetch_failing } => fetch_failing,
         Boot::ShutDown => {
             flush_posts(&shared).await;
+            flush_times(&sources).await;
             return Ok(Ended::Stopped);
         }
         Boot::Failed(names) => {
@@ -234,6 +235,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
         let _ = t.await;
     }
     flush_posts(&shared).await;
+    flush_times(&sources).await;
     tracing::info!("stopped");
     Ok(Ended::Stopped)
 }
@@ -251,7 +253,7 @@ enum Boot {
 /// after one try whatever upstream says; one without retries until `startup_timeout`.
 async fn boot(
     shared: &Arc<Shared>,
-    sources: &Arc<BTreeMap<String, Source>>,
+    sources: &AllKept,
     stop: &Stop,
     mut shutdown: watch::Receiver<bool>,
 ) -> Boot {
@@ -355,18 +357,35 @@ async fn flush_posts(shared: &Shared) {
     }
 }
 
+/// Writes the times of routine cycles kept in memory only (`Store::save_after`), so a
+/// stopped daemon's `status` is exact.
+async fn flush_times(kept: &AllKept) {
+    let kept = kept.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        for (name, k) in kept.iter() {
+            if let Err(e) = k.store.flush_times() {
+                tracing::warn!(target_name = %name, error = %e, "cannot write the last cycle's times");
+            }
+        }
+    });
+    if let Err(e) = done.await {
+        tracing::warn!(error = %e, "cannot write the last cycles' times");
+    }
+}
+
 /// Runs one poll cycle and records it.
 async fn run_one(
     shared: &Shared,
-    sources: &BTreeMap<String, Source>,
+    sources: &BTreeMap<String, Kept>,
     t: &Target,
     stop: &Stop,
     boot: bool,
 ) -> Result<Report, cycle::CycleError> {
-    let source = sources
+    let kept = sources
         .get(&t.name)
         .ok_or_else(|| cycle::CycleError::Internal("no source".into()))?;
-    let mut ctx = Ctx::new(t, source, &shared.cfg.state_dir, shared);
+    let mut ctx = Ctx::new(t, &kept.source, &shared.cfg.state_dir, shared);
+    ctx.store = kept.store.clone();
     ctx.stop = stop.clone();
     ctx.boot = boot;
     ctx.tidy = boot;
@@ -393,7 +412,7 @@ const TRIGGER_COOLDOWN: Duration = Duration::from_millis(500);
 
 async fn target_loop(
     shared: Arc<Shared>,
-    sources: Arc<BTreeMap<String, Source>>,
+    sources: AllKept,
     name: String,
     stop: Stop,
     mut shutdown: watch::Receiver<bool>,

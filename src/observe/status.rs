@@ -85,7 +85,7 @@ impl DaemonSeen {
 /// within half a second.
 pub fn daemon(cfg: &Config) -> DaemonSeen {
     DaemonSeen {
-        holds_state_dir: crate::store::state::daemon_holds(&cfg.state_dir),
+        holds_state_dir: crate::store::lock::daemon_holds(&cfg.state_dir),
         answers: healthz(cfg.listen),
     }
 }

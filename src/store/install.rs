@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::config::LiveFile;
 
 use crate::store::state::fsync_dir;
+use crate::util::stamp::Stamp;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -76,7 +77,12 @@ pub fn prev_path(live: &Path) -> PathBuf {
 /// Reads the live file (or `.prev`); `None` when it does not exist. Anything but a regular
 /// file (a symbolic link, a FIFO, a device, a directory) is an error, never a hang.
 pub fn read(path: &Path) -> Result<Option<Vec<u8>>, InstallError> {
-    match crate::util::regular_file::read(path, false, u64::MAX - 1) {
+    Ok(read_stamped(path)?.map(|(b, _)| b))
+}
+
+/// [`read`], with the file's stamp from before the read.
+fn read_stamped(path: &Path) -> Result<Option<(Vec<u8>, Stamp)>, InstallError> {
+    match crate::util::regular_file::read_stamped(path, false, u64::MAX - 1) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.is_not_found() => Ok(None),
         Err(crate::util::regular_file::NotRegular::Io(e)) => Err(ierr("cannot read", path)(e)),
@@ -143,13 +149,32 @@ fn tree_err(path: &Path) -> impl FnOnce(crate::store::tree::TreeError) -> Instal
 /// directory, through the live link, or a plain directory at the path); None when nothing is
 /// there.
 pub fn read_live(path: &Path, want: &LiveFile) -> Result<Option<Vec<u8>>, InstallError> {
+    Ok(read_live_stamped(path, want)?.map(|r| r.bytes))
+}
+
+/// A live file as read: its bytes, and for a plain file its stamp from before the read.
+#[derive(Debug)]
+pub struct LiveRead {
+    pub bytes: Vec<u8>,
+    /// None for a tree: a directory's stamp says nothing of the files in it.
+    pub stamp: Option<Stamp>,
+}
+
+/// [`read_live`], with the stamp (see [`LiveRead`]).
+pub fn read_live_stamped(path: &Path, want: &LiveFile) -> Result<Option<LiveRead>, InstallError> {
     let Some(l) = limits(want) else {
-        return read(path);
+        return Ok(read_stamped(path)?.map(|(bytes, s)| LiveRead {
+            bytes,
+            stamp: Some(s),
+        }));
     };
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {
             let t = crate::store::tree::Tree::from_dir(path, l).map_err(tree_err(path))?;
-            Ok(Some(t.encode()))
+            Ok(Some(LiveRead {
+                bytes: t.encode(),
+                stamp: None,
+            }))
         }
         Ok(_) => Err(InstallError::Io {
             what: "a tree target's live path is no directory:",

@@ -3,5 +3,6 @@
 
 pub(crate) mod history;
 pub(crate) mod install;
+pub mod lock;
 pub mod state;
 pub(crate) mod tree;

@@ -3,15 +3,20 @@
 //! daemon and CLI commands from interleaving. State files are replaced atomically, so a
 //! crash leaves either the old or the new record.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ids::{Revision, Sha256};
 use crate::model::labels::Outcome;
+use crate::util::stamp::{Seen, Stamp};
+
+use super::lock::{self, FileId, LockGuard, Slot, Wait};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -38,6 +43,9 @@ pub enum StateError {
         "lock {path} was removed or replaced while this cycle held it (the state directory was removed?); nothing more is saved by this cycle, the next one takes over"
     )]
     LockLost { path: PathBuf },
+    /// A lock tried without waiting is held by another holder.
+    #[error("lock {path} is held by another cycle or command")]
+    Held { path: PathBuf },
 }
 
 /// Whose trouble a state error is: the host's (a directory, lock or file rulekeeper cannot
@@ -55,7 +63,9 @@ impl StateError {
         match self {
             StateError::Corrupt { .. } => StateTrouble::Corrupt,
             StateError::Newer { .. } => StateTrouble::Newer,
-            StateError::Io { .. } | StateError::LockLost { .. } => StateTrouble::Host,
+            StateError::Io { .. } | StateError::LockLost { .. } | StateError::Held { .. } => {
+                StateTrouble::Host
+            }
         }
     }
 }
@@ -252,6 +262,17 @@ impl TargetState {
             .filter(|u| self.upstream_revision.as_ref() == Some(&u.revision))
     }
 
+    /// Equal in everything but the times of routine cycles (when the last outcome was, the
+    /// last success): what an unchanged poll moves.
+    pub fn times_eq(&self, other: &TargetState) -> bool {
+        let strip = |s: &TargetState| TargetState {
+            last_success: None,
+            last_outcome_at: None,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
     /// Equal in everything but the bookkeeping of routine cycles (last outcome, its time,
     /// last success, last error).
     pub fn volatile_eq(&self, other: &TargetState) -> bool {
@@ -312,14 +333,46 @@ pub fn parse(bytes: &[u8]) -> Result<TargetState, ParseError> {
     }
 }
 
-/// A target's directory under `state_dir`.
+/// How long the times of routine cycles (see [`TargetState::times_eq`]) may stay in memory
+/// only: a daemon writes them with the next real change, after this long, or when it stops.
+/// Until then `status` shows the times on disk; `/metrics` has them live.
+pub const TIMES_EVERY: Duration = Duration::from_secs(300);
+
+/// A target's directory under `state_dir`, and what this process keeps of it between cycles.
+/// Clones share what is kept: the daemon keeps one store per target for its whole life; a
+/// command makes its own, which starts knowing nothing.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
     /// (device, inode) of the lock this store handed out, shared by its clones: every save
     /// checks the lock file is still the one locked, so a cycle whose state directory was
     /// removed under it never writes into the next cycle's.
-    locked: std::sync::Arc<std::sync::Mutex<Option<(u64, u64)>>>,
+    locked: Arc<Mutex<Option<FileId>>>,
+    kept: Arc<Mutex<Kept>>,
+    lock_slot: Slot,
+    live_dir_slot: Slot,
+    /// Whether times-only saves wait (a daemon); a command writes what it did at once.
+    defer_times: bool,
+}
+
+/// What a store knows of its files without reading them again.
+#[derive(Debug, Default)]
+struct Kept {
+    /// `state.json` as this process last read or wrote it.
+    disk: Option<Seen<TargetState>>,
+    /// A state newer than `disk` in times only, not written yet, and since when.
+    times: Option<(TargetState, Instant)>,
+    /// The live file as last read: its path, hash and (once judged) usability.
+    live: Option<(PathBuf, Seen<LiveMemo>)>,
+}
+
+/// What a read of the live file told: its hash, and whether it passed the built-in checks
+/// (None until a cycle asked). Both follow from the bytes alone, so they hold as long as the
+/// file's stamp does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMemo {
+    pub sha256: Sha256,
+    pub usable: Option<bool>,
 }
 
 impl Store {
@@ -327,6 +380,18 @@ impl Store {
         Store {
             dir: state_dir.join("targets").join(target),
             locked: Default::default(),
+            kept: Default::default(),
+            lock_slot: Slot::default(),
+            live_dir_slot: Slot::default(),
+            defer_times: false,
+        }
+    }
+
+    /// The daemon's store for a target: times-only saves wait (see [`TIMES_EVERY`]).
+    pub fn for_daemon(state_dir: &Path, target: &str) -> Self {
+        Store {
+            defer_times: true,
+            ..Store::new(state_dir, target)
         }
     }
 
@@ -354,24 +419,66 @@ impl Store {
         Ok(())
     }
 
-    /// Loads the state; a missing file is the empty state.
+    /// Loads the state; a missing file is the empty state. A file this store wrote or read
+    /// and whose stamp has not moved since is not read again; times kept in memory only
+    /// (a daemon's routine cycles) come with it. A file changed behind our back is read, and
+    /// wins over any times kept.
     pub fn load(&self) -> Result<TargetState, StateError> {
         let path = self.file();
-        match fs::read(&path) {
-            Ok(bytes) => parse(&bytes).map_err(|e| match e {
-                ParseError::Newer(found) => StateError::Newer {
-                    path: path.clone(),
-                    found,
-                    known: STATE_FORMAT,
-                },
-                ParseError::Json(e) => StateError::Corrupt {
-                    path: path.clone(),
-                    message: e.to_string(),
-                },
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(TargetState::default()),
-            Err(e) => Err(io_err(&path)(e)),
+        let meta = match fs::metadata(&path) {
+            Ok(m) => Some(m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut kept = crate::util::mutex::lock(&self.kept);
+        if let (Some(m), Some(disk)) = (&meta, &kept.disk) {
+            if disk.trusted(&Stamp::of(m)) {
+                return Ok(kept.newest());
+            }
         }
+        let Some((stamp, st)) = self.read()? else {
+            kept.disk = None;
+            kept.times = None;
+            return Ok(TargetState::default());
+        };
+        match kept.disk.as_mut() {
+            // What we knew, under a stamp that had not settled: now it has been read again.
+            Some(disk) if disk.value == st => {
+                disk.stamp = stamp;
+                disk.confirm();
+            }
+            _ => {
+                kept.disk = Some(Seen::now(stamp, st));
+                kept.times = None;
+            }
+        }
+        Ok(kept.newest())
+    }
+
+    /// The state file's stamp and content, None when there is none.
+    fn read(&self) -> Result<Option<(Stamp, TargetState)>, StateError> {
+        let path = self.file();
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        // Stamped before the read: a write after it moves the stamp.
+        let stamp = Stamp::of(&f.metadata().map_err(io_err(&path))?);
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io_err(&path))?;
+        let st = parse(&bytes).map_err(|e| match e {
+            ParseError::Newer(found) => StateError::Newer {
+                path: path.clone(),
+                found,
+                known: STATE_FORMAT,
+            },
+            ParseError::Json(e) => StateError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            },
+        })?;
+        Ok(Some((stamp, st)))
     }
 
     /// Replaces the state file atomically (temp, fsync, rename, fsync dir).
@@ -384,6 +491,43 @@ impl Store {
     /// fsyncs, which dominate the cost of an unchanged cycle. A crash may lose those times.
     pub fn save_volatile(&self, st: &TargetState) -> Result<(), StateError> {
         self.write(st, false)
+    }
+
+    /// Saves the state a cycle ends with, `loaded` being the one it started from: durably
+    /// when something that matters changed, without fsyncs when only the routine outcome
+    /// did, and, in a daemon, not at all when only times moved (they wait in memory, at
+    /// most [`TIMES_EVERY`]).
+    pub fn save_after(&self, st: &TargetState, loaded: &TargetState) -> Result<(), StateError> {
+        if self.defer_times && st.times_eq(loaded) {
+            let mut kept = crate::util::mutex::lock(&self.kept);
+            // Only a state that is on disk as this store knows it can wait.
+            if kept.disk.is_some() {
+                let since = kept.times.as_ref().map_or_else(Instant::now, |t| t.1);
+                if since.elapsed() < TIMES_EVERY {
+                    kept.times = Some((st.clone(), since));
+                    return Ok(());
+                }
+            }
+        }
+        if st.volatile_eq(loaded) {
+            self.save_volatile(st)
+        } else {
+            self.save(st)
+        }
+    }
+
+    /// Writes times kept in memory (a daemon stopping), under the target's lock, unless
+    /// the file changed behind our back meanwhile.
+    pub fn flush_times(&self) -> Result<(), StateError> {
+        if crate::util::mutex::lock(&self.kept).times.is_none() {
+            return Ok(());
+        }
+        let _g = self.lock()?;
+        let st = self.load()?;
+        if crate::util::mutex::lock(&self.kept).times.is_some() {
+            self.save_volatile(&st)?;
+        }
+        Ok(())
     }
 
     fn write(&self, st: &TargetState, durable: bool) -> Result<(), StateError> {
@@ -406,11 +550,64 @@ impl Store {
         if durable {
             tmp.as_file().sync_all().map_err(io_err(&path))?;
         }
-        tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
+        let file = tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
         if durable {
             fsync_dir(&self.dir).map_err(io_err(&self.dir))?;
         }
+        // Stamped after the rename, which moves the file's ctime.
+        let mut kept = crate::util::mutex::lock(&self.kept);
+        kept.times = None;
+        kept.disk = file
+            .metadata()
+            .ok()
+            .map(|m| Seen::now(Stamp::of(&m), st.clone()));
         Ok(())
+    }
+
+    /// The live file at `path` as last read, if its stamp says it still holds that (a plain
+    /// file; a tree's directory stamp says nothing of its files).
+    pub fn live_known(&self, path: &Path) -> Option<LiveMemo> {
+        let m = fs::symlink_metadata(path).ok()?;
+        let kept = crate::util::mutex::lock(&self.kept);
+        let (p, seen) = kept.live.as_ref()?;
+        (p == path && m.is_file() && seen.trusted(&Stamp::of(&m))).then(|| seen.value.clone())
+    }
+
+    /// What a read of the live file at `path` found (None: no stamp to keep it by).
+    pub fn remember_live(&self, path: &Path, stamp: Option<Stamp>, sha256: Option<&Sha256>) {
+        let mut kept = crate::util::mutex::lock(&self.kept);
+        kept.live = match (stamp, sha256) {
+            (Some(stamp), Some(sha)) => {
+                let usable = kept
+                    .live
+                    .as_ref()
+                    .filter(|(_, s)| s.value.sha256 == *sha)
+                    .and_then(|(_, s)| s.value.usable);
+                Some((
+                    path.to_path_buf(),
+                    Seen::now(
+                        stamp,
+                        LiveMemo {
+                            sha256: sha.clone(),
+                            usable,
+                        },
+                    ),
+                ))
+            }
+            _ => None,
+        };
+    }
+
+    /// Whether the live content `sha256` passed the built-in checks, for the next poll.
+    pub fn remember_usable(&self, sha256: &Sha256, usable: bool) {
+        let mut kept = crate::util::mutex::lock(&self.kept);
+        if let Some((_, seen)) = kept
+            .live
+            .as_mut()
+            .filter(|(_, s)| s.value.sha256 == *sha256)
+        {
+            seen.value.usable = Some(usable);
+        }
     }
 
     /// Where the git source keeps its cache.
@@ -420,20 +617,38 @@ impl Store {
 
     /// Whether someone holds this target's lock now (without waiting or creating it).
     pub fn is_locked(&self) -> bool {
-        let Ok(f) = File::open(self.dir.join("lock")) else {
-            return false;
-        };
-        matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+        lock::is_locked(&self.dir.join("lock"))
     }
 
     /// Takes this target's lock, waiting for another holder (daemon or CLI) to finish.
     pub fn lock(&self) -> Result<LockGuard, StateError> {
-        self.ensure_dir()?;
-        let g = lock_file(&self.dir.join("lock"))?;
+        self.take_lock(Wait::Block)
+    }
+
+    /// Takes this target's lock if it is free now: `Err(Held)` otherwise. It does not block,
+    /// so a cycle can try it without leaving its thread.
+    pub fn try_lock(&self) -> Result<LockGuard, StateError> {
+        self.take_lock(Wait::Try)
+    }
+
+    fn take_lock(&self, wait: Wait) -> Result<LockGuard, StateError> {
+        let path = self.dir.join("lock");
+        let g = match lock::lock_file(&path, wait, Some(&self.lock_slot)) {
+            Err(StateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                // No directory yet (or removed): made, then locked.
+                self.ensure_dir()?;
+                lock::lock_file(&path, wait, Some(&self.lock_slot))?
+            }
+            r => r?,
+        };
         *crate::util::mutex::lock(&self.locked) = Some(g.id);
         Ok(g)
     }
 
+    /// The lock on the live file's directory `dir`, kept open by this store between cycles.
+    pub fn lock_live_dir(&self, dir: &Path, wait: Wait) -> Result<LockGuard, StateError> {
+        lock::lock_dir(dir, wait, Some(&self.live_dir_slot))
+    }
     /// [`Store::lock`], and when another holder keeps it longer than `after`, `note` is called
     /// once (from another thread) with what that holder is doing, as the state says: an
     /// operator whose command waits is told so instead of looking at a silent terminal.
@@ -486,107 +701,22 @@ impl Store {
             return Ok(());
         };
         let path = self.dir.join("lock");
-        match file_id(&path) {
+        match lock::file_id(&path) {
             Ok(now) if now == id => Ok(()),
             _ => Err(StateError::LockLost { path }),
         }
     }
 }
 
-/// (device, inode): which file a path or an open file is, whatever its name.
-fn id_of(m: &fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (m.dev(), m.ino())
-}
-
-fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
-    Ok(id_of(&fs::metadata(path)?))
-}
-
-/// Holds an exclusive `flock` until dropped.
-#[derive(Debug)]
-pub struct LockGuard {
-    _file: File,
-    id: (u64, u64),
-}
-
-/// Takes an exclusive lock on `path` (created if needed), blocking until it is free. A lock
-/// is only a lock while the path still names the locked file: if it was removed or replaced
-/// while we waited (a state directory removed), the lock is taken again on what is there now.
-pub fn lock_file(path: &Path) -> Result<LockGuard, StateError> {
-    for _ in 0..10 {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path))?;
-        file.lock().map_err(io_err(path))?;
-        let id = id_of(&file.metadata().map_err(io_err(path))?);
-        if file_id(path).ok() == Some(id) {
-            return Ok(LockGuard { _file: file, id });
+impl Kept {
+    /// The newest state this process knows: times kept in memory, else the file's.
+    fn newest(&self) -> TargetState {
+        match (&self.times, &self.disk) {
+            (Some((st, _)), _) => st.clone(),
+            (None, Some(d)) => d.value.clone(),
+            (None, None) => TargetState::default(),
         }
     }
-    Err(StateError::LockLost {
-        path: path.to_path_buf(),
-    })
-}
-
-/// An exclusive `flock` on a directory itself (its inode cannot be swapped under us by
-/// removing a file), blocking until it is free. A missing directory is created.
-pub fn lock_dir(dir: &Path) -> Result<LockGuard, StateError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let file = File::open(dir).map_err(io_err(dir))?;
-    file.lock().map_err(io_err(dir))?;
-    let id = id_of(&file.metadata().map_err(io_err(dir))?);
-    Ok(LockGuard { _file: file, id })
-}
-
-/// `state_dir/daemon.lock`, held by a running daemon for its whole life, so `status` can tell
-/// a live daemon's state from a stopped one's. None when another process holds it already
-/// (a second daemon on the same state directory; it is logged, not fatal).
-pub fn daemon_lock(state_dir: &Path) -> Result<Option<LockGuard>, StateError> {
-    fs::create_dir_all(state_dir).map_err(io_err(state_dir))?;
-    let path = state_dir.join("daemon.lock");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    match file.try_lock() {
-        Ok(()) => {
-            let id = id_of(&file.metadata().map_err(io_err(&path))?);
-            Ok(Some(LockGuard { _file: file, id }))
-        }
-        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
-    }
-}
-
-/// Whether a daemon holds `state_dir/daemon.lock` now.
-pub fn daemon_holds(state_dir: &Path) -> bool {
-    let Ok(f) = File::open(state_dir.join("daemon.lock")) else {
-        return false;
-    };
-    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
-}
-
-/// The lock that serialises restart + verify of one systemd unit across targets.
-pub fn unit_lock(state_dir: &Path, unit: &str) -> Result<LockGuard, StateError> {
-    let dir = state_dir.join("units");
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let safe: String = unit
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    lock_file(&dir.join(format!("{safe}.lock")))
 }
 
 /// fsyncs a directory so a rename inside it is durable.

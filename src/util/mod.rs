@@ -11,3 +11,4 @@ pub(crate) mod mutex;
 pub(crate) mod redact;
 pub(crate) mod regular_file;
 pub(crate) mod secret;
+pub(crate) mod stamp;

@@ -91,10 +91,21 @@ pub fn open(path: &Path, follow: bool) -> Result<File, NotRegular> {
 
 /// Reads at most `max + 1` bytes of a regular file (so a caller can tell "over `max`").
 pub fn read(path: &Path, follow: bool, max: u64) -> Result<Vec<u8>, NotRegular> {
+    read_stamped(path, follow, max).map(|(b, _)| b)
+}
+
+/// [`read`], with the file's stamp taken on the open file before the read (a write after it
+/// moves the stamp).
+pub fn read_stamped(
+    path: &Path,
+    follow: bool,
+    max: u64,
+) -> Result<(Vec<u8>, crate::util::stamp::Stamp), NotRegular> {
     let f = open(path, follow)?;
+    let stamp = crate::util::stamp::Stamp::of(&f.metadata()?);
     let mut out = Vec::new();
     f.take(max.saturating_add(1)).read_to_end(&mut out)?;
-    Ok(out)
+    Ok((out, stamp))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ mod untrusted;
 mod upgrade;
 
 // The daemon.
+mod behind;
 mod daemon;
 mod hardening;
 mod hostile;
