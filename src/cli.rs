@@ -310,15 +310,16 @@ fn run(command: Command) -> Result<Exit, CliError> {
 /// state the command cannot read is the same failure it is for any other command).
 fn status(cfg: &Config, json: bool) -> Result<Exit, CliError> {
     let mut worst = Exit::Ok;
-    let all: Vec<crate::observe::status::TargetStatus> = crate::observe::status::read_all(cfg)
-        .into_iter()
-        .map(|(status, error)| {
-            if let Some(t) = error {
-                worst = worst.worse(Exit::of_trouble(t));
-            }
-            status
-        })
-        .collect();
+    let all: Vec<crate::observe::status::TargetStatus> =
+        crate::observe::status::read_all(cfg, crate::observe::status::on_disk(cfg))
+            .into_iter()
+            .map(|(status, error)| {
+                if let Some(t) = error {
+                    worst = worst.worse(Exit::of_trouble(t));
+                }
+                status
+            })
+            .collect();
     let daemon = crate::observe::status::daemon(cfg);
     if json {
         let mut all = all;

@@ -58,6 +58,9 @@ pub struct Shared {
     /// Delivers the cycles' commit statuses; flushed before the daemon exits.
     pub poster: Poster,
     loops: BTreeMap<String, LoopHandle>,
+    /// Each target's store for the daemon's whole life (what it knows of the target's files,
+    /// its kept locks, the times of routine cycles not written yet).
+    stores: BTreeMap<String, Store>,
     ready: AtomicBool,
     epoch: Instant,
     last_cycle: Mutex<Option<LastCycle>>,
@@ -105,7 +108,13 @@ impl Shared {
                 )
             })
             .collect();
+        let stores = cfg
+            .targets
+            .keys()
+            .map(|name| (name.clone(), Store::for_daemon(&cfg.state_dir, name)))
+            .collect();
         Shared {
+            stores,
             cfg,
             poster: Poster::new(metrics.commit_statuses()),
             metrics,
@@ -182,6 +191,14 @@ impl Shared {
             }
             None => false,
         }
+    }
+
+    /// `t`'s store (a fresh one for a target this daemon does not run).
+    pub fn store(&self, t: &Target) -> Store {
+        self.stores
+            .get(&t.name)
+            .cloned()
+            .unwrap_or_else(|| Store::new(&self.cfg.state_dir, &t.name))
     }
 
     /// The revision of the content applied to `target`, from its persisted state.

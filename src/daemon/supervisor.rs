@@ -108,10 +108,11 @@ struct Kept {
 type AllKept = Arc<BTreeMap<String, Kept>>;
 
 /// Every target's state directory, metric series and source, before anything is served.
-fn init_targets(cfg: &Config, metrics: &Metrics) -> anyhow::Result<BTreeMap<String, Kept>> {
+fn init_targets(shared: &Shared) -> anyhow::Result<BTreeMap<String, Kept>> {
+    let (cfg, metrics) = (&shared.cfg, &shared.metrics);
     let mut sources = BTreeMap::new();
     for t in cfg.targets.values() {
-        let store = Store::for_daemon(&cfg.state_dir, &t.name);
+        let store = shared.store(t);
         store
             .ensure_dir()
             .with_context(|| format!("target `{}`: state directory", t.name))?;
@@ -167,17 +168,15 @@ fn bind(cfg: &Config) -> anyhow::Result<tokio::net::TcpListener> {
 
 async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
     let _running = hold_state_dir(&cfg)?;
-    let metrics = Metrics::new()?;
-    let sources = init_targets(&cfg, &metrics)?;
-    let listener = bind(&cfg)?;
+    let shared = Arc::new(Shared::new(cfg, Metrics::new()?));
+    let sources = Arc::new(init_targets(&shared)?);
+    let cfg = &shared.cfg;
+    let listener = bind(cfg)?;
     tracing::info!(listen = %cfg.listen, targets = cfg.targets.len(), "rulekeeper starting");
-    for w in crate::daemon::preflight::warnings(&cfg) {
+    for w in crate::daemon::preflight::warnings(cfg) {
         tracing::warn!("{w}");
     }
-
-    let secrets = Arc::new(Secrets::new(&cfg));
-    let shared = Arc::new(Shared::new(cfg, metrics));
-    let sources = Arc::new(sources);
+    let secrets = Arc::new(Secrets::new(cfg));
     let stop = Stop::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

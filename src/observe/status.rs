@@ -106,16 +106,26 @@ fn healthz(addr: std::net::SocketAddr) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.")
 }
 
-pub fn collect(cfg: &Config) -> Vec<TargetStatus> {
-    read_all(cfg).into_iter().map(|(s, _)| s).collect()
+/// Every target's status, each state loaded through `store` (a daemon's own stores know
+/// the times of routine cycles not written yet).
+pub fn collect(cfg: &Config, store: impl Fn(&Target) -> Store) -> Vec<TargetStatus> {
+    read_all(cfg, store).into_iter().map(|(s, _)| s).collect()
 }
 
-/// Every target's status as read from disk now, with the error its state read met, if any.
-pub fn read_all(cfg: &Config) -> Vec<(TargetStatus, Option<StateTrouble>)> {
+/// A command's store of `t`: what is on disk now.
+pub fn on_disk(cfg: &Config) -> impl Fn(&Target) -> Store + '_ {
+    |t| Store::new(&cfg.state_dir, &t.name)
+}
+
+/// Every target's status as read now, with the error its state read met, if any.
+pub fn read_all(
+    cfg: &Config,
+    store: impl Fn(&Target) -> Store,
+) -> Vec<(TargetStatus, Option<StateTrouble>)> {
     cfg.targets
         .values()
         .map(|t| {
-            let store = Store::new(&cfg.state_dir, &t.name);
+            let store = store(t);
             let state = store.load();
             let error = state.as_ref().err().map(StateError::trouble);
             let live = crate::store::install::read_live(&t.path, &t.file)

@@ -175,16 +175,30 @@ fn unchanged_polls_leave_the_state_file_alone_and_a_stop_writes_their_times() {
         (before.ino(), before.mtime(), before.mtime_nsec()),
         "state.json was rewritten by unchanged polls"
     );
+    // The daemon's /status has the times the file does not have yet.
+    let (code, body) = d.get("/status");
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let served = time_of(&status["targets"][0]["last_outcome_at"]);
+    let on_disk = time_of(&env.state_json()["last_outcome_at"]);
+    assert!(
+        served > on_disk && served + Duration::from_secs(3) >= SystemTime::now(),
+        "/status says the last cycle was at {served:?}, the file {on_disk:?}"
+    );
     let stopping = SystemTime::now();
     assert_eq!(d.terminate(), 0, "{}", env.daemon_log());
-    let at = env.state_json()["last_outcome_at"]
-        .as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .expect("last_outcome_at");
-    let at = SystemTime::from(at);
+    let at = time_of(&env.state_json()["last_outcome_at"]);
     // The last cycle ran within an interval (1 s, jittered) of the stop.
     assert!(
         at + Duration::from_secs(2) >= stopping,
         "the times written at the stop are old: {at:?}, stopped at {stopping:?}"
     );
+}
+
+fn time_of(v: &serde_json::Value) -> SystemTime {
+    let t = v
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .unwrap_or_else(|| panic!("not a time: {v}"));
+    SystemTime::from(t)
 }

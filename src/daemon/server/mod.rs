@@ -113,7 +113,7 @@ async fn route(
             }
         }
         (&Method::GET, "/status") => {
-            let mut targets = crate::observe::status::collect(&shared.cfg);
+            let mut targets = crate::observe::status::collect(&shared.cfg, |t| shared.store(t));
             // A cycle that could not save its state happened all the same: show it over
             // the older state on disk.
             for t in &mut targets {
