@@ -319,12 +319,15 @@ fn record_history(ctx: &Ctx<'_>, rep: &Report, tried: Option<&crate::model::ids:
         restarts: rep.restarts,
         duration: rep.total(),
     };
-    if let Err(e) = crate::store::history::History::new(ctx.store.dir()).record(
-        &done,
-        live.as_deref(),
-        tried.map(|t| t.as_str()),
-        &ctx.target.history,
-    ) {
+    let recorded = crate::util::offload::blocking(|| {
+        crate::store::history::History::new(ctx.store.dir()).record(
+            &done,
+            live.as_deref(),
+            tried.map(|t| t.as_str()),
+            &ctx.target.history,
+        )
+    });
+    if let Err(e) = recorded {
         tracing::warn!(target_name = %ctx.target.name, error = %e, "cannot record the history");
     }
 }

@@ -71,6 +71,10 @@ pub struct Shared {
     unsaved: Mutex<BTreeMap<String, Unsaved>>,
 }
 
+/// The grid timed polls are put on (see [`Shared::on_grid`]): well under the ±10 % jitter of
+/// the shortest interval (1 s).
+pub const COALESCE: Duration = Duration::from_millis(100);
+
 /// How often an unchanged cycle may update `STATUS=`.
 pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 
@@ -125,6 +129,17 @@ impl Shared {
             status_sent: Mutex::new(None),
             unsaved: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// `at`, moved up to the next multiple of [`COALESCE`] since the daemon started: polls
+    /// due within one slot start together, and one wake-up of the runtime serves them all
+    /// (alone, each poll costs its own: the timer, the worker, the reactor).
+    pub fn on_grid(&self, at: Instant) -> Instant {
+        let slot = COALESCE.as_nanos();
+        let since = at.saturating_duration_since(self.epoch).as_nanos();
+        let up = since.div_ceil(slot) * slot;
+        let ahead = Duration::from_nanos(u64::try_from(up - since).unwrap_or(0));
+        at + ahead
     }
 
     fn now_ms(&self) -> u64 {
@@ -341,5 +356,16 @@ mod tests {
         );
         assert!(!s.note_cycle("t", true, Outcome::Unchanged));
         assert!(s.note_cycle("t", false, Outcome::Unchanged));
+    }
+
+    #[test]
+    fn polls_go_on_a_grid_never_earlier_and_less_than_a_slot_later() {
+        let s = shared();
+        for ms in [0, 1, 99, 100, 101, 12_345] {
+            let at = s.epoch + Duration::from_millis(ms);
+            let g = s.on_grid(at);
+            assert!(g >= at && g - at < COALESCE, "{ms}: {:?}", g - at);
+            assert_eq!((g - s.epoch).as_nanos() % COALESCE.as_nanos(), 0, "{ms}");
+        }
     }
 }

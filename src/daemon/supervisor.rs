@@ -90,7 +90,12 @@ pub enum Ended {
 pub fn run(cfg: Config) -> anyhow::Result<Ended> {
     raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        // One worker: the daemon waits on timers, sockets and child processes; what holds a
+        // thread (fsyncs, a metrics render) goes through `util::offload`, which hands the
+        // worker's other tasks to another thread meanwhile. A second worker cost more than
+        // it gave: every wake-up of one woke the other to look for work to steal
+        // (docs/benchmarks.md, "The unchanged poll").
+        .worker_threads(1)
         .max_blocking_threads(64)
         .enable_all()
         .build()
@@ -428,7 +433,7 @@ async fn target_loop(
     } else {
         (0, jittered(t.interval))
     };
-    let mut next_poll = Instant::now() + first;
+    let mut next_poll = shared.on_grid(Instant::now() + first);
     let mut last_start: Option<Instant> = None;
     loop {
         shared.loop_waiting(&name, next_poll);
@@ -480,7 +485,7 @@ async fn target_loop(
             failures = 0;
             jittered(t.interval)
         };
-        next_poll = Instant::now() + delay;
+        next_poll = shared.on_grid(Instant::now() + delay);
     }
     // Parked: count as alive while the process shuts down.
     shared.loop_parked(&name);

@@ -230,6 +230,10 @@ fn ensure_dir(live: &Path, create_dirs: bool) -> Result<(), InstallError> {
 /// Writes `content` to a temp file in the live file's directory, with the mode, owner and
 /// group the live file is to have ([`effective`]).
 pub fn stage(live: &Path, content: &[u8], want: &LiveFile) -> Result<Candidate, InstallError> {
+    crate::util::offload::blocking(|| stage_now(live, content, want))
+}
+
+fn stage_now(live: &Path, content: &[u8], want: &LiveFile) -> Result<Candidate, InstallError> {
     ensure_dir(live, want.create_dirs)?;
     if let Some(l) = limits(want) {
         let tree = crate::store::tree::Tree::decode(content, l).map_err(tree_err(live))?;
@@ -311,6 +315,15 @@ fn current(live: &Path, want: &LiveFile) -> Result<(u32, u32, u32), InstallError
 
 /// Installs `candidate` at `live`. When `prev` is given it becomes `<live>.prev` first.
 pub fn install(
+    candidate: Candidate,
+    live: &Path,
+    prev: Option<&[u8]>,
+    want: &LiveFile,
+) -> Result<(), InstallError> {
+    crate::util::offload::blocking(|| install_now(candidate, live, prev, want))
+}
+
+fn install_now(
     candidate: Candidate,
     live: &Path,
     prev: Option<&[u8]>,
@@ -478,6 +491,10 @@ fn prune_versions(live: &Path) {
 
 /// fsyncs the live file's directory: what makes a rename in it durable.
 pub fn sync_live_dir(live: &Path) -> Result<(), InstallError> {
+    crate::util::offload::blocking(|| sync_live_dir_now(live))
+}
+
+fn sync_live_dir_now(live: &Path) -> Result<(), InstallError> {
     let dir = dir_of(live);
     fsync_dir(dir).map_err(ierr("cannot fsync directory", dir))
 }

@@ -265,26 +265,46 @@ impl TargetState {
     /// Equal in everything but the times of routine cycles (when the last outcome was, the
     /// last success): what an unchanged poll moves.
     pub fn times_eq(&self, other: &TargetState) -> bool {
-        let strip = |s: &TargetState| TargetState {
-            last_success: None,
-            last_outcome_at: None,
-            ..s.clone()
-        };
-        strip(self) == strip(other)
+        self.volatile_eq(other)
+            && self.last_outcome == other.last_outcome
+            && self.last_error == other.last_error
+            && self.last_note == other.last_note
     }
 
     /// Equal in everything but the bookkeeping of routine cycles (last outcome, its time,
-    /// last success, last error).
+    /// last success, last error, last note). Compared field by field, without copies: it
+    /// runs on every cycle. The destructuring names every field, so a new one must be
+    /// placed here or below by whoever adds it.
     pub fn volatile_eq(&self, other: &TargetState) -> bool {
-        let strip = |s: &TargetState| TargetState {
-            last_success: None,
-            last_outcome: None,
-            last_outcome_at: None,
-            last_error: None,
-            last_note: None,
-            ..s.clone()
-        };
-        strip(self) == strip(other)
+        let TargetState {
+            applied,
+            pending,
+            quarantine,
+            hold,
+            source,
+            last_success: _,
+            last_outcome: _,
+            last_outcome_at: _,
+            last_error: _,
+            last_note: _,
+            upstream_revision,
+            upstream_sha256,
+            gate,
+            deploying,
+            commit_status,
+            unsigned,
+        } = self;
+        *applied == other.applied
+            && *pending == other.pending
+            && *quarantine == other.quarantine
+            && *hold == other.hold
+            && *source == other.source
+            && *upstream_revision == other.upstream_revision
+            && *upstream_sha256 == other.upstream_sha256
+            && *gate == other.gate
+            && *deploying == other.deploying
+            && *commit_status == other.commit_status
+            && *unsigned == other.unsigned
     }
 }
 
@@ -360,10 +380,17 @@ pub struct Store {
 struct Kept {
     /// `state.json` as this process last read or wrote it.
     disk: Option<Seen<TargetState>>,
-    /// A state newer than `disk` in times only, not written yet, and since when.
-    times: Option<(TargetState, Instant)>,
+    /// Times newer than `disk`'s (the rest is `disk`'s), not written yet, and since when.
+    times: Option<(Times, Instant)>,
     /// The live file as last read: its path, hash and (once judged) usability.
     live: Option<(PathBuf, Seen<LiveMemo>)>,
+}
+
+/// The times a routine cycle moves (see [`TargetState::times_eq`]).
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    last_success: Option<DateTime<Utc>>,
+    last_outcome_at: Option<DateTime<Utc>>,
 }
 
 /// What a read of the live file told: its hash, and whether it passed the built-in checks
@@ -504,7 +531,11 @@ impl Store {
             if kept.disk.is_some() {
                 let since = kept.times.as_ref().map_or_else(Instant::now, |t| t.1);
                 if since.elapsed() < TIMES_EVERY {
-                    kept.times = Some((st.clone(), since));
+                    let times = Times {
+                        last_success: st.last_success,
+                        last_outcome_at: st.last_outcome_at,
+                    };
+                    kept.times = Some((times, since));
                     return Ok(());
                 }
             }
@@ -531,6 +562,14 @@ impl Store {
     }
 
     fn write(&self, st: &TargetState, durable: bool) -> Result<(), StateError> {
+        if durable {
+            crate::util::offload::blocking(|| self.write_now(st, durable))
+        } else {
+            self.write_now(st, durable)
+        }
+    }
+
+    fn write_now(&self, st: &TargetState, durable: bool) -> Result<(), StateError> {
         self.check_lock()?;
         self.ensure_dir()?;
         let path = self.file();
@@ -711,11 +750,16 @@ impl Store {
 impl Kept {
     /// The newest state this process knows: times kept in memory, else the file's.
     fn newest(&self) -> TargetState {
-        match (&self.times, &self.disk) {
-            (Some((st, _)), _) => st.clone(),
-            (None, Some(d)) => d.value.clone(),
-            (None, None) => TargetState::default(),
+        let mut st = self
+            .disk
+            .as_ref()
+            .map(|d| d.value.clone())
+            .unwrap_or_default();
+        if let Some((t, _)) = &self.times {
+            st.last_success = t.last_success;
+            st.last_outcome_at = t.last_outcome_at;
         }
+        st
     }
 }
 
@@ -739,6 +783,55 @@ mod tests {
         };
         s.save(&st).unwrap();
         assert_eq!(s.load().unwrap(), st);
+    }
+
+    #[test]
+    fn times_and_bookkeeping_are_told_apart_from_what_matters() {
+        let a = TargetState::default();
+        let times = TargetState {
+            last_outcome_at: Some(Utc::now()),
+            last_success: Some(Utc::now()),
+            ..a.clone()
+        };
+        assert!(times.times_eq(&a) && times.volatile_eq(&a));
+        let error = TargetState {
+            last_error: Some("x".into()),
+            ..a.clone()
+        };
+        assert!(!error.times_eq(&a) && error.volatile_eq(&a));
+        let held = TargetState {
+            hold: true,
+            ..a.clone()
+        };
+        assert!(!held.times_eq(&a) && !held.volatile_eq(&a));
+    }
+
+    #[test]
+    fn a_daemon_keeps_times_in_memory_and_reads_a_changed_file_again() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::for_daemon(d.path(), "t");
+        let _g = s.lock().unwrap();
+        let st = TargetState {
+            last_outcome: Some(Outcome::Unchanged),
+            ..Default::default()
+        };
+        s.save(&st).unwrap();
+        let loaded = s.load().unwrap();
+        let later = TargetState {
+            last_outcome_at: Some(Utc::now()),
+            ..loaded.clone()
+        };
+        s.save_after(&later, &loaded).unwrap();
+        // Not written, but what this store loads.
+        assert_eq!(Store::new(d.path(), "t").load().unwrap(), st);
+        assert_eq!(s.load().unwrap(), later);
+        // Another writer's file wins over the times kept.
+        let other = TargetState {
+            hold: true,
+            ..Default::default()
+        };
+        Store::new(d.path(), "t").save(&other).unwrap();
+        assert_eq!(s.load().unwrap(), other);
     }
 
     #[test]

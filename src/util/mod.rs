@@ -8,6 +8,7 @@ pub(crate) mod http;
 pub(crate) mod ids;
 pub(crate) mod memory;
 pub(crate) mod mutex;
+pub(crate) mod offload;
 pub(crate) mod redact;
 pub(crate) mod regular_file;
 pub(crate) mod secret;

@@ -103,7 +103,7 @@ async fn route(
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            crate::util::offload::blocking(|| shared.metrics.render()),
         ),
         (&Method::GET, "/healthz") => {
             if shared.alive() {
