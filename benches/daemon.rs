@@ -300,7 +300,9 @@ fn idle(bin: &Path, sc: &Scenario<'_>) -> IdleResult {
     let window = Duration::from_secs(env_u64("RK_BENCH_WINDOW", 30));
     // Steady state is the third poll after boot: the first after the boot's apply writes its
     // new outcome, and the file read back once more before its stamp is trusted.
-    let settle = Duration::from_secs(env_u64("RK_BENCH_SETTLE", 5)).max(sc.interval * 3);
+    // Tokio's blocking threads that served the boot exit after 10 s idle: gone before the
+    // window, so the window's threads live through it.
+    let settle = Duration::from_secs(env_u64("RK_BENCH_SETTLE", 12)).max(sc.interval * 3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let port = free_port();
@@ -356,8 +358,8 @@ fn idle(bin: &Path, sc: &Scenario<'_>) -> IdleResult {
         rss_end_kb: rss_end,
         rss_max_kb: rss_max.max(rss_end),
         hwm_kb: hwm,
-        cpu_pct: (cpu1 - cpu0) / secs * 100.0,
-        cpu_secs: cpu1 - cpu0,
+        cpu_pct: cpu1.since(&cpu0) / secs * 100.0,
+        cpu_secs: cpu1.since(&cpu0),
         threads,
         fds,
         cycles: cycles_total - cycles0,

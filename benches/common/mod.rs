@@ -184,16 +184,23 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// CPU time of a process in seconds, in nanoseconds' precision: the sum of its threads'
-/// on-CPU time (`/proc/PID/task/*/schedstat`). Threads that exited are not counted, so a
-/// window is measured on a daemon whose threads live through it; without schedstat,
-/// [`cpu_seconds`] (clock ticks).
-pub fn cpu_precise(pid: u32) -> f64 {
+/// on-CPU time (`/proc/PID/task/*/schedstat`), with the threads summed. A thread that exits
+/// takes its time with it, so a window compares the thread sets at both ends (see
+/// [`Cpu::since`]); without schedstat, [`cpu_seconds`] (clock ticks).
+pub fn cpu_precise(pid: u32) -> Cpu {
+    let ticks = cpu_seconds(pid);
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return cpu_seconds(pid);
+        return Cpu {
+            precise: None,
+            ticks,
+            threads: Vec::new(),
+        };
     };
     let mut ns = 0u64;
     let mut any = false;
+    let mut threads = Vec::new();
     for t in tasks.flatten() {
+        threads.push(t.file_name().to_string_lossy().into_owned());
         let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
             continue;
         };
@@ -206,9 +213,31 @@ pub fn cpu_precise(pid: u32) -> f64 {
             any = true;
         }
     }
-    if any {
-        ns as f64 / 1e9
-    } else {
-        cpu_seconds(pid)
+    threads.sort();
+    Cpu {
+        precise: any.then_some(ns as f64 / 1e9),
+        ticks,
+        threads,
+    }
+}
+
+/// A process's CPU time at one moment (see [`cpu_precise`]).
+pub struct Cpu {
+    precise: Option<f64>,
+    ticks: f64,
+    threads: Vec<String>,
+}
+
+impl Cpu {
+    /// Seconds of CPU from `earlier` to this: the precise sum when the same threads lived
+    /// throughout, else clock ticks (which keep the time of exited threads).
+    pub fn since(&self, earlier: &Cpu) -> f64 {
+        match (self.precise, earlier.precise) {
+            (Some(b), Some(a)) if self.threads == earlier.threads => b - a,
+            _ => {
+                eprintln!("(threads came or went in the window: CPU from clock ticks, 10 ms each)");
+                self.ticks - earlier.ticks
+            }
+        }
     }
 }

@@ -169,7 +169,7 @@ pub struct LiveFile {
     pub tree: Option<(usize, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceKind {
     Forgejo,

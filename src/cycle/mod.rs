@@ -149,6 +149,10 @@ pub struct Ctx<'a> {
     /// so a failed final save does not cost a second restart.
     pub carry: Option<TargetState>,
     pub observer: &'a dyn Observer,
+    /// This process's queue for the live file's directory (the daemon's): targets sharing a
+    /// directory take turns here, waiting as tasks, before the directory's `flock`, which
+    /// then only a command can be holding. None: the `flock` alone.
+    pub turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -170,6 +174,7 @@ impl<'a> Ctx<'a> {
             tidy: true,
             carry: None,
             observer,
+            turn: None,
         }
     }
 }
@@ -187,6 +192,10 @@ pub async fn run(ctx: &Ctx<'_>, trigger: Request) -> Result<Report, CycleError> 
     // stays. Holding it too means a cycle started on a fresh state directory waits for one
     // still restarting on the old, instead of running beside it and adopting its unverified
     // file (targets whose live files share a directory take turns).
+    let _turn = match &ctx.turn {
+        Some(t) => Some(t.lock().await),
+        None => None,
+    };
     let _dir_lock = match live_dir_lock(ctx).await? {
         Ok(l) => l,
         Err(e) => return Ok(unlocked(ctx, trigger.asked(), &e, started)),
@@ -577,7 +586,7 @@ impl Runner<'_, '_> {
             None => (None, None),
         };
         let sha = bytes.as_deref().map(Sha256::of);
-        self.ctx.store.remember_live(&t.path, stamp, sha.as_ref());
+        self.ctx.store.remember_live(stamp, sha.as_ref());
         Ok(bytes)
     }
 

@@ -61,6 +61,8 @@ pub struct Shared {
     /// Each target's store for the daemon's whole life (what it knows of the target's files,
     /// its kept locks, the times of routine cycles not written yet).
     stores: BTreeMap<String, Store>,
+    /// One queue per live directory (see `cycle::Ctx::turn`).
+    turns: BTreeMap<std::path::PathBuf, std::sync::Arc<tokio::sync::Mutex<()>>>,
     ready: AtomicBool,
     epoch: Instant,
     last_cycle: Mutex<Option<LastCycle>>,
@@ -117,8 +119,17 @@ impl Shared {
             .keys()
             .map(|name| (name.clone(), Store::for_daemon(&cfg.state_dir, name)))
             .collect();
+        let turns = cfg
+            .targets
+            .values()
+            .map(|t| {
+                let dir = crate::store::install::live_dir(&t.path).to_path_buf();
+                (dir, Default::default())
+            })
+            .collect();
         Shared {
             stores,
+            turns,
             cfg,
             poster: Poster::new(metrics.commit_statuses()),
             metrics,
@@ -214,6 +225,13 @@ impl Shared {
             .get(&t.name)
             .cloned()
             .unwrap_or_else(|| Store::new(&self.cfg.state_dir, &t.name))
+    }
+
+    /// The queue of `t`'s live directory.
+    pub fn turn(&self, t: &Target) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
+        self.turns
+            .get(crate::store::install::live_dir(&t.path))
+            .cloned()
     }
 
     /// The revision of the content applied to `target`, from its persisted state.

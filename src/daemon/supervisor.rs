@@ -390,6 +390,7 @@ async fn run_one(
         .ok_or_else(|| cycle::CycleError::Internal("no source".into()))?;
     let mut ctx = Ctx::new(t, &kept.source, &shared.cfg.state_dir, shared);
     ctx.store = kept.store.clone();
+    ctx.turn = shared.turn(t);
     ctx.stop = stop.clone();
     ctx.boot = boot;
     ctx.tidy = boot;

@@ -9,7 +9,7 @@
 //! already locked would succeed at once, so two holders in one process must not share it).
 
 use std::fs::{self, File, OpenOptions};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::state::StateError;
@@ -33,26 +33,20 @@ pub(super) fn file_id(path: &Path) -> std::io::Result<FileId> {
     Ok(id_of(&fs::metadata(path)?))
 }
 
-/// A lock's file kept open between holders: the path it was opened at, its id, the file.
+/// A lock's file kept open between holders, with its id. A slot serves one lock path; a
+/// kept file is used only while that path still names it.
 #[derive(Debug, Default, Clone)]
-pub struct Slot(Arc<Mutex<Option<(PathBuf, FileId, File)>>>);
+pub struct Slot(Arc<Mutex<Option<(FileId, File)>>>);
 
 impl Slot {
-    /// The kept file for `path`, taken out of the slot (None: none kept, another path, or in
-    /// use by another holder of this process).
-    fn take(&self, path: &Path) -> Option<(FileId, File)> {
-        let mut kept = crate::util::mutex::lock(&self.0);
-        match kept.take() {
-            Some((p, id, f)) if p == path => Some((id, f)),
-            other => {
-                *kept = other;
-                None
-            }
-        }
+    /// The kept file, taken out of the slot (None: none kept, or in use by another holder of
+    /// this process).
+    fn take(&self) -> Option<(FileId, File)> {
+        crate::util::mutex::lock(&self.0).take()
     }
 
-    fn put(&self, path: PathBuf, id: FileId, file: File) {
-        *crate::util::mutex::lock(&self.0) = Some((path, id, file));
+    fn put(&self, id: FileId, file: File) {
+        *crate::util::mutex::lock(&self.0) = Some((id, file));
     }
 }
 
@@ -61,17 +55,17 @@ impl Slot {
 pub struct LockGuard {
     file: Option<File>,
     pub(super) id: FileId,
-    home: Option<(Slot, PathBuf)>,
+    home: Option<Slot>,
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let Some(file) = self.file.take() else { return };
         match self.home.take() {
-            Some((slot, path)) => {
+            Some(slot) => {
                 // Unlocked, but kept open for the next holder.
                 if file.unlock().is_ok() {
-                    slot.put(path, self.id, file);
+                    slot.put(self.id, file);
                 }
             }
             None => drop(file),
@@ -106,18 +100,18 @@ fn flock(file: &File, wait: Wait, path: &Path) -> Result<bool, StateError> {
 
 /// The kept file of `slot` for `path`, locked, if it is still the file at `path`.
 fn from_slot(slot: &Slot, path: &Path, wait: Wait) -> Result<Option<LockGuard>, StateError> {
-    let Some((id, file)) = slot.take(path) else {
+    let Some((id, file)) = slot.take() else {
         return Ok(None);
     };
     if !flock(&file, wait, path)? {
-        slot.put(path.to_path_buf(), id, file);
+        slot.put(id, file);
         return Err(held(path));
     }
     if file_id(path).ok() == Some(id) {
         return Ok(Some(LockGuard {
             file: Some(file),
             id,
-            home: Some((slot.clone(), path.to_path_buf())),
+            home: Some(slot.clone()),
         }));
     }
     // Removed or replaced since it was kept: let it go, and open what is there now.
@@ -150,7 +144,7 @@ pub fn lock_file(path: &Path, wait: Wait, slot: Option<&Slot>) -> Result<LockGua
             return Ok(LockGuard {
                 file: Some(file),
                 id,
-                home: slot.map(|s| (s.clone(), path.to_path_buf())),
+                home: slot.cloned(),
             });
         }
     }
@@ -176,7 +170,7 @@ pub fn lock_dir(dir: &Path, wait: Wait, slot: Option<&Slot>) -> Result<LockGuard
     Ok(LockGuard {
         file: Some(file),
         id,
-        home: slot.map(|s| (s.clone(), dir.to_path_buf())),
+        home: slot.cloned(),
     })
 }
 

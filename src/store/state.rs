@@ -382,8 +382,9 @@ struct Kept {
     disk: Option<Seen<TargetState>>,
     /// Times newer than `disk`'s (the rest is `disk`'s), not written yet, and since when.
     times: Option<(Times, Instant)>,
-    /// The live file as last read: its path, hash and (once judged) usability.
-    live: Option<(PathBuf, Seen<LiveMemo>)>,
+    /// The live file as last read: its hash and (once judged) usability. A store serves one
+    /// target, so one live path; the stamp says the file at it is still the one read.
+    live: Option<Seen<LiveMemo>>,
 }
 
 /// The times a routine cycle moves (see [`TargetState::times_eq`]).
@@ -608,29 +609,26 @@ impl Store {
     pub fn live_known(&self, path: &Path) -> Option<LiveMemo> {
         let m = fs::symlink_metadata(path).ok()?;
         let kept = crate::util::mutex::lock(&self.kept);
-        let (p, seen) = kept.live.as_ref()?;
-        (p == path && m.is_file() && seen.trusted(&Stamp::of(&m))).then(|| seen.value.clone())
+        let seen = kept.live.as_ref()?;
+        (m.is_file() && seen.trusted(&Stamp::of(&m))).then(|| seen.value.clone())
     }
 
-    /// What a read of the live file at `path` found (None: no stamp to keep it by).
-    pub fn remember_live(&self, path: &Path, stamp: Option<Stamp>, sha256: Option<&Sha256>) {
+    /// What a read of the live file found (None: no stamp to keep it by).
+    pub fn remember_live(&self, stamp: Option<Stamp>, sha256: Option<&Sha256>) {
         let mut kept = crate::util::mutex::lock(&self.kept);
         kept.live = match (stamp, sha256) {
             (Some(stamp), Some(sha)) => {
                 let usable = kept
                     .live
                     .as_ref()
-                    .filter(|(_, s)| s.value.sha256 == *sha)
-                    .and_then(|(_, s)| s.value.usable);
-                Some((
-                    path.to_path_buf(),
-                    Seen::now(
-                        stamp,
-                        LiveMemo {
-                            sha256: sha.clone(),
-                            usable,
-                        },
-                    ),
+                    .filter(|s| s.value.sha256 == *sha)
+                    .and_then(|s| s.value.usable);
+                Some(Seen::now(
+                    stamp,
+                    LiveMemo {
+                        sha256: sha.clone(),
+                        usable,
+                    },
                 ))
             }
             _ => None,
@@ -640,11 +638,7 @@ impl Store {
     /// Whether the live content `sha256` passed the built-in checks, for the next poll.
     pub fn remember_usable(&self, sha256: &Sha256, usable: bool) {
         let mut kept = crate::util::mutex::lock(&self.kept);
-        if let Some((_, seen)) = kept
-            .live
-            .as_mut()
-            .filter(|(_, s)| s.value.sha256 == *sha256)
-        {
+        if let Some(seen) = kept.live.as_mut().filter(|s| s.value.sha256 == *sha256) {
             seen.value.usable = Some(usable);
         }
     }

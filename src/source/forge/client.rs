@@ -11,32 +11,55 @@ use crate::config::SourceKind;
 use crate::source::{read_token, FetchError, FetchReason};
 
 /// The HTTP client for a source: system roots plus an optional private CA. Clients are
-/// shared between targets with the same (timeout, ca_file): each holds a parsed root store
-/// and a connection pool, which would otherwise cost memory and a socket per target.
+/// shared between targets with the same (timeout, ca_file, TLS): each holds a parsed root
+/// store and a connection pool, which would otherwise cost memory and a socket per target.
 /// Tokens are per request, so sharing is safe.
 pub fn client(
     timeout: Duration,
     ca_file: Option<&std::path::Path>,
+    tls: Tls,
 ) -> Result<reqwest::Client, FetchError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    type Key = (Duration, Option<PathBuf>);
+    type Key = (Duration, Option<PathBuf>, Tls);
     static CLIENTS: OnceLock<Mutex<HashMap<Key, reqwest::Client>>> = OnceLock::new();
-    let key = (timeout, ca_file.map(|p| p.to_path_buf()));
+    let key = (timeout, ca_file.map(|p| p.to_path_buf()), tls);
     let mut cache = crate::util::mutex::lock(CLIENTS.get_or_init(Default::default));
     if let Some(c) = cache.get(&key) {
         return Ok(c.clone());
     }
-    let c = build_client(timeout, ca_file)?;
+    let c = build_client(timeout, ca_file, tls)?;
     cache.insert(key, c.clone());
     Ok(c)
+}
+
+/// Whether a source's client will speak TLS: reading the system's root store costs a
+/// one-shot command (`once`) more CPU than its whole cycle, and a plain `http://` source
+/// never needs it (redirects stay on the same origin, so on the same scheme).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tls {
+    Yes,
+    No,
+}
+
+impl Tls {
+    /// The TLS a source at `base` (its `base_url` or `url`; None: the forge's default,
+    /// which is https) needs.
+    pub fn for_url(base: Option<&str>) -> Tls {
+        match base.and_then(|b| url::Url::parse(b).ok()) {
+            Some(u) if u.scheme() == "http" => Tls::No,
+            _ => Tls::Yes,
+        }
+    }
 }
 
 fn build_client(
     timeout: Duration,
     ca_file: Option<&std::path::Path>,
+    tls: Tls,
 ) -> Result<reqwest::Client, FetchError> {
     let mut b = crate::util::http::builder()
+        .tls_built_in_root_certs(tls == Tls::Yes)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)
         // One client serves many targets on the same forge; a few idle connections do.
@@ -109,6 +132,36 @@ pub fn push_segments(u: &mut url::Url, segs: &[&str]) -> Result<(), FetchError> 
     }
     drop(p);
     Ok(())
+}
+
+/// [`auth_headers`], kept per (forge kind, token file) for the process: the file is read
+/// again only when its stamp moved or has not settled (`util::stamp`), so a rotated token is
+/// sent from the next request on, and targets sharing a token file share one copy.
+pub fn kept_auth_headers(kind: SourceKind, tf: &Path) -> Result<HeaderMap, FetchError> {
+    use crate::util::stamp::{Seen, Stamp};
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Kept = Mutex<HashMap<(SourceKind, PathBuf), Seen<HeaderMap>>>;
+    static KEPT: OnceLock<Kept> = OnceLock::new();
+    // Stamped before the read: a change after it moves the stamp, so it is read again.
+    let stamp = std::fs::metadata(tf).ok().map(|m| Stamp::of(&m));
+    let key = (kind, tf.to_path_buf());
+    let mut kept = crate::util::mutex::lock(KEPT.get_or_init(Default::default));
+    if let (Some(now), Some(seen)) = (&stamp, kept.get(&key)) {
+        if seen.trusted(now) {
+            return Ok(seen.value.clone());
+        }
+    }
+    let h = auth_headers(kind, tf);
+    match (&h, stamp) {
+        (Ok(h), Some(st)) => {
+            kept.insert(key, Seen::now(st, h.clone()));
+        }
+        _ => {
+            kept.remove(&key);
+        }
+    }
+    h
 }
 
 /// Each forge's header for a token read from `tf` (Forgejo/Gitea `Authorization: token`,

@@ -16,14 +16,13 @@ mod tree;
 mod wire;
 
 use crate::model::conditional::Conditional;
-use crate::util::stamp::{Seen, Stamp};
 use std::path::PathBuf;
 
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 
 use client::parse_base;
-pub use client::{api_base, auth_headers, client, push_segments};
+pub use client::{api_base, client, push_segments};
 pub use wire::read_capped;
 use wire::{classify, close_delimited, header_str};
 
@@ -43,9 +42,6 @@ pub struct ForgeSource {
     /// answer's ETag does not.
     meta_url: Option<url::Url>,
     token_file: Option<PathBuf>,
-    /// The token's headers as last read, with the file's stamp then: an unchanged file is
-    /// not read again for every request.
-    token: std::sync::Mutex<Option<Seen<HeaderMap>>>,
     max_bytes: u64,
     allow_close_delimited: bool,
     /// A tree target (`tree: true`): where the forge serves the directory.
@@ -62,7 +58,8 @@ impl ForgeSource {
     /// place beside its API's documentation.
     pub fn new(target: &Target) -> Result<Self, FetchError> {
         let s = &target.source;
-        let client = client(s.timeout, s.ca_file.as_deref())?;
+        let tls = client::Tls::for_url(s.base_url.as_deref().or(s.url.as_deref()));
+        let client = client(s.timeout, s.ca_file.as_deref(), tls)?;
         let repo = s.repo.clone().unwrap_or_default();
         let path = s.path.clone().unwrap_or_default();
         let git_ref = s.git_ref.clone();
@@ -181,7 +178,6 @@ impl ForgeSource {
             commits_url,
             meta_url,
             token_file: s.token_file.clone(),
-            token: Default::default(),
             max_bytes: target.max_bytes,
             allow_close_delimited: s.allow_close_delimited,
             tree: match (target.tree, tree_repo) {
@@ -198,26 +194,11 @@ impl ForgeSource {
         })
     }
 
-    /// The token's headers; the file is read again whenever its stamp moved (a rotated
-    /// token is used from the next request on) or has not settled yet.
     fn auth_headers(&self) -> Result<HeaderMap, FetchError> {
-        let Some(tf) = &self.token_file else {
-            return Ok(HeaderMap::new());
-        };
-        // Stamped before the read: a change after it moves the stamp, so it is read again.
-        let stamp = std::fs::metadata(tf).ok().map(|m| Stamp::of(&m));
-        let mut kept = crate::util::mutex::lock(&self.token);
-        if let (Some(now), Some(seen)) = (&stamp, kept.as_ref()) {
-            if seen.trusted(now) {
-                return Ok(seen.value.clone());
-            }
+        match &self.token_file {
+            Some(tf) => client::kept_auth_headers(self.kind, tf),
+            None => Ok(HeaderMap::new()),
         }
-        let h = auth_headers(self.kind, tf);
-        *kept = match (&h, stamp) {
-            (Ok(h), Some(st)) => Some(Seen::now(st, h.clone())),
-            _ => None,
-        };
-        h
     }
 
     /// Fetches the file (conditionally). For forges, the content and its revision always

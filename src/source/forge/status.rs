@@ -60,7 +60,8 @@ pub async fn post(
     if let Some(until) = super::limit::blocked(&u) {
         return Err(super::limit::refusal(&u, until).message);
     }
-    let client = client(timeout, s.ca_file.as_deref()).map_err(|e| e.message)?;
+    let tls = super::client::Tls::for_url(s.base_url.as_deref());
+    let client = client(timeout, s.ca_file.as_deref(), tls).map_err(|e| e.message)?;
     let mut req = client
         .post(u.clone())
         .headers(auth_headers(s.kind, token_file).map_err(|e| e.message)?)
