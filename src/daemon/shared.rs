@@ -227,6 +227,11 @@ impl Shared {
             .unwrap_or_else(|| Store::new(&self.cfg.state_dir, &t.name))
     }
 
+    /// Every target's store, by name.
+    pub fn stores(&self) -> impl Iterator<Item = (&String, &Store)> {
+        self.stores.iter()
+    }
+
     /// The queue of `t`'s live directory.
     pub fn turn(&self, t: &Target) -> Option<std::sync::Arc<tokio::sync::Mutex<()>>> {
         self.turns

@@ -22,7 +22,6 @@ use crate::model::labels::Outcome;
 use crate::observe::metrics::Metrics;
 use crate::source::Source;
 use crate::store::install;
-use crate::store::state::Store;
 use crate::util::digest::sha256_hex;
 
 /// Records a finished cycle: metrics, log line, STATUS=.
@@ -103,17 +102,8 @@ pub fn run(cfg: Config) -> anyhow::Result<Ended> {
     rt.block_on(daemon(cfg))
 }
 
-/// What the daemon keeps of a target for its whole life: its source (HTTP client, token) and
-/// its store (what it knows of the target's files without reading them, its kept locks).
-struct Kept {
-    source: Source,
-    store: Store,
-}
-
-type AllKept = Arc<BTreeMap<String, Kept>>;
-
 /// Every target's state directory, metric series and source, before anything is served.
-fn init_targets(shared: &Shared) -> anyhow::Result<BTreeMap<String, Kept>> {
+fn init_targets(shared: &Shared) -> anyhow::Result<BTreeMap<String, Source>> {
     let (cfg, metrics) = (&shared.cfg, &shared.metrics);
     let mut sources = BTreeMap::new();
     for t in cfg.targets.values() {
@@ -137,7 +127,7 @@ fn init_targets(shared: &Shared) -> anyhow::Result<BTreeMap<String, Kept>> {
         }
         let src = Source::new(t, store.git_cache())
             .map_err(|e| anyhow::anyhow!("{}: target `{}`: {e}", cfg.file.display(), t.name))?;
-        sources.insert(t.name.clone(), Kept { source: src, store });
+        sources.insert(t.name.clone(), src);
     }
     Ok(sources)
 }
@@ -198,7 +188,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
         Boot::Ready { fetch_failing } => fetch_failing,
         Boot::ShutDown => {
             flush_posts(&shared).await;
-            flush_times(&sources).await;
+            flush_times(&shared).await;
             return Ok(Ended::Stopped);
         }
         Boot::Failed(names) => {
@@ -239,7 +229,7 @@ async fn daemon(cfg: Config) -> anyhow::Result<Ended> {
         let _ = t.await;
     }
     flush_posts(&shared).await;
-    flush_times(&sources).await;
+    flush_times(&shared).await;
     tracing::info!("stopped");
     Ok(Ended::Stopped)
 }
@@ -257,7 +247,7 @@ enum Boot {
 /// after one try whatever upstream says; one without retries until `startup_timeout`.
 async fn boot(
     shared: &Arc<Shared>,
-    sources: &AllKept,
+    sources: &Arc<BTreeMap<String, Source>>,
     stop: &Stop,
     mut shutdown: watch::Receiver<bool>,
 ) -> Boot {
@@ -363,11 +353,11 @@ async fn flush_posts(shared: &Shared) {
 
 /// Writes the times of routine cycles kept in memory only (`Store::save_after`), so a
 /// stopped daemon's `status` is exact.
-async fn flush_times(kept: &AllKept) {
-    let kept = kept.clone();
+async fn flush_times(shared: &Arc<Shared>) {
+    let shared = shared.clone();
     let done = tokio::task::spawn_blocking(move || {
-        for (name, k) in kept.iter() {
-            if let Err(e) = k.store.flush_times() {
+        for (name, store) in shared.stores() {
+            if let Err(e) = store.flush_times() {
                 tracing::warn!(target_name = %name, error = %e, "cannot write the last cycle's times");
             }
         }
@@ -380,16 +370,16 @@ async fn flush_times(kept: &AllKept) {
 /// Runs one poll cycle and records it.
 async fn run_one(
     shared: &Shared,
-    sources: &BTreeMap<String, Kept>,
+    sources: &BTreeMap<String, Source>,
     t: &Target,
     stop: &Stop,
     boot: bool,
 ) -> Result<Report, cycle::CycleError> {
-    let kept = sources
+    let source = sources
         .get(&t.name)
         .ok_or_else(|| cycle::CycleError::Internal("no source".into()))?;
-    let mut ctx = Ctx::new(t, &kept.source, &shared.cfg.state_dir, shared);
-    ctx.store = kept.store.clone();
+    let mut ctx = Ctx::new(t, source, &shared.cfg.state_dir, shared);
+    ctx.store = shared.store(t);
     ctx.turn = shared.turn(t);
     ctx.stop = stop.clone();
     ctx.boot = boot;
@@ -417,7 +407,7 @@ const TRIGGER_COOLDOWN: Duration = Duration::from_millis(500);
 
 async fn target_loop(
     shared: Arc<Shared>,
-    sources: AllKept,
+    sources: Arc<BTreeMap<String, Source>>,
     name: String,
     stop: Stop,
     mut shutdown: watch::Receiver<bool>,
