@@ -580,6 +580,11 @@ impl Runner<'_, '_> {
     /// The live file's bytes, read now; its stamp and hash are kept, so the next poll can
     /// know it without reading it (see `poll`).
     fn read_live(&self) -> Result<Option<Vec<u8>>, CycleError> {
+        Ok(self.read_live_hashed()?.0)
+    }
+
+    /// [`Runner::read_live`], with the hash it computed for the store.
+    fn read_live_hashed(&self) -> Result<(Option<Vec<u8>>, Option<Sha256>), CycleError> {
         let t = self.t();
         let (bytes, stamp) = match install::read_live_stamped(&t.path, &t.file)? {
             Some(r) => (Some(r.bytes), r.stamp),
@@ -587,7 +592,7 @@ impl Runner<'_, '_> {
         };
         let sha = bytes.as_deref().map(Sha256::of);
         self.ctx.store.remember_live(stamp, sha.as_ref());
-        Ok(bytes)
+        Ok((bytes, sha))
     }
 
     /// The revision of the content last applied (what the live file is, as far as we know).

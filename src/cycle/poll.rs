@@ -91,8 +91,8 @@ impl Runner<'_, '_> {
                 return self.in_sync(&up, first).await;
             }
         }
-        let live = self.load(first)?;
-        self.compare(up, live).await
+        let (live, live_sha) = self.load_hashed(first)?;
+        self.compare(up, live, live_sha).await
     }
 
     /// What upstream serves, as the state records it; a gate wait is for one sha, so new
@@ -113,25 +113,35 @@ impl Runner<'_, '_> {
                 return Ok(LiveNow::Known(m));
             }
         }
-        Ok(LiveNow::Read(self.read_live()?))
+        let (bytes, sha) = self.read_live_hashed()?;
+        Ok(LiveNow::Read(bytes, sha))
     }
 
     /// The live file's bytes, read now if they were only known.
     fn load(&self, live: LiveNow) -> Result<Option<Vec<u8>>, CycleError> {
+        Ok(self.load_hashed(live)?.0)
+    }
+
+    /// [`Self::load`], with the bytes' hash (computed once, when they were read).
+    fn load_hashed(&self, live: LiveNow) -> Result<(Option<Vec<u8>>, Option<Sha256>), CycleError> {
         match live {
-            LiveNow::Read(b) => Ok(b),
-            LiveNow::Known(_) => self.read_live(),
+            LiveNow::Read(b, sha) => Ok((b, sha)),
+            LiveNow::Known(_) => self.read_live_hashed(),
         }
     }
 
     /// Upstream against the live file's bytes: in sync, quarantined, held, unsigned, or new
     /// content (or drift) for `apply`.
-    async fn compare(&mut self, mut up: Upstream, live: Option<Vec<u8>>) -> Result<(), CycleError> {
-        let live_sha = live.as_deref().map(Sha256::of);
+    async fn compare(
+        &mut self,
+        mut up: Upstream,
+        live: Option<Vec<u8>>,
+        live_sha: Option<Sha256>,
+    ) -> Result<(), CycleError> {
         loop {
             self.note_upstream(&up);
             if live_sha.as_deref() == Some(up.sha.as_str()) {
-                return self.in_sync(&up, LiveNow::Read(live)).await;
+                return self.in_sync(&up, LiveNow::Read(live, live_sha)).await;
             }
             if let Some(q) = self.st.quarantine.as_ref().filter(|q| q.sha256 == up.sha) {
                 let why = Reason::Quarantined {
@@ -283,20 +293,16 @@ impl Runner<'_, '_> {
         // Content we applied was validated then; this also covers a file found in place.
         // The verdict follows from the bytes alone, so it is kept with the live file's stamp.
         let (usable, live) = match live {
-            LiveNow::Known(LiveMemo {
-                usable: Some(u), ..
-            }) => (
-                u,
-                LiveNow::Known(LiveMemo {
-                    sha256: up.sha.clone(),
-                    usable: Some(u),
-                }),
-            ),
+            LiveNow::Known(
+                m @ LiveMemo {
+                    usable: Some(u), ..
+                },
+            ) => (u, LiveNow::Known(m)),
             other => {
-                let bytes = self.load(other)?;
+                let (bytes, sha) = self.load_hashed(other)?;
                 let u = validate::usable_builtin(&self.t().validate, bytes.as_deref());
                 self.ctx.store.remember_usable(&up.sha, u);
-                (u, LiveNow::Read(bytes))
+                (u, LiveNow::Read(bytes, sha))
             }
         };
         self.rep.end(Verdict::success(
@@ -316,8 +322,9 @@ impl Runner<'_, '_> {
     }
 }
 
-/// The live file as a poll has it: read, or known by its stamp without reading it.
+/// The live file as a poll has it: read (with its hash), or known by its stamp without
+/// reading it.
 enum LiveNow {
-    Read(Option<Vec<u8>>),
+    Read(Option<Vec<u8>>, Option<Sha256>),
     Known(LiveMemo),
 }
