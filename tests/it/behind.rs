@@ -11,12 +11,12 @@ use std::time::{Duration, SystemTime};
 use crate::forge::forge_env;
 use crate::util::{metric, rules, wait_until, Daemon, Env};
 
-/// Unchanged cycles of target `ps` so far.
-fn unchanged(d: &Daemon) -> f64 {
+/// Cycles of target `ps` with `outcome` so far.
+fn cycles(d: &Daemon, outcome: &str) -> f64 {
     metric(
         &d.metrics(),
         "rulekeeper_cycles_total",
-        &[("target", "ps"), ("outcome", "unchanged")],
+        &[("target", "ps"), ("outcome", outcome)],
     )
     .unwrap_or(0.0)
 }
@@ -24,9 +24,9 @@ fn unchanged(d: &Daemon) -> f64 {
 /// Waits for `n` more unchanged cycles: enough for the daemon to trust the stamps of files
 /// it read (they settle 2 s after their last change; polls are 1 s apart).
 fn wait_unchanged(d: &Daemon, n: f64) {
-    let from = unchanged(d);
+    let from = cycles(d, "unchanged");
     wait_until(60, &format!("{n} more unchanged cycles"), || {
-        unchanged(d) >= from + n
+        cycles(d, "unchanged") >= from + n
     });
 }
 
@@ -90,14 +90,7 @@ fn a_hold_written_by_a_command_between_polls_is_obeyed() {
     let out = env.rk(&["hold", "--target", "ps"]);
     assert_eq!(out.code, 0, "{}", out.all());
     std::fs::write(&up, rules("v2", "good")).unwrap();
-    wait_until(20, "a held cycle", || {
-        metric(
-            &d.metrics(),
-            "rulekeeper_cycles_total",
-            &[("target", "ps"), ("outcome", "held")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    });
+    wait_until(20, "a held cycle", || cycles(&d, "held") >= 1.0);
     assert_eq!(env.live(), rules("v1", "good"), "held content was applied");
     let out = env.rk(&["release", "--target", "ps"]);
     assert_eq!(out.code, 0, "{}", out.all());
@@ -124,14 +117,7 @@ fn a_state_file_edited_in_place_keeping_its_mtime_is_read_again() {
     assert_eq!(text.len(), was.len(), "{text}");
     rewrite_in_place(&path, text.as_bytes());
     std::fs::write(&up, rules("v2", "good")).unwrap();
-    wait_until(20, "a held cycle", || {
-        metric(
-            &d.metrics(),
-            "rulekeeper_cycles_total",
-            &[("target", "ps"), ("outcome", "held")],
-        )
-        .is_some_and(|n| n >= 1.0)
-    });
+    wait_until(20, "a held cycle", || cycles(&d, "held") >= 1.0);
     assert_eq!(env.live(), rules("v1", "good"), "held content was applied");
 }
 
