@@ -65,8 +65,8 @@ pub fn check(path: &Path, follow: bool) -> Result<(), NotRegular> {
 
 /// Opens a regular file for reading. The type is checked before opening (opening some
 /// devices has effects), and again on the open file (the path may have changed meanwhile);
-/// the open itself never blocks.
-pub fn open(path: &Path, follow: bool) -> Result<File, NotRegular> {
+/// the open itself never blocks. Returns the open file's metadata too (the type check's).
+fn open(path: &Path, follow: bool) -> Result<(File, std::fs::Metadata), NotRegular> {
     check(path, follow)?;
     let mut flags = libc::O_NONBLOCK | libc::O_CLOEXEC;
     if !follow {
@@ -83,8 +83,9 @@ pub fn open(path: &Path, follow: bool) -> Result<File, NotRegular> {
                 NotRegular::Io(e)
             }
         })?;
-    match kind(f.metadata()?.file_type()) {
-        None => Ok(f),
+    let meta = f.metadata()?;
+    match kind(meta.file_type()) {
+        None => Ok((f, meta)),
         Some(k) => Err(NotRegular::Special(k)),
     }
 }
@@ -101,8 +102,8 @@ pub fn read_stamped(
     follow: bool,
     max: u64,
 ) -> Result<(Vec<u8>, crate::util::stamp::Stamp), NotRegular> {
-    let f = open(path, follow)?;
-    let stamp = crate::util::stamp::Stamp::of(&f.metadata()?);
+    let (f, meta) = open(path, follow)?;
+    let stamp = crate::util::stamp::Stamp::of(&meta);
     let mut out = Vec::new();
     f.take(max.saturating_add(1)).read_to_end(&mut out)?;
     Ok((out, stamp))
