@@ -12,14 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use super::state::StateError;
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
+use super::state::{io_err, StateError};
 
 /// (device, inode): which file a path or an open file is, whatever its name.
 pub(super) type FileId = (u64, u64);

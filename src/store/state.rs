@@ -70,7 +70,7 @@ impl StateError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
         path: path.to_path_buf(),
         source,
