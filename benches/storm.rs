@@ -33,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::forge::blob_id;
 use common::{binary, env_u64, free_port};
 use rand::Rng;
 
@@ -78,14 +79,6 @@ struct Upstream {
     fault_rate: f64,
     /// Faults served, by kind.
     served: BTreeMap<String, u64>,
-}
-
-fn blob_id(b: &[u8]) -> String {
-    use sha1::Digest;
-    let mut h = sha1::Sha1::new();
-    h.update(format!("blob {}\0", b.len()).as_bytes());
-    h.update(b);
-    hex::encode(h.finalize())
 }
 
 fn serve_upstream(up: Arc<Mutex<Upstream>>) -> u16 {

@@ -155,7 +155,7 @@ impl Forge {
 }
 
 /// The git blob id of `body` (`git hash-object`).
-fn blob_id(body: &[u8]) -> String {
+pub fn blob_id(body: &[u8]) -> String {
     use sha1::Digest;
     let mut h = sha1::Sha1::new();
     h.update(format!("blob {}\0", body.len()).as_bytes());
